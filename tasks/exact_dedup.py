@@ -1,0 +1,177 @@
+"""Stage 02_exact_dedup: drop documents whose normalized text was seen earlier in input order.
+
+Three phases, each parallel and resumable, with memory bounded by one shard or one hash
+partition, never by the corpus:
+
+    hash       per shard: 128-bit hash of the normalized text, spilled to P partition files
+    group      per partition: sort by (hash, shard, row); the first of each hash is kept
+    filter     per shard: write kept documents; duplicates go to _removed/ naming the kept id
+
+Normalization (each step configurable): Unicode NFKC, case folding, punctuation removal,
+whitespace collapse, so "Hello,  World!" and "hello world" are duplicates.
+
+    loom step exact_dedup --input corpus.jsonl --output /tmp/dedup
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.feather as feather
+from pydantic import BaseModel, Field
+
+from tasks.manifest import read_manifest
+from tasks.shards import REMOVED_DIR, ShardWriter, list_shards, read_shard, removed_schema
+from tasks.stage import Stage, StageContext, UnitResult
+
+_PUNCT = re.compile(r"[^\w\s]+")
+_SPILL_SCHEMA = pa.schema(
+    [("h1", pa.uint64()), ("h2", pa.uint64()), ("shard", pa.uint32()), ("row", pa.uint32()), ("id", pa.string())]
+)
+
+
+class ExactDedupConfig(BaseModel):
+    """What counts as the same text."""
+
+    unicode_nfkc: bool = Field(True, description="Fold compatibility characters (ligatures, full-width) first.")
+    casefold: bool = Field(True, description="Ignore case.")
+    strip_punctuation: bool = Field(True, description="Ignore punctuation and symbols.")
+    collapse_whitespace: bool = Field(True, description="Treat any run of whitespace as one space.")
+    rows_per_partition: int = Field(
+        2_000_000, gt=0, description="Hash partitions are sized to hold about this many rows (bounds memory)."
+    )
+
+
+def normalize_for_hash(text: str, cfg: ExactDedupConfig) -> str:
+    if cfg.unicode_nfkc and not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    if cfg.casefold:
+        text = text.casefold()
+    if cfg.strip_punctuation:
+        text = _PUNCT.sub(" " if cfg.collapse_whitespace else "", text)
+    if cfg.collapse_whitespace:
+        text = " ".join(text.split())
+    return text
+
+
+def text_hashes(texts: list[str], cfg: ExactDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """128-bit blake2b of each normalized text as two uint64 arrays."""
+    digests = b"".join(
+        hashlib.blake2b(normalize_for_hash(t, cfg).encode("utf-8"), digest_size=16).digest() for t in texts
+    )
+    pairs = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+class ExactDedup(Stage):
+    """Keep the first occurrence of each normalized text, in stable input order."""
+
+    name = "02_exact_dedup"
+    Config = ExactDedupConfig
+    phases = ("hash", "group", "filter")
+
+    def _shards(self, ctx: StageContext) -> list[Path]:
+        return list_shards(ctx.input_dir)
+
+    def _partitions(self, ctx: StageContext) -> int:
+        upstream = read_manifest(ctx.input_dir)
+        rows = upstream.rows_out if upstream else 0
+        return max(1, math.ceil(rows / self.config.rows_per_partition))
+
+    def plan(self, ctx: StageContext, phase: str) -> list[str]:
+        if phase == "group":
+            return [f"p{p:04d}" for p in range(self._partitions(ctx))]
+        return [s.stem for s in self._shards(ctx)]
+
+    def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
+        return {"hash": self._hash, "group": self._group, "filter": self._filter}[phase](ctx, key)
+
+    def _hash(self, ctx: StageContext, key: str) -> UnitResult:
+        shard_index = [s.stem for s in self._shards(ctx)].index(key)
+        table = read_shard(ctx.input_dir / f"{key}.parquet", columns=["id", "text"])
+        h1, h2 = text_hashes(table.column("text").to_pylist(), self.config)
+        parts = self._partitions(ctx)
+        which = h1 % np.uint64(parts)
+        rows = np.arange(table.num_rows, dtype=np.uint32)
+        ids = table.column("id")
+        for p in range(parts):
+            mask = which == p
+            spill = pa.table(
+                {
+                    "h1": h1[mask], "h2": h2[mask],
+                    "shard": np.full(int(mask.sum()), shard_index, dtype=np.uint32),
+                    "row": rows[mask], "id": ids.filter(pa.array(mask)),
+                },
+                schema=_SPILL_SCHEMA,
+            )
+            out = ctx.work_dir / "hashes" / f"p{p:04d}" / f"{key}.arrow"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            feather.write_feather(spill, out, compression="lz4")
+        return {}
+
+    def _group(self, ctx: StageContext, key: str) -> UnitResult:
+        files = sorted((ctx.work_dir / "hashes" / key).glob("*.arrow"))
+        if not files:
+            return {}
+        table = pa.concat_tables([feather.read_table(f) for f in files])
+        table = table.sort_by([("h1", "ascending"), ("h2", "ascending"), ("shard", "ascending"), ("row", "ascending")])
+        h1 = table.column("h1").to_numpy()
+        h2 = table.column("h2").to_numpy()
+        first = np.ones(len(h1), dtype=bool)
+        first[1:] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])
+        group = np.cumsum(first) - 1
+        kept_ids = table.column("id").take(pa.array(np.flatnonzero(first)))
+        dup = ~first
+        if not dup.any():
+            return {}
+        dups = pa.table(
+            {
+                "shard": table.column("shard").filter(pa.array(dup)),
+                "row": table.column("row").filter(pa.array(dup)),
+                "kept_id": kept_ids.take(pa.array(group[dup])),
+            }
+        )
+        shard_names = [s.stem for s in self._shards(ctx)]
+        shard_col = dups.column("shard").to_numpy()
+        for shard in np.unique(shard_col):
+            out = ctx.work_dir / "dups" / shard_names[shard] / f"{key}.arrow"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            feather.write_feather(dups.filter(pa.array(shard_col == shard)), out, compression="lz4")
+        return {}
+
+    def _filter(self, ctx: StageContext, key: str) -> UnitResult:
+        table = read_shard(ctx.input_dir / f"{key}.parquet")
+        dup_files = sorted((ctx.work_dir / "dups" / key).glob("*.arrow"))
+        outputs = []
+        removed = 0
+        writer = ShardWriter(ctx.stage_dir, key, table.schema, roll=False)
+        if dup_files:
+            dups = pa.concat_tables([feather.read_table(f) for f in dup_files]).sort_by("row")
+            rows = dups.column("row").to_numpy().astype(np.int64)
+            mask = np.ones(table.num_rows, dtype=bool)
+            mask[rows] = False
+            gone = table.take(pa.array(rows))
+            gone = gone.append_column("reason", pa.array(["exact_duplicate"] * len(rows), pa.string()))
+            gone = gone.append_column("kept_id", dups.column("kept_id"))
+            removed = len(rows)
+            rem = ShardWriter(ctx.stage_dir / REMOVED_DIR, key, removed_schema(table.schema), kind="removed",
+                              roll=False, base_dir=ctx.stage_dir)
+            rem.write(gone)
+            outputs += rem.close()
+            table = table.filter(pa.array(mask))
+        writer.write(table)  # a shard whose every row was a duplicate writes no file
+        outputs = writer.close() + outputs
+        return {
+            "rows_in": table.num_rows + removed,
+            "rows_out": table.num_rows,
+            "removed": {"exact_duplicate": removed} if removed else {},
+            "outputs": [o.to_dict() for o in outputs],
+            "stats": {"text_bytes_out": int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)},
+        }

@@ -1,0 +1,117 @@
+"""Stage manifests: what a stage did, with which config, on which input, and what it wrote.
+
+`_manifest.json` is written last and atomically. A stage whose manifest matches its current
+input fingerprint and config hash is complete and is skipped on rerun; one whose input has
+changed since (an upstream stage reran) is stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tasks import __version__
+
+MANIFEST = "_manifest.json"
+
+STAGES = ["01_ingest", "02_exact_dedup", "03_near_dedup", "04_pii", "05_bias", "06_publish"]
+SHORT_NAMES = {name.split("_", 1)[1]: name for name in STAGES}
+
+
+def stage_dir_name(stage: str) -> str:
+    """'exact_dedup', '02', '02_exact_dedup' -> '02_exact_dedup'."""
+    if stage in STAGES:
+        return stage
+    if stage in SHORT_NAMES:
+        return SHORT_NAMES[stage]
+    for name in STAGES:
+        if name.startswith(stage + "_"):
+            return name
+    raise ValueError(f"unknown stage {stage!r}; stages are: {', '.join(SHORT_NAMES)}")
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime())
+
+
+@dataclass
+class StageManifest:
+    stage: str
+    run_id: str
+    config: dict
+    config_hash: str
+    input_fingerprint: str
+    inputs: list[str]
+    code_version: str = __version__
+    rows_in: int = 0
+    rows_out: int = 0
+    removed: dict[str, int] = field(default_factory=dict)  # reason -> count
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    outputs: list[dict] = field(default_factory=list)  # OutputFile dicts
+    stats: dict = field(default_factory=dict)
+    started_at: str = ""
+    finished_at: str = ""
+    seconds: float = 0.0
+
+    @property
+    def removed_total(self) -> int:
+        return sum(self.removed.values())
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_json_atomic(path: Path, value) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(stage_dir: Path, manifest: StageManifest) -> None:
+    write_json_atomic(Path(stage_dir) / MANIFEST, manifest.to_dict())
+
+
+def read_manifest(stage_dir: Path) -> StageManifest | None:
+    path = Path(stage_dir) / MANIFEST
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    known = StageManifest.__dataclass_fields__
+    return StageManifest(**{k: v for k, v in data.items() if k in known})
+
+
+def manifest_fingerprint(stage_dir: Path) -> str:
+    """The fingerprint a downstream stage records for this stage's output: its manifest's hash."""
+    path = Path(stage_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{stage_dir} has no {MANIFEST}: run that stage first")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def files_fingerprint(files: list[tuple[str, Path]]) -> str:
+    """Fingerprint of raw input files: name, size and modification time (as make does)."""
+    digest = hashlib.sha256()
+    for key, path in files:
+        st = path.stat()
+        digest.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

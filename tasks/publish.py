@@ -1,0 +1,182 @@
+"""Stage 06_publish: the final, evenly sized shards of a run plus its dataset card.
+
+The card (`dataset_card.md` and `dataset_card.json`) says what the data is and how it got
+here: documents and bytes, each upstream stage's rows in/out and what it removed or rejected
+and why, the schema, the sources, and the document length distribution.
+
+    loom step publish --run-id demo
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from tasks.manifest import StageManifest, now_iso, read_manifest, write_json_atomic
+from tasks.shards import OutputFile, ShardWriter, list_shards, sha256_file
+from tasks.stage import Stage, StageContext, UnitResult
+
+CARD_MD = "dataset_card.md"
+CARD_JSON = "dataset_card.json"
+
+
+class PublishConfig(BaseModel):
+    """How the final shards are cut."""
+
+    shard_bytes: int = Field(256 << 20, gt=0, description="Target text bytes per published shard.")
+    top_sources: int = Field(20, ge=0, description="How many sources the dataset card lists by name.")
+
+
+def upstream_manifests(stage_dir: Path) -> list[StageManifest]:
+    """The manifests of a stage and every stage before it, first stage first."""
+    chain: list[StageManifest] = []
+    current = Path(stage_dir)
+    while (manifest := read_manifest(current)) is not None:
+        chain.append(manifest)
+        if manifest.stage == "01_ingest" or not manifest.inputs:
+            break
+        current = Path(manifest.inputs[0])
+    return chain[::-1]
+
+
+class Publish(Stage):
+    """Re-cut the documents into evenly sized shards and write the dataset card."""
+
+    name = "06_publish"
+    Config = PublishConfig
+    phases = ("write",)
+
+    def plan(self, ctx: StageContext, phase: str) -> list[str]:
+        return ["all"]
+
+    def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
+        shards = list_shards(ctx.input_dir)
+        totals = [self._text_bytes(s) for s in shards]
+        total = sum(totals)
+        n_out = max(1, math.ceil(total / self.config.shard_bytes))
+        target = total / n_out
+        schema = pq.read_schema(shards[0]) if shards else None
+
+        outputs: list[OutputFile] = []
+        sources: Counter[str] = Counter()
+        lengths: list[np.ndarray] = []
+        writer = None
+        written = 0  # text bytes in all closed shards plus the open one
+        for shard in shards:
+            table = pq.read_table(shard)
+            sources.update(table.column("source").to_pylist())
+            sizes = pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
+            lengths.append(pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False))
+            start = 0
+            cum = written + np.cumsum(sizes)
+            while start < table.num_rows:
+                if writer is None:
+                    writer = ShardWriter(ctx.stage_dir, f"part-{len(outputs):05d}", schema, roll=False)
+                boundary = target * (len(outputs) + 1)  # this output shard ends at the row crossing it
+                end = int(np.searchsorted(cum, boundary, side="left")) + 1
+                last = len(outputs) == n_out - 1
+                end = table.num_rows if last else min(end, table.num_rows)
+                writer.write(table.slice(start, end - start))
+                written = int(cum[end - 1])
+                start = end
+                if not last and written >= boundary:
+                    outputs += writer.close()
+                    writer = None
+        if writer is not None:
+            outputs += writer.close()
+
+        all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        card = self._card(ctx, outputs, schema, sources, all_lengths, total)
+        md_path, json_path = ctx.stage_dir / CARD_MD, ctx.stage_dir / CARD_JSON
+        write_json_atomic(json_path, card)
+        md_path.write_text(render_card_markdown(card))
+        rows = sum(o.rows for o in outputs)
+        card_files = [
+            OutputFile(p.name, "card", 0, p.stat().st_size, sha256_file(p)) for p in (md_path, json_path)
+        ]
+        return {
+            "rows_in": rows,
+            "rows_out": rows,
+            "outputs": [o.to_dict() for o in outputs + card_files],
+            "stats": {"text_bytes": total, "shards": len(outputs)},
+        }
+
+    @staticmethod
+    def _text_bytes(path: Path) -> int:
+        column = pq.read_table(path, columns=["text"]).column("text")
+        return int(pc.sum(pc.binary_length(column)).as_py() or 0)
+
+    def _card(self, ctx, outputs, schema, sources, lengths, total) -> dict:
+        stages = []
+        for m in upstream_manifests(ctx.input_dir):
+            stages.append(
+                {
+                    "stage": m.stage, "rows_in": m.rows_in, "rows_out": m.rows_out,
+                    "removed": m.removed, "rejected": m.rejected, "config_hash": m.config_hash,
+                    "finished_at": m.finished_at,
+                }
+            )
+        percentiles = (
+            {f"p{q}": int(np.percentile(lengths, q)) for q in (5, 50, 95)} if len(lengths) else {}
+        )
+        return {
+            "run_id": ctx.run_id,
+            "created_at": now_iso(),
+            "documents": int(sum(o.rows for o in outputs)),
+            "text_bytes": int(total),
+            "shards": [o.to_dict() for o in outputs],
+            "stages": stages,
+            "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema else [],
+            "sources": {"distinct": len(sources), "top": sources.most_common(self.config.top_sources)},
+            "length_chars": {
+                "mean": round(float(lengths.mean()), 1) if len(lengths) else 0,
+                "min": int(lengths.min()) if len(lengths) else 0,
+                "max": int(lengths.max()) if len(lengths) else 0,
+                **percentiles,
+            },
+        }
+
+
+def _reasons(counts: dict) -> str:
+    return ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def render_card_markdown(card: dict) -> str:
+    lines = [
+        f"# Dataset card: run `{card['run_id']}`",
+        "",
+        f"{card['documents']:,} documents, {card['text_bytes']:,} bytes of text in "
+        f"{len(card['shards'])} Parquet shard(s) (zstd). Created {card['created_at']}.",
+        "",
+        "## How it was made",
+        "",
+        "| stage | rows in | rows out | removed (why) | rejected (why) |",
+        "|---|---:|---:|---|---|",
+    ]
+    for s in card["stages"]:
+        lines.append(
+            f"| {s['stage']} | {s['rows_in']:,} | {s['rows_out']:,} | {_reasons(s['removed'])} | {_reasons(s['rejected'])} |"
+        )
+    lines += ["", "Removed documents are kept in each stage's `_removed/`, bad input in `_rejects/`.", ""]
+    lines += ["## Schema", "", "| column | type |", "|---|---|"]
+    lines += [f"| {c['name']} | {c['type']} |" for c in card["schema"]]
+    length = card["length_chars"]
+    lines += ["", "## Documents", "", "| length (chars) | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:,} |" for k, v in length.items()]
+    lines += ["", f"## Sources ({card['sources']['distinct']:,} distinct)", "", "| source | documents |", "|---|---:|"]
+    lines += [f"| {name} | {count:,} |" for name, count in card["sources"]["top"]]
+    lines += ["", "## Shards", "", "| file | rows | bytes | sha256 |", "|---|---:|---:|---|"]
+    lines += [f"| {o['path']} | {o['rows']:,} | {o['bytes']:,} | `{o['sha256'][:16]}…` |" for o in card["shards"]]
+    return "\n".join(lines) + "\n"
+
+
+def read_card(stage_dir: Path) -> dict:
+    return json.loads((Path(stage_dir) / CARD_JSON).read_text())
+

@@ -1,0 +1,292 @@
+"""The life of a stage: plan units of work, run each unit once (resumably), write the manifest.
+
+A stage is a small class (datatrove style) configured by a pydantic model. It names its
+phases; for each phase it plans unit keys (usually input shard names) and runs one unit at a
+time. `run_stage` skips a stage whose manifest matches its input and config, resumes a killed
+stage from its per-unit completion markers, and writes `_manifest.json` last.
+
+Who runs the units is the caller's choice: `run_stage` takes a *mapper*. `local_mapper` uses
+local processes; the Prefect flows pass one that maps a Prefect task over the units.
+
+    from tasks.exact_dedup import ExactDedup
+    run_stage(ExactDedup(), run_id="r1", stage_dir=Path("out"), inputs=["in/01_ingest"])
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable
+
+from pydantic import BaseModel
+
+from tasks.manifest import (
+    MANIFEST,
+    STAGES,
+    StageManifest,
+    config_hash,
+    manifest_fingerprint,
+    now_iso,
+    read_manifest,
+    write_json_atomic,
+    write_manifest,
+)
+
+WORK_DIR = "_work"  # spill files and per-unit completion markers; removed once the manifest is written
+ATTEMPT = "attempt.json"
+
+UnitResult = dict  # rows_in, rows_out, removed{}, rejected{}, outputs[], stats{}
+Mapper = Callable[[Callable[[str], UnitResult], list[str], Callable[[str, UnitResult], None]], None]
+ProgressCallback = Callable[[str, str, int, int], None]  # stage, phase, done, total
+
+
+@dataclass
+class StageContext:
+    """Where a stage reads and writes; passed to every unit (must pickle)."""
+
+    stage: str
+    run_id: str
+    stage_dir: Path
+    inputs: list[str]
+
+    @property
+    def work_dir(self) -> Path:
+        return self.stage_dir / WORK_DIR
+
+    @property
+    def input_dir(self) -> Path:
+        """The upstream stage directory, for every stage but ingest."""
+        return Path(self.inputs[0])
+
+
+class Stage:
+    """Base class: subclasses set `name`, `Config` and `phases`, and implement plan/run_unit."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    phases: ClassVar[tuple[str, ...]] = ("process",)
+
+    def __init__(self, config: BaseModel | dict | None = None, **overrides):
+        if config is None:
+            config = self.Config(**overrides)
+        elif isinstance(config, dict):
+            config = self.Config(**{**config, **overrides})
+        elif overrides:
+            config = config.model_copy(update=overrides)
+        self.config = config
+
+    def config_dict(self) -> dict:
+        return self.config.model_dump(mode="json")
+
+    def input_fingerprint(self, inputs: list[str]) -> str:
+        return manifest_fingerprint(Path(inputs[0]))
+
+    def plan(self, ctx: StageContext, phase: str) -> list[str]:
+        raise NotImplementedError
+
+    def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
+        raise NotImplementedError
+
+    def finish(self, ctx: StageContext, results: dict[str, list[UnitResult]]) -> dict:
+        """Extra stats for the manifest once every unit is done (reports, cards)."""
+        return {}
+
+
+@dataclass
+class StageOutcome:
+    manifest: StageManifest
+    skipped: bool
+    stage_dir: Path
+    resumed_units: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _marker(ctx: StageContext, phase: str, key: str) -> Path:
+    return ctx.work_dir / "done" / phase / f"{key}.json"
+
+
+def execute_unit(stage: Stage, ctx: StageContext, phase: str, key: str) -> UnitResult:
+    """Run one unit and record its completion marker (the unit of resumption)."""
+    result = stage.run_unit(ctx, phase, key)
+    marker = _marker(ctx, phase, key)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, result)
+    return result
+
+
+def _run_inline(fn, keys, on_done):
+    for key in keys:
+        on_done(key, fn(key))
+
+
+def local_mapper(workers: int = 1) -> Mapper:
+    """Run units in `workers` local processes (inline when one worker or one unit)."""
+
+    def mapper(fn, keys, on_done):
+        if workers <= 1 or len(keys) <= 1:
+            return _run_inline(fn, keys, on_done)
+        with ProcessPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+            futures = {pool.submit(fn, key): key for key in keys}
+            for future in as_completed(futures):
+                on_done(futures[future], future.result())
+
+    return mapper
+
+
+def _prepare(ctx: StageContext, attempt: dict, force: bool) -> int:
+    """Clear outputs of a different (or forced) attempt; return how many units are already done."""
+    stage_dir = ctx.stage_dir
+    previous = None
+    attempt_path = ctx.work_dir / ATTEMPT
+    if attempt_path.exists():
+        previous = json.loads(attempt_path.read_text())
+    if stage_dir.exists() and (force or previous != attempt):
+        for child in stage_dir.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(attempt_path, attempt)
+    return sum(1 for _ in (ctx.work_dir / "done").rglob("*.json")) if (ctx.work_dir / "done").exists() else 0
+
+
+def _sum_into(total: dict, part: dict) -> None:
+    for reason, count in part.items():
+        total[reason] = total.get(reason, 0) + count
+
+
+def run_stage(
+    stage: Stage,
+    *,
+    run_id: str,
+    stage_dir: Path,
+    inputs: Iterable[str],
+    mapper: Mapper | None = None,
+    force: bool = False,
+    progress: ProgressCallback | None = None,
+) -> StageOutcome:
+    """Run `stage` from `inputs` into `stage_dir`, skipping it if it is already complete."""
+    stage_dir = Path(stage_dir)
+    inputs = [str(i) for i in inputs]
+    ctx = StageContext(stage=stage.name, run_id=run_id, stage_dir=stage_dir, inputs=inputs)
+    fingerprint = stage.input_fingerprint(inputs)
+    chash = config_hash(stage.config_dict())
+    existing = read_manifest(stage_dir)
+    if (
+        existing is not None
+        and not force
+        and existing.config_hash == chash
+        and existing.input_fingerprint == fingerprint
+    ):
+        return StageOutcome(manifest=existing, skipped=True, stage_dir=stage_dir)
+
+    if existing is not None:  # about to be replaced: make it unreadable as "complete" first
+        (stage_dir / MANIFEST).unlink()
+    attempt = {"config_hash": chash, "input_fingerprint": fingerprint}
+    resumed = _prepare(ctx, attempt, force)
+    mapper = mapper or local_mapper(1)
+    started_at, t0 = now_iso(), time.perf_counter()
+
+    results: dict[str, list[UnitResult]] = {}
+    for phase in stage.phases:
+        keys = stage.plan(ctx, phase)
+        done = {k: json.loads(_marker(ctx, phase, k).read_text()) for k in keys if _marker(ctx, phase, k).exists()}
+        pending = [k for k in keys if k not in done]
+        if progress:
+            progress(stage.name, phase, len(done), len(keys))
+
+        def on_done(key, result, _done=done, _phase=phase, _total=len(keys)):
+            _done[key] = result
+            if progress:
+                progress(stage.name, _phase, len(_done), _total)
+
+        if pending:
+            mapper(partial(execute_unit, stage, ctx, phase), pending, on_done)
+        results[phase] = [done[k] for k in keys]
+
+    manifest = StageManifest(
+        stage=stage.name,
+        run_id=run_id,
+        config=stage.config_dict(),
+        config_hash=chash,
+        input_fingerprint=fingerprint,
+        inputs=inputs,
+        started_at=started_at,
+    )
+    for phase_results in results.values():
+        for r in phase_results:
+            manifest.rows_in += r.get("rows_in", 0)
+            manifest.rows_out += r.get("rows_out", 0)
+            _sum_into(manifest.removed, r.get("removed", {}))
+            _sum_into(manifest.rejected, r.get("rejected", {}))
+            _sum_into(manifest.stats, r.get("stats", {}))
+            manifest.outputs.extend(r.get("outputs", []))
+    manifest.stats.update(stage.finish(ctx, results))
+    manifest.outputs.sort(key=lambda o: (o["kind"], o["path"]))
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)
+    manifest.finished_at = now_iso()
+    manifest.seconds = round(time.perf_counter() - t0, 3)
+    write_manifest(stage_dir, manifest)
+    return StageOutcome(manifest=manifest, skipped=False, stage_dir=stage_dir, resumed_units=resumed)
+
+
+# ---- status of a run's stages ----------------------------------------------------------------
+
+
+@dataclass
+class StageStatus:
+    stage: str
+    status: str  # complete | stale | partial | missing
+    manifest: StageManifest | None
+    reason: str = ""
+
+
+def stage_status(stage_dir: Path, upstream_dir: Path | None, fingerprint_now: Callable[[], str] | None = None) -> StageStatus:
+    """complete, stale (its input changed since it ran), partial (killed midway) or missing."""
+    stage_dir = Path(stage_dir)
+    manifest = read_manifest(stage_dir)
+    name = stage_dir.name
+    if manifest is None:
+        if (stage_dir / WORK_DIR).exists():
+            return StageStatus(name, "partial", None, "interrupted; rerun resumes it")
+        return StageStatus(name, "missing", None)
+    try:
+        if upstream_dir is not None:
+            current = manifest_fingerprint(upstream_dir)
+        elif fingerprint_now is not None:
+            current = fingerprint_now()
+        else:
+            current = manifest.input_fingerprint
+    except (FileNotFoundError, OSError):
+        return StageStatus(name, "stale", manifest, "its input is gone")
+    if current != manifest.input_fingerprint:
+        return StageStatus(name, "stale", manifest, "its input changed since it ran")
+    return StageStatus(name, "complete", manifest)
+
+
+def run_statuses(run_dir: Path, fingerprint_ingest: Callable[[list[str]], str] | None = None) -> list[StageStatus]:
+    """Status of every stage of a run, in pipeline order; a stage downstream of a stale one is stale."""
+    statuses: list[StageStatus] = []
+    upstream: Path | None = None
+    for name in STAGES:
+        stage_dir = Path(run_dir) / name
+        if not stage_dir.exists():
+            statuses.append(StageStatus(name, "missing", None))
+            continue
+        manifest = read_manifest(stage_dir)
+        recorded_upstream = Path(manifest.inputs[0]).name if manifest and name != STAGES[0] else None
+        upstream_dir = Path(run_dir) / recorded_upstream if recorded_upstream else upstream
+        fp_now = None
+        if name == STAGES[0] and manifest is not None and fingerprint_ingest is not None:
+            fp_now = partial(fingerprint_ingest, manifest.inputs)
+        status = stage_status(stage_dir, upstream_dir if name != STAGES[0] else None, fp_now)
+        if status.status == "complete" and any(
+            s.status in ("stale",) and s.stage == (upstream_dir.name if upstream_dir else "") for s in statuses
+        ):
+            status = StageStatus(name, "stale", status.manifest, f"{upstream_dir.name} is stale")
+        statuses.append(status)
+        upstream = stage_dir
+    return statuses

@@ -1,0 +1,65 @@
+"""Text cleaning at ingest: decoding, Unicode normalization, control characters, Gutenberg boilerplate.
+
+Every function here is pure and cheap on clean text (fast checks before any rewrite), since
+it runs once per document on the whole corpus.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# C0/C1 controls except \t and \n, DEL, BOM/zero-width no-break space; \r is handled first.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates from JSON escapes are not valid UTF-8
+
+# Project Gutenberg markers, old and new styles ("*** START OF THIS PROJECT GUTENBERG EBOOK X ***").
+_PG_START = re.compile(r"^\*{3}\s*START OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.I | re.M)
+_PG_END = re.compile(
+    r"^(?:\*{3}\s*END OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK[^\n]*"
+    r"|End of (?:the )?Project Gutenberg'?s? [^\n]*)$",
+    re.I | re.M,
+)
+
+
+class DecodeError(ValueError):
+    """Bytes that are neither UTF-8 nor the configured fallback encoding."""
+
+
+def decode_bytes(raw: bytes, fallback: str | None = "cp1252") -> tuple[str, str]:
+    """Decode as UTF-8, else as `fallback`; returns (text, encoding used)."""
+    try:
+        return raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as utf8_error:
+        if fallback:
+            try:
+                return raw.decode(fallback), fallback
+            except UnicodeDecodeError:
+                pass
+        raise DecodeError(f"not UTF-8 ({utf8_error.reason} at byte {utf8_error.start})"
+                          + (f" nor {fallback}" if fallback else "")) from None
+
+
+def strip_gutenberg(text: str) -> tuple[str, bool]:
+    """Drop the Project Gutenberg license header and footer when both markers are present."""
+    if "GUTENBERG" not in text and "Gutenberg" not in text:
+        return text, False
+    start = _PG_START.search(text)
+    if start is None:
+        return text, False
+    end = _PG_END.search(text, start.end())
+    body = text[start.end(): end.start() if end else len(text)]
+    return body.strip("\n") + "\n", True
+
+
+def clean_text(text: str, normalization: str | None = "NFC") -> str:
+    """Newlines to \\n, control characters out, lone surrogates to U+FFFD, Unicode normalized."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _CONTROL.search(text):
+        text = _CONTROL.sub("", text)
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub("\ufffd", text)
+    if normalization and not unicodedata.is_normalized(normalization, text):
+        text = unicodedata.normalize(normalization, text)
+    return text
