@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.feather as feather
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import read_manifest
 from tasks.shards import REMOVED_DIR, ShardWriter, list_shards, read_shard, removed_schema
@@ -39,6 +39,8 @@ _SPILL_SCHEMA = pa.schema(
 
 class ExactDedupConfig(BaseModel):
     """What counts as the same text."""
+
+    model_config = ConfigDict(extra="forbid")
 
     unicode_nfkc: bool = Field(True, description="Fold compatibility characters (ligatures, full-width) first.")
     casefold: bool = Field(True, description="Ignore case.")

@@ -29,7 +29,7 @@ from typing import Iterator, Literal
 
 import orjson
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import files_fingerprint, write_json_atomic
 from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter
@@ -47,6 +47,8 @@ _GLOB_CHARS = set("*?[")
 
 class IngestConfig(BaseModel):
     """How raw files become documents."""
+
+    model_config = ConfigDict(extra="forbid")
 
     text_field: str = Field("text", description="Field (JSON key or Parquet column) holding the document text.")
     id_field: str | None = Field(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import StageManifest, now_iso, read_manifest, write_json_atomic
 from tasks.shards import OutputFile, ShardWriter, list_shards, sha256_file
@@ -29,6 +29,8 @@ CARD_JSON = "dataset_card.json"
 
 class PublishConfig(BaseModel):
     """How the final shards are cut."""
+
+    model_config = ConfigDict(extra="forbid")
 
     shard_bytes: int = Field(256 << 20, gt=0, description="Target text bytes per published shard.")
     top_sources: int = Field(20, ge=0, description="How many sources the dataset card lists by name.")
@@ -52,6 +54,7 @@ class Publish(Stage):
     name = "06_publish"
     Config = PublishConfig
     phases = ("write",)
+    owned_outputs = (*Stage.owned_outputs, CARD_MD, CARD_JSON)
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         return ["all"]

@@ -36,12 +36,14 @@ from tasks.manifest import (
     write_json_atomic,
     write_manifest,
 )
+from tasks.shards import REJECTS_DIR, REMOVED_DIR
 
 WORK_DIR = "_work"  # spill files and per-unit completion markers; removed once the manifest is written
 ATTEMPT = "attempt.json"
 
 UnitResult = dict  # rows_in, rows_out, removed{}, rejected{}, outputs[], stats{}
-Mapper = Callable[[Callable[[str], UnitResult], list[str], Callable[[str, UnitResult], None]], None]
+# mapper(fn, keys, on_done, label): call fn(key) for every key, anywhere, and on_done(key, result) as each ends
+Mapper = Callable[[Callable[[str], UnitResult], list[str], Callable[[str, UnitResult], None], str], None]
 ProgressCallback = Callable[[str, str, int, int], None]  # stage, phase, done, total
 
 
@@ -70,6 +72,8 @@ class Stage:
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
     phases: ClassVar[tuple[str, ...]] = ("process",)
+    # what the stage writes in its directory; only these are cleared before a fresh attempt
+    owned_outputs: ClassVar[tuple[str, ...]] = ("part-*.parquet", ".*.tmp", REJECTS_DIR, REMOVED_DIR, MANIFEST)
 
     def __init__(self, config: BaseModel | dict | None = None, **overrides):
         if config is None:
@@ -127,7 +131,7 @@ def _run_inline(fn, keys, on_done):
 def local_mapper(workers: int = 1) -> Mapper:
     """Run units in `workers` local processes (inline when one worker or one unit)."""
 
-    def mapper(fn, keys, on_done):
+    def mapper(fn, keys, on_done, label=""):
         if workers <= 1 or len(keys) <= 1:
             return _run_inline(fn, keys, on_done)
         with ProcessPoolExecutor(max_workers=min(workers, len(keys))) as pool:
@@ -138,16 +142,16 @@ def local_mapper(workers: int = 1) -> Mapper:
     return mapper
 
 
-def _prepare(ctx: StageContext, attempt: dict, force: bool) -> int:
+def _prepare(stage: Stage, ctx: StageContext, attempt: dict, force: bool) -> int:
     """Clear outputs of a different (or forced) attempt; return how many units are already done."""
-    stage_dir = ctx.stage_dir
     previous = None
     attempt_path = ctx.work_dir / ATTEMPT
     if attempt_path.exists():
         previous = json.loads(attempt_path.read_text())
-    if stage_dir.exists() and (force or previous != attempt):
-        for child in stage_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if ctx.stage_dir.exists() and (force or previous != attempt):
+        for pattern in (*stage.owned_outputs, WORK_DIR):
+            for child in ctx.stage_dir.glob(pattern):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(attempt_path, attempt)
     return sum(1 for _ in (ctx.work_dir / "done").rglob("*.json")) if (ctx.work_dir / "done").exists() else 0
@@ -186,7 +190,7 @@ def run_stage(
     if existing is not None:  # about to be replaced: make it unreadable as "complete" first
         (stage_dir / MANIFEST).unlink()
     attempt = {"config_hash": chash, "input_fingerprint": fingerprint}
-    resumed = _prepare(ctx, attempt, force)
+    resumed = _prepare(stage, ctx, attempt, force)
     mapper = mapper or local_mapper(1)
     started_at, t0 = now_iso(), time.perf_counter()
 
@@ -204,7 +208,7 @@ def run_stage(
                 progress(stage.name, _phase, len(_done), _total)
 
         if pending:
-            mapper(partial(execute_unit, stage, ctx, phase), pending, on_done)
+            mapper(partial(execute_unit, stage, ctx, phase), pending, on_done, f"{stage.name}:{phase}")
         results[phase] = [done[k] for k in keys]
 
     manifest = StageManifest(
@@ -267,26 +271,22 @@ def stage_status(stage_dir: Path, upstream_dir: Path | None, fingerprint_now: Ca
     return StageStatus(name, "complete", manifest)
 
 
-def run_statuses(run_dir: Path, fingerprint_ingest: Callable[[list[str]], str] | None = None) -> list[StageStatus]:
+def run_statuses(
+    run_dir: Path, stages: list[str] = STAGES, fingerprint_ingest: Callable[[list[str]], str] | None = None
+) -> list[StageStatus]:
     """Status of every stage of a run, in pipeline order; a stage downstream of a stale one is stale."""
-    statuses: list[StageStatus] = []
-    upstream: Path | None = None
-    for name in STAGES:
+    found: dict[str, StageStatus] = {}
+    for name in stages:
         stage_dir = Path(run_dir) / name
-        if not stage_dir.exists():
-            statuses.append(StageStatus(name, "missing", None))
-            continue
         manifest = read_manifest(stage_dir)
-        recorded_upstream = Path(manifest.inputs[0]).name if manifest and name != STAGES[0] else None
-        upstream_dir = Path(run_dir) / recorded_upstream if recorded_upstream else upstream
-        fp_now = None
-        if name == STAGES[0] and manifest is not None and fingerprint_ingest is not None:
-            fp_now = partial(fingerprint_ingest, manifest.inputs)
-        status = stage_status(stage_dir, upstream_dir if name != STAGES[0] else None, fp_now)
-        if status.status == "complete" and any(
-            s.status in ("stale",) and s.stage == (upstream_dir.name if upstream_dir else "") for s in statuses
-        ):
-            status = StageStatus(name, "stale", status.manifest, f"{upstream_dir.name} is stale")
-        statuses.append(status)
-        upstream = stage_dir
-    return statuses
+        if name == STAGES[0] or manifest is None:
+            now = partial(fingerprint_ingest, manifest.inputs) if manifest and fingerprint_ingest else None
+            status = stage_status(stage_dir, None, now)
+        else:
+            upstream = Path(run_dir) / Path(manifest.inputs[0]).name  # runs can be moved: use the name only
+            status = stage_status(stage_dir, upstream)
+            before = found.get(upstream.name)
+            if status.status == "complete" and before is not None and before.status != "complete":
+                status = StageStatus(name, "stale", manifest, f"{upstream.name} is {before.status}")
+        found[name] = status
+    return list(found.values())

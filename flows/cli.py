@@ -1,0 +1,263 @@
+"""The `loom` command line.
+
+    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact dedup -> publish
+    loom step exact_dedup --run-id r1 --force         # rerun one stage; later stages become stale
+    loom step ingest --input x.jsonl --output out/    # one stage on any input
+    loom runs [r1]                                    # runs, or one run's stages
+    loom demo                                         # everything, on a corpus built on the spot
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from flows.config import (
+    CurateConfig, default_run_id, load_config, load_run, resolve_workdir, run_dir, runs_dir,
+)
+from flows.reporting import console, reasons_table, summary_table
+from tasks import __version__
+from tasks.manifest import read_manifest, stage_dir_name
+from tasks.stage import run_statuses
+
+app = typer.Typer(
+    help="Loom: raw text corpora to trained language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+WorkdirOption = typer.Option(None, "--workdir", "-w", envvar="LOOM_WORKDIR",
+                             help="Work directory holding runs/ (default ./loom-work).")
+ConfigOption = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                            help="TOML, YAML or JSON file with one section per stage.")
+WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Local processes for shard work (default: all cores).")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def _config(path: Optional[Path], workers: Optional[int], base: CurateConfig | None = None) -> CurateConfig:
+    try:
+        config = load_config(path) if path else (base or CurateConfig())
+    except Exception as e:  # pydantic and parser errors name the bad key; show them plainly
+        _fail(f"bad config {path}: {e}")
+    if workers:
+        config.workers = workers
+    return config
+
+
+def _print_outcome(summaries: list[dict], title: str) -> None:
+    console.print(summary_table(summaries, title))
+    reasons = reasons_table(summaries)
+    if reasons is not None:
+        console.print(reasons)
+    last = summaries[-1]
+    console.print(f"output: [bold]{last['output']}[/bold]")
+    rejected = sum(s["rejected"] for s in summaries)
+    if rejected:
+        console.print(f"[yellow]{rejected:,} bad input record(s) kept with their reasons in _rejects/[/yellow]")
+
+
+@app.callback(invoke_without_command=True)
+def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"loom {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def curate(
+    inputs: List[str] = typer.Argument(..., help="Files, directories or globs of JSONL (.gz/.zst), Parquet, text."),
+    workdir: Optional[str] = WorkdirOption,
+    run_id: Optional[str] = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
+    config: Optional[Path] = ConfigOption,
+    workers: Optional[int] = WorkersOption,
+    force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
+) -> None:
+    """Run the curate flow: ingest -> exact dedup -> publish, skipping stages already complete."""
+    from flows.curate import curate_flow
+    from flows.prefect_api import prefect_api
+
+    cfg = _config(config, workers)
+    inputs = [str(Path(i).absolute()) for i in inputs]
+    run_id = run_id or default_run_id(inputs)
+    wd = resolve_workdir(workdir)
+    try:
+        with prefect_api():
+            summaries = curate_flow(inputs=inputs, run_id=run_id, workdir=str(wd), config=cfg, force=force)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    _print_outcome(summaries, f"curate run {run_id}")
+
+
+@app.command()
+def step(
+    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup or publish (or 01_ingest, ...)."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
+    inputs: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
+    force: bool = typer.Option(False, "--force", help="Rerun even if complete; later stages become stale."),
+    workdir: Optional[str] = WorkdirOption,
+    config: Optional[Path] = ConfigOption,
+    workers: Optional[int] = WorkersOption,
+) -> None:
+    """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
+    from flows.curate import PIPELINE, StageRun, downstream_of, run_one_stage
+    from flows.prefect_api import prefect_api
+
+    try:
+        name = stage_dir_name(stage)
+    except ValueError as e:
+        _fail(str(e))
+    if name not in PIPELINE:
+        _fail(f"stage {name} is not implemented yet; implemented: {', '.join(PIPELINE)}")
+    wd = resolve_workdir(workdir)
+
+    if inputs:
+        if output is None:
+            _fail("--input needs --output DIR")
+        cfg = _config(config, workers)
+        out = output.absolute()
+        run_id = run_id or f"step-{out.name}"
+        summaries = []
+        with prefect_api():
+            stage_input = None
+            if name != "01_ingest":  # any input goes through the ingest reader first
+                ingest_dir = out / "_ingest"
+                run = StageRun(run_id=run_id, workers=cfg.workers, output_dir=str(ingest_dir), force=force)
+                summaries.append(run_one_stage("01_ingest", run, cfg.ingest, [str(Path(i).absolute()) for i in inputs]))
+                stage_input = str(ingest_dir)
+            run = StageRun(run_id=run_id, workers=cfg.workers, output_dir=str(out), input_dir=stage_input, force=force)
+            summaries.append(run_one_stage(name, run, cfg.for_stage(name),
+                                           [str(Path(i).absolute()) for i in inputs] if name == "01_ingest" else None))
+        _print_outcome(summaries, f"step {name}")
+        return
+
+    if not run_id:
+        _fail("give --run-id R to rerun a stage of a run, or --input PATH... --output DIR")
+    try:
+        run_inputs, run_cfg = load_run(wd, run_id)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    cfg = _config(config, workers, base=run_cfg)
+    with prefect_api():
+        run = StageRun(run_id=run_id, workdir=str(wd), force=force, workers=cfg.workers)
+        try:
+            summary = run_one_stage(name, run, cfg.for_stage(name), run_inputs)
+        except FileNotFoundError as e:
+            _fail(f"{e} (run the stages before {name} first, e.g. loom curate)")
+    _print_outcome([summary], f"step {name} of run {run_id}")
+    statuses = {s.stage: s for s in run_statuses(run_dir(wd, run_id), list(PIPELINE))}
+    stale = [s for s in downstream_of(name) if statuses[s].status == "stale"]
+    if stale:
+        console.print(f"[yellow]now stale:[/yellow] {', '.join(stale)} "
+                      f"(rerun with `loom step <stage> --run-id {run_id}` or `loom curate`)")
+
+
+def _ingest_fingerprint(inputs: list[str]) -> str:
+    from tasks.ingest import Ingest
+
+    return Ingest().input_fingerprint(inputs)
+
+
+@app.command()
+def runs(
+    run_id: Optional[str] = typer.Argument(None, help="Show this run's stages."),
+    workdir: Optional[str] = WorkdirOption,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List runs, or show each stage of one run: complete, stale, partial or missing, with counts."""
+    from flows.curate import PIPELINE
+
+    wd = resolve_workdir(workdir)
+    if run_id is None:
+        rows = []
+        for d in sorted(p for p in runs_dir(wd).glob("*") if p.is_dir()):
+            statuses = run_statuses(d, list(PIPELINE), _ingest_fingerprint)
+            published = read_manifest(d / "06_publish")
+            rows.append({
+                "run_id": d.name,
+                "complete": sum(s.status == "complete" for s in statuses),
+                "stages": len(statuses),
+                "documents": published.rows_out if published else None,
+                "updated": max((s.manifest.finished_at for s in statuses if s.manifest), default=""),
+            })
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        if not rows:
+            console.print(f"no runs under {runs_dir(wd)}")
+            return
+        table = Table(title=f"runs in {runs_dir(wd)}", title_justify="left")
+        for col in ("run id", "stages complete", "documents published", "updated"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["run_id"], f"{r['complete']}/{r['stages']}",
+                          f"{r['documents']:,}" if r["documents"] is not None else "-", r["updated"])
+        console.print(table)
+        return
+
+    d = run_dir(wd, run_id)
+    if not d.exists():
+        _fail(f"no run {run_id!r} under {runs_dir(wd)}")
+    statuses = run_statuses(d, list(PIPELINE), _ingest_fingerprint)
+    if as_json:
+        print(json.dumps([{
+            "stage": s.stage, "status": s.status, "reason": s.reason,
+            "rows_in": s.manifest.rows_in if s.manifest else None,
+            "rows_out": s.manifest.rows_out if s.manifest else None,
+            "removed": s.manifest.removed if s.manifest else None,
+            "rejected": s.manifest.rejected if s.manifest else None,
+            "finished_at": s.manifest.finished_at if s.manifest else None,
+        } for s in statuses], indent=2))
+        return
+    colors = {"complete": "green", "stale": "yellow", "partial": "cyan", "missing": "red"}
+    table = Table(title=f"run {run_id} ({d})", title_justify="left")
+    for col, justify in [("stage", "left"), ("status", "left"), ("rows in", "right"), ("rows out", "right"),
+                         ("removed", "right"), ("rejected", "right"), ("finished", "left")]:
+        table.add_column(col, justify=justify)
+    for s in statuses:
+        m = s.manifest
+        status = f"[{colors[s.status]}]{s.status}[/]" + (f" [dim]({s.reason})[/dim]" if s.reason else "")
+        table.add_row(s.stage, status, f"{m.rows_in:,}" if m else "-", f"{m.rows_out:,}" if m else "-",
+                      f"{m.removed_total:,}" if m else "-", f"{m.rejected_total:,}" if m else "-",
+                      m.finished_at if m else "-")
+    console.print(table)
+
+
+@app.command()
+def demo(
+    workdir: Optional[str] = WorkdirOption,
+    workers: Optional[int] = WorkersOption,
+) -> None:
+    """Build a sample corpus from Python's own docs (with planted duplicates and bad records) and curate it."""
+    from flows.curate import curate_flow
+    from flows.demo import make_demo_corpus
+    from flows.prefect_api import prefect_api
+
+    wd = resolve_workdir(workdir)
+    corpus = wd / "demo-corpus"
+    planted = make_demo_corpus(corpus)
+    console.print(f"demo corpus: {corpus} ({planted['good_records']:,} good records, "
+                  f"{planted['exact_duplicates']} planted duplicates, "
+                  f"{sum(planted['rejects'].values())} planted bad records)")
+    cfg = _config(None, workers)
+    cfg.ingest.max_doc_bytes = 1 << 20  # so the planted 2 MiB line shows the oversize check
+    with prefect_api():
+        summaries = curate_flow(inputs=[str(corpus)], run_id="demo", workdir=str(wd), config=cfg)
+    _print_outcome(summaries, "demo: curate")
+    card = Path(summaries[-1]["output"]) / "dataset_card.md"
+    console.print(f"dataset card: {card}")
+    console.print(f"inspect it:   loom runs demo --workdir {wd}")
+
+
+if __name__ == "__main__":
+    app()

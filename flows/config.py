@@ -1,0 +1,101 @@
+"""Typed configuration for curate runs, and where runs live on disk.
+
+A config file (TOML, YAML or JSON) has one section per stage plus `workers`:
+
+    workers = 2
+    [ingest]
+    text_field = "output"
+    [exact_dedup]
+    strip_punctuation = false
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.exact_dedup import ExactDedupConfig
+from tasks.ingest import IngestConfig
+from tasks.manifest import write_json_atomic
+from tasks.publish import PublishConfig
+
+DEFAULT_WORKDIR = "loom-work"
+RUN_FILE = "run.json"
+
+
+def default_workers() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class CurateConfig(BaseModel):
+    """Every curate stage's settings; stages left out use their defaults."""
+
+    model_config = ConfigDict(extra="forbid")  # a typo in a config file is an error, not a silent default
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="01_ingest: reading raw files.")
+    exact_dedup: ExactDedupConfig = Field(
+        default_factory=ExactDedupConfig, description="02_exact_dedup: what counts as the same text."
+    )
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
+    workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
+
+    def for_stage(self, stage: str) -> BaseModel:
+        return getattr(self, stage.split("_", 1)[1])
+
+
+def load_config(path: str | Path | None) -> CurateConfig:
+    """Read a TOML, YAML or JSON config file; unknown keys are an error, not a silent typo."""
+    if path is None:
+        return CurateConfig()
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".toml", ".tml"):
+        import tomllib
+
+        data = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    return CurateConfig.model_validate(data)
+
+
+def resolve_workdir(workdir: str | None) -> Path:
+    return Path(workdir or os.environ.get("LOOM_WORKDIR") or DEFAULT_WORKDIR).absolute()
+
+
+def runs_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / "runs"
+
+
+def run_dir(workdir: str | Path, run_id: str) -> Path:
+    return runs_dir(workdir) / run_id
+
+
+def default_run_id(inputs: list[str]) -> str:
+    """Same inputs, same run: rerunning `loom curate` on them resumes or skips instead of starting over."""
+    key = "\0".join(sorted(str(Path(i).absolute()) for i in inputs))
+    return "run-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def save_run(workdir: Path, run_id: str, inputs: list[str], config: CurateConfig) -> None:
+    path = run_dir(workdir, run_id) / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"run_id": run_id, "inputs": inputs, "config": config.model_dump(mode="json")})
+
+
+def load_run(workdir: Path, run_id: str) -> tuple[list[str], CurateConfig]:
+    path = run_dir(workdir, run_id) / RUN_FILE
+    if not path.exists():
+        known = sorted(p.name for p in runs_dir(workdir).glob("*") if p.is_dir())
+        raise FileNotFoundError(
+            f"no run {run_id!r} under {runs_dir(workdir)}" + (f"; runs there: {', '.join(known)}" if known else "")
+        )
+    data = json.loads(path.read_text())
+    return data["inputs"], CurateConfig.model_validate(data["config"])

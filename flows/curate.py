@@ -1,0 +1,155 @@
+"""Prefect flows: one per curate stage, and `curate`, which chains them.
+
+Each stage flow is thin: it resolves the stage's directories, maps the stage's units over the
+task runner (local processes by default) as Prefect tasks, and publishes a table artifact
+with its counts. The stage logic lives in tasks/.
+
+    loom curate ../shared/data/pretrain/tinyshakespeare.txt --run-id shakespeare
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ProcessPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from flows.config import CurateConfig, default_run_id, default_workers, load_run, resolve_workdir, run_dir, save_run
+from flows.reporting import StageProgress, artifact_key, stage_summary, summary_rows
+from tasks.exact_dedup import ExactDedup, ExactDedupConfig
+from tasks.ingest import Ingest, IngestConfig
+from tasks.publish import CARD_MD, Publish, PublishConfig
+from tasks.stage import Stage, run_stage
+
+# The stages that exist, in pipeline order; each reads the one before it.
+PIPELINE: dict[str, type[Stage]] = {"01_ingest": Ingest, "02_exact_dedup": ExactDedup, "06_publish": Publish}
+
+
+def upstream_of(stage: str) -> str | None:
+    names = list(PIPELINE)
+    i = names.index(stage)
+    return names[i - 1] if i else None
+
+
+def downstream_of(stage: str) -> list[str]:
+    names = list(PIPELINE)
+    return names[names.index(stage) + 1:]
+
+
+class StageRun(BaseModel):
+    """Which run a stage works on, and how."""
+
+    run_id: str = Field(description="The run to work on; it lives under <workdir>/runs/<run_id>.")
+    workdir: str | None = Field(None, description="Work directory (default: $LOOM_WORKDIR or ./loom-work).")
+    force: bool = Field(False, description="Rerun even if complete; the stages after it become stale.")
+    workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
+    input_dir: str | None = Field(None, description="Read this stage directory instead of the run's previous stage.")
+    output_dir: str | None = Field(None, description="Write here instead of the run's stage directory.")
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{label}")
+def stage_unit(fn, key: str, label: str) -> dict:
+    """Run one unit of a stage (a shard, a partition) and record it as done."""
+    return fn(key)
+
+
+def prefect_mapper(fn, keys, on_done, label):
+    """Map units over the flow's task runner; a lone unit runs in the flow's own process."""
+    if len(keys) == 1:
+        on_done(keys[0], stage_unit(fn, keys[0], label=f"{label}:{keys[0]}"))
+        return
+    futures = {stage_unit.submit(fn, key, label=f"{label}:{key}"): key for key in keys}
+    for future in as_completed(list(futures)):
+        on_done(futures[future], future.result())
+
+
+def _run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None) -> dict:
+    logger = get_run_logger()
+    workdir = resolve_workdir(run.workdir)
+    stage_dir = Path(run.output_dir) if run.output_dir else run_dir(workdir, run.run_id) / stage.name
+    if inputs is None:
+        if run.input_dir:
+            inputs = [run.input_dir]
+        else:
+            inputs = [str(run_dir(workdir, run.run_id) / upstream_of(stage.name))]
+    progress = StageProgress(stage.name, run.run_id, logger)
+    t0 = time.perf_counter()
+    try:
+        outcome = run_stage(stage, run_id=run.run_id, stage_dir=stage_dir, inputs=inputs,
+                            mapper=prefect_mapper, force=run.force, progress=progress)
+    finally:
+        progress.close()
+    summary = stage_summary(outcome, time.perf_counter() - t0)
+    if outcome.skipped:
+        logger.info("%s is complete for this input and config: skipped (use --force to rerun)", stage.name)
+    else:
+        logger.info("%s: %s rows in, %s out, %s removed, %s rejected -> %s", stage.name, summary["rows_in"],
+                    summary["rows_out"], summary["removed"], summary["rejected"], stage_dir)
+    create_table_artifact(table=summary_rows([summary]), key=artifact_key(run.run_id, stage.name),
+                          description=f"{stage.name} of run {run.run_id}")
+    return summary
+
+
+def _with_workers(stage_flow, workers: int):
+    return stage_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=workers))
+
+
+@flow(name="ingest", flow_run_name="ingest-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+def ingest_flow(run: StageRun, inputs: list[str] | None = None, config: IngestConfig = IngestConfig()) -> dict:
+    """01_ingest: read JSONL, Parquet and text files into document shards; bad records go to _rejects/."""
+    if inputs is None:
+        inputs = load_run(resolve_workdir(run.workdir), run.run_id)[0]
+    return _run_stage_flow(Ingest(config), run, inputs)
+
+
+@flow(name="exact-dedup", flow_run_name="exact-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+def exact_dedup_flow(run: StageRun, config: ExactDedupConfig = ExactDedupConfig()) -> dict:
+    """02_exact_dedup: keep the first copy of each normalized text; the rest go to _removed/."""
+    return _run_stage_flow(ExactDedup(config), run)
+
+
+@flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict:
+    """06_publish: evenly sized final shards and the dataset card."""
+    summary = _run_stage_flow(Publish(config), run)
+    card = Path(summary["output"]) / CARD_MD
+    if card.exists():
+        create_markdown_artifact(markdown=card.read_text(), key=artifact_key(run.run_id, "dataset-card"),
+                                 description=f"Dataset card of run {run.run_id}")
+    return summary
+
+
+STAGE_FLOWS = {"01_ingest": ingest_flow, "02_exact_dedup": exact_dedup_flow, "06_publish": publish_flow}
+
+
+def run_one_stage(stage: str, run: StageRun, config: BaseModel, inputs: list[str] | None = None) -> dict:
+    """Call one stage's flow with the run's worker count (a subflow when called inside a flow)."""
+    kwargs = {"run": run, "config": config}
+    if stage == "01_ingest":
+        kwargs["inputs"] = inputs
+    return _with_workers(STAGE_FLOWS[stage], run.workers)(**kwargs)
+
+
+@flow(name="curate", flow_run_name="curate-{run_id}")
+def curate_flow(
+    inputs: list[str],
+    run_id: str | None = None,
+    workdir: str | None = None,
+    config: CurateConfig = CurateConfig(),
+    force: bool = False,
+) -> list[dict]:
+    """Ingest, deduplicate and publish a corpus; each stage is skipped when already complete."""
+    run_id = run_id or default_run_id(inputs)
+    save_run(resolve_workdir(workdir), run_id, inputs, config)
+    summaries = []
+    for stage in PIPELINE:
+        run = StageRun(run_id=run_id, workdir=workdir, force=force, workers=config.workers)
+        summaries.append(run_one_stage(stage, run, config.for_stage(stage), inputs))
+    create_table_artifact(table=summary_rows(summaries), key=artifact_key(run_id, "curate"),
+                          description=f"Curate summary of run {run_id}")
+    return summaries

@@ -1,0 +1,110 @@
+"""The demo corpus: built on any machine from text that ships with Python (pydoc_data.topics).
+
+It mixes every supported input format and plants what the stages must catch: exact
+duplicates (with case, spacing and punctuation changes), malformed JSON, undecodable bytes,
+missing and empty text, a legacy cp1252 line, an oversize line and a Project Gutenberg header.
+`plant_counts` says how many of each were planted, so the demo and its test can check them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _passages(max_chars: int = 1200) -> list[tuple[str, str]]:
+    """(topic, passage) pairs: each topic's paragraphs packed into passages of up to max_chars."""
+    from pydoc_data.topics import topics
+
+    out = []
+    for topic in sorted(topics):
+        paragraphs = [p.strip() for p in topics[topic].split("\n\n") if len(p.strip()) >= 40]
+        buf = ""
+        for p in paragraphs:
+            if buf and len(buf) + len(p) > max_chars:
+                out.append((topic, buf))
+                buf = ""
+            buf = f"{buf}\n\n{p}" if buf else p
+        if buf:
+            out.append((topic, buf))
+    return out
+
+
+def _variant(text: str, i: int) -> str:
+    """An exact duplicate after normalization: case, whitespace or punctuation changed."""
+    if i % 3 == 0:
+        return text.upper()
+    if i % 3 == 1:
+        return "  " + text.replace(" ", "   ") + "\n"
+    return text.replace(".", " . ").replace(",", "")
+
+
+def make_demo_corpus(directory: Path, duplicates: int = 40) -> dict:
+    """Write the demo corpus under `directory`; returns what was planted."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    passages = _passages()
+    records = [{"id": f"doc-{i:05d}", "text": text, "topic": topic} for i, (topic, text) in enumerate(passages)]
+    n = len(records)
+    a, b, c = records[: n // 2], records[n // 2: 3 * n // 4], records[3 * n // 4:]
+
+    with gzip.open(directory / "python-docs-a.jsonl.gz", "wt", encoding="utf-8") as f:
+        for r in a:
+            f.write(json.dumps(r) + "\n")
+    import zstandard
+
+    with open(directory / "python-docs-b.jsonl.zst", "wb") as raw:
+        with zstandard.ZstdCompressor().stream_writer(raw) as f:
+            for r in b:
+                f.write((json.dumps(r) + "\n").encode())
+    pq.write_table(pa.Table.from_pylist(c), directory / "python-docs-c.parquet")
+
+    # Exact duplicates of earlier documents, under new ids, in a later file.
+    step = max(1, n // duplicates)
+    dup_sources = records[::step][:duplicates]
+    with open(directory / "reposts.jsonl", "w", encoding="utf-8") as f:
+        for i, r in enumerate(dup_sources):
+            f.write(json.dumps({"id": f"repost-{i:03d}", "text": _variant(r["text"], i)}) + "\n")
+
+    # Bad input, one of each kind, among good lines.
+    bad = directory / "messy.jsonl"
+    with open(bad, "wb") as f:
+        f.write(b'{"id": "messy-ok-1", "text": "A clean record before the mess."}\n')
+        f.write(b'{"id": "messy-truncated", "text": "this line was cut off\n')  # malformed_json
+        f.write(b'{"id": "messy-no-text", "body": "text is under the wrong key"}\n')  # missing_text
+        f.write(b'{"id": "messy-empty", "text": "   "}\n')  # empty_text
+        f.write(b'["an", "array", "not", "an", "object"]\n')  # not_an_object
+        f.write(b'{"id": "messy-number", "text": 42}\n')  # text_not_string
+        f.write(b'{"id": "messy-bytes", "text": "bad \x81\x8d bytes"}\n')  # undecodable (not UTF-8 nor cp1252)
+        f.write('{"id": "messy-legacy", "text": "Caf\u00e9 cr\u00e8me in Windows-1252."}\n'.encode("cp1252"))
+        f.write(b'{"id": "messy-ok-1", "text": "The same id twice in one file."}\n')  # duplicate_id
+        f.write(b'{"id": "messy-huge", "text": "' + b"x" * (2 << 20) + b'"}\n')  # oversize (demo cap: 1 MiB)
+        f.write(b"\n")  # a blank line is not a record
+        f.write(b'{"id": "messy-ok-2", "text": "A clean record after the mess.\\u0000 (NUL removed)"}\n')
+
+    notes = directory / "notes"
+    notes.mkdir(exist_ok=True)
+    for topic, text in passages[:3]:
+        (notes / f"{topic}.md").write_text(f"# {topic}\n\n{text}\n")
+    (notes / "gutenberg-style.txt").write_text(
+        "The Project Gutenberg EBook of a Demo\n\nLicense text that must not be trained on.\n\n"
+        "*** START OF THIS PROJECT GUTENBERG EBOOK A DEMO ***\n\n"
+        "Only this sentence is the book.\n\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK A DEMO ***\n\nMore license text.\n"
+    )
+    (notes / "empty.txt").write_text("\n\n")  # empty_text
+    (notes / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # unsupported_format
+
+    planted = {
+        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources),  # passages, notes, gutenberg, messy ok, legacy, reposts
+        "exact_duplicates": len(dup_sources),
+        "rejects": {
+            "malformed_json": 1, "missing_text": 1, "empty_text": 2, "not_an_object": 1, "text_not_string": 1,
+            "undecodable": 1, "duplicate_id": 1, "oversize": 1, "unsupported_format": 1,
+        },
+    }
+    return planted

@@ -1,0 +1,37 @@
+"""One Prefect API for the whole command: the configured server, or a local one started here.
+
+Prefect's ephemeral mode gives every process its own temporary server, so process-pool
+workers would each start one (~9 s) on the same SQLite file ("database is locked"). Instead
+the CLI starts a single local server and exports PREFECT_API_URL, which workers inherit.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home; offline machines
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=120)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)  # send the last log lines before the server goes
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

@@ -1,0 +1,129 @@
+"""What people see: progress while a stage runs, and a summary table when it ends (CLI + Prefect)."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from tasks.stage import StageOutcome
+
+console = Console(stderr=True)
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def stage_summary(outcome: StageOutcome, seconds: float) -> dict:
+    m = outcome.manifest
+    status = "skipped" if outcome.skipped else ("resumed" if outcome.resumed_units else "ran")
+    return {
+        "stage": m.stage,
+        "status": status,
+        "rows_in": m.rows_in,
+        "rows_out": m.rows_out,
+        "removed": m.removed_total,
+        "removed_by": dict(m.removed),
+        "rejected": m.rejected_total,
+        "rejected_by": dict(m.rejected),
+        "seconds": round(seconds, 2),
+        "output": str(outcome.stage_dir),
+    }
+
+
+def _reasons(counts: dict) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def summary_rows(summaries: list[dict]) -> list[dict]:
+    """The summary as flat rows (Prefect table artifacts, JSON output)."""
+    return [
+        {
+            "stage": s["stage"], "status": s["status"], "rows in": s["rows_in"], "rows out": s["rows_out"],
+            "removed": s["removed"], "removed why": _reasons(s["removed_by"]), "rejected": s["rejected"],
+            "rejected why": _reasons(s["rejected_by"]), "seconds": s["seconds"], "output": s["output"],
+        }
+        for s in summaries
+    ]
+
+
+def summary_table(summaries: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name, justify in [("stage", "left"), ("status", "left"), ("rows in", "right"), ("rows out", "right"),
+                          ("removed", "right"), ("rejected", "right"), ("time", "right")]:
+        table.add_column(name, justify=justify)
+    for s in summaries:
+        status = {"skipped": "[yellow]skipped (complete)[/yellow]", "resumed": "[cyan]resumed[/cyan]"}.get(
+            s["status"], "[green]ran[/green]")
+        table.add_row(s["stage"], status, f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['removed']:,}",
+                      f"{s['rejected']:,}", f"{s['seconds']:.1f}s")
+    return table
+
+
+def reasons_table(summaries: list[dict]) -> Table | None:
+    """Removed and rejected rows by stage and reason; None when nothing was dropped."""
+    rows = [(s["stage"], kind, reason, count)
+            for s in summaries
+            for kind, counts in (("removed", s["removed_by"]), ("rejected", s["rejected_by"]))
+            for reason, count in sorted(counts.items(), key=lambda kv: -kv[1])]
+    if not rows:
+        return None
+    table = Table(title="why rows were dropped (all kept in _removed/ and _rejects/)", title_justify="left")
+    for name, justify in [("stage", "left"), ("kind", "left"), ("reason", "left"), ("rows", "right")]:
+        table.add_column(name, justify=justify)
+    for stage, kind, reason, count in rows:
+        table.add_row(stage, kind, reason, f"{count:,}")
+    return table
+
+
+class StageProgress:
+    """Progress of a stage's units: a Prefect progress artifact, a log line per phase, a bar on a terminal."""
+
+    def __init__(self, stage: str, run_id: str, logger=None):
+        self.stage, self.run_id, self.logger = stage, run_id, logger
+        self.artifact_id = None
+        self.phases: dict[str, tuple[int, int]] = {}
+        self._bar = None
+        self._task = None
+
+    def __call__(self, stage: str, phase: str, done: int, total: int) -> None:
+        self.phases[phase] = (done, total)
+        fraction = sum(d for d, _ in self.phases.values()) / max(1, sum(t for _, t in self.phases.values()))
+        self._artifact(100.0 * fraction)
+        if sys.stderr.isatty():
+            self._terminal(phase, done, total)
+        if self.logger and done == total:
+            self.logger.info("%s %s: %d/%d units done", stage, phase, done, total)
+
+    def _artifact(self, percent: float) -> None:
+        try:
+            from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(
+                    progress=percent, key=artifact_key(self.run_id, self.stage, "progress"),
+                    description=f"{self.stage} of run {self.run_id}")
+            else:
+                update_progress_artifact(self.artifact_id, progress=percent)
+        except Exception:  # progress is a courtesy; never fail a stage over it
+            pass
+
+    def _terminal(self, phase: str, done: int, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self._bar is None:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=True)
+            self._bar.start()
+        description = f"{self.stage} {phase}"
+        if self._task is None or self._bar.tasks[self._task].description != description:
+            self._task = self._bar.add_task(description, total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
