@@ -210,16 +210,15 @@ class Ingest(Stage):
         docs = _Documents(writer)
         rejects = RejectsWriter(ctx.stage_dir, key)
         stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "gutenberg_stripped": 0}
-        records = 0
         for entry in plan[key]:
             f = InputFile(Path(entry["path"]), entry["key"], entry["source"], entry["size"])
             stats["files"] += 1
             stats["bytes_read"] += f.size
-            records += self._read_file(f, docs, rejects, stats)
+            self._read_file(f, docs, rejects, stats)
         docs.flush()
         outputs = writer.close() + rejects.close()
         return {
-            "rows_in": records,
+            "rows_in": docs.rows + sum(rejects.counts.values()),  # every record is a document or a reject
             "rows_out": docs.rows,
             "rejected": rejects.counts,
             "outputs": [o.to_dict() for o in outputs],
@@ -228,33 +227,28 @@ class Ingest(Stage):
 
     # ---- one file ----------------------------------------------------------------------------
 
-    def _read_file(self, f: InputFile, docs: _Documents, rejects: RejectsWriter, stats: dict) -> int:
+    def _read_file(self, f: InputFile, docs: _Documents, rejects: RejectsWriter, stats: dict) -> None:
         fmt, compression = _format_of(f.path)
         if fmt is None:
             rejects.add(f.source, 0, "unsupported_format", detail=f"suffix {''.join(f.path.suffixes) or '(none)'}")
-            return 1
-        seen_ids: set[str] = set()  # ids must be unique; checked per file to keep memory bounded
-        position = 0
-        try:
-            if fmt == "text":
+            return
+        if fmt == "text":
+            try:
                 self._read_text_file(f, compression, docs, rejects, stats)
-                return 1
-            if fmt == "parquet":
-                records = self._parquet_records(f)
+            except Exception as e:
+                rejects.add(f.source, 0, "unreadable", detail=f"{type(e).__name__}: {e}")
+            return
+        seen_ids: set[str] = set()  # ids must be unique; checked per file to keep memory bounded
+        last = None  # position of the last record read, for errors part-way through a file
+        try:
+            records = self._parquet_records(f) if fmt == "parquet" else self._json_records(f, fmt, compression, rejects, stats)
+            for last, record, encoding in records:
+                self._add_record(f, last, record, encoding, docs, rejects, seen_ids, stats)
+        except Exception as e:  # unreadable file, truncated archive, corrupt Parquet: keep what was read
+            if last is None:
+                rejects.add(f.source, 0, "unreadable", detail=f"{type(e).__name__}: {e}")
             else:
-                records = self._json_records(f, fmt, compression, rejects, stats)
-            count = 0
-            for position, record, encoding in records:
-                count += 1
-                self._add_record(f, position, record, encoding, docs, rejects, seen_ids, stats)
-            return count
-        except OSError as e:  # unreadable file, truncated archive, corrupt Parquet...
-            reason = "unreadable" if position == 0 else "read_error"
-            rejects.add(f.source, position, reason, detail=f"{type(e).__name__}: {e}")
-            return 1
-        except Exception as e:  # a reader bug must not take down the run: keep the evidence
-            rejects.add(f.source, position, "read_error", detail=f"{type(e).__name__}: {e}")
-            return 1
+                rejects.add(f.source, last + 1, "read_error", detail=f"after position {last}: {type(e).__name__}: {e}")
 
     def _read_text_file(self, f, compression, docs, rejects, stats) -> None:
         if compression is None and f.size > self.config.max_doc_bytes:

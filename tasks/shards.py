@@ -14,6 +14,7 @@ shard under a final name.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -135,13 +136,19 @@ class ShardWriter:
             return
         table = pa.concat_tables(self._pending).cast(self.schema)
         self._pending, self._pending_bytes = [], 0
-        if self._writer is None:
-            self._open()
-        self._writer.write_table(table)
-        self._file_bytes += table.nbytes
-        self._file_rows += table.num_rows
-        if self.roll and self._file_bytes >= self.shard_bytes:
-            self._close_file()
+        bytes_per_row = max(1.0, table.nbytes / max(1, table.num_rows))
+        while table.num_rows:
+            if self._writer is None:
+                self._open()
+            rows = table.num_rows
+            if self.roll:  # cut the batch where this file reaches shard_bytes
+                rows = max(1, min(rows, math.ceil((self.shard_bytes - self._file_bytes) / bytes_per_row)))
+            piece, table = table.slice(0, rows), table.slice(rows)
+            self._writer.write_table(piece)
+            self._file_bytes += piece.nbytes
+            self._file_rows += piece.num_rows
+            if self.roll and self._file_bytes >= self.shard_bytes:
+                self._close_file()
 
     def _close_file(self) -> None:
         if self._writer is None:

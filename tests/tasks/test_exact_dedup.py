@@ -1,0 +1,78 @@
+"""02_exact_dedup: first occurrence in input order wins, whatever the shards, partitions or workers."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.exact_dedup import ExactDedup, ExactDedupConfig, normalize_for_hash
+from tasks.ingest import Ingest
+from tasks.shards import read_dir
+from tasks.stage import local_mapper, run_stage
+
+
+def test_normalization_folds_case_space_punctuation_and_compatibility_forms():
+    cfg = ExactDedupConfig()
+    assert normalize_for_hash("Hello,   World!\n", cfg) == normalize_for_hash("hello world", cfg)
+    assert normalize_for_hash("ﬁne", cfg) == normalize_for_hash("FINE", cfg)
+    assert normalize_for_hash("a-b", cfg) != normalize_for_hash("ab", cfg)  # punctuation splits words
+    strict = ExactDedupConfig(casefold=False, strip_punctuation=False)
+    assert normalize_for_hash("Hello!", strict) != normalize_for_hash("hello!", strict)
+
+
+@pytest.fixture(scope="module")
+def corpus(shared, tmp_path_factory):
+    """GSM8K questions (real text) in three files, with planted copies across files."""
+    root = tmp_path_factory.mktemp("corpus")
+    questions = [json.loads(line)["question"] for line in
+                 (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()[:600]]
+    files = [questions[:200], questions[200:400], questions[400:]]
+    planted = {}  # copy text -> index of the original
+    for n, i in enumerate(range(0, 600, 7)):
+        variant = questions[i].upper() if n % 2 else "  " + questions[i].replace(" ", "  ")
+        files[(i // 200 + 1) % 3].append(variant)
+        planted[variant] = i
+    for k, texts in enumerate(files):
+        with open(root / f"part{k}.jsonl", "w") as f:
+            for t in texts:
+                f.write(json.dumps({"text": t}) + "\n")
+    return root, questions, planted
+
+
+def _reference(texts: list[str]) -> tuple[set[int], dict[int, int]]:
+    """Which positions survive, and for each dropped one the position it duplicates (plain Python)."""
+    cfg = ExactDedupConfig()
+    first: dict[str, int] = {}
+    kept, dup_of = set(), {}
+    for i, t in enumerate(texts):
+        key = normalize_for_hash(t, cfg)
+        if key in first:
+            dup_of[i] = first[key]
+        else:
+            first[key] = i
+            kept.add(i)
+    return kept, dup_of
+
+
+@pytest.mark.parametrize("workers,rows_per_partition,shard_bytes", [(1, 2_000_000, 256 << 20), (2, 100, 20_000)])
+def test_keeps_first_in_input_order_with_any_sharding(corpus, tmp_path, workers, rows_per_partition, shard_bytes):
+    root, questions, planted = corpus
+    ingest_dir = tmp_path / "01_ingest"
+    run_stage(Ingest(shard_bytes=shard_bytes, unit_bytes=50_000), run_id="t", stage_dir=ingest_dir,
+              inputs=[str(root)], mapper=local_mapper(workers))
+    ingested = read_dir(ingest_dir)
+    order = ingested.column("text").to_pylist()  # shards in name order are input order
+    kept_ref, dup_ref = _reference(order)
+
+    outcome = run_stage(ExactDedup(rows_per_partition=rows_per_partition), run_id="t",
+                        stage_dir=tmp_path / "02", inputs=[str(ingest_dir)], mapper=local_mapper(workers))
+    out = read_dir(tmp_path / "02")
+    removed = read_dir(tmp_path / "02" / "_removed")
+    ids = ingested.column("id").to_pylist()
+    assert sorted(out.column("id").to_pylist()) == sorted(ids[i] for i in kept_ref)
+    assert outcome.manifest.removed == {"exact_duplicate": len(dup_ref)}
+    assert len(dup_ref) >= len(planted)
+    kept_of = dict(zip(removed.column("id").to_pylist(), removed.column("kept_id").to_pylist()))
+    assert kept_of == {ids[i]: ids[j] for i, j in dup_ref.items()}
+    assert set(removed.column("reason").to_pylist()) == {"exact_duplicate"}
+    assert removed.column("text").to_pylist()  # the dropped document itself is kept in _removed/

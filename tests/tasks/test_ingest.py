@@ -1,0 +1,148 @@
+"""01_ingest on real files and on tricky ones: every record is either a document or a reject."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from tasks.ingest import Ingest, derived_id, expand_inputs
+from tasks.shards import read_dir
+from tasks.stage import local_mapper, run_stage
+
+
+def ingest(inputs, out: Path, workers=1, **config):
+    outcome = run_stage(Ingest(**config), run_id="t", stage_dir=out, inputs=[str(i) for i in inputs],
+                        mapper=local_mapper(workers))
+    return outcome.manifest, read_dir(out), read_dir(out / "_rejects")
+
+
+def test_alpaca_libre_v2_every_malformed_line_rejected_every_good_line_kept(shared, tmp_path):
+    path = shared / "sft/alpaca_libre/alpaca_libre_tasks_v2.jsonl"
+    good, malformed = {}, []
+    for lineno, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            good[lineno] = json.loads(line)
+        except ValueError:
+            malformed.append(lineno)
+    assert len(malformed) == 14
+
+    manifest, docs, rejects = ingest([path], tmp_path / "out", text_field="instruction")
+    assert manifest.rejected == {"malformed_json": 14}
+    assert sorted(rejects.column("position").to_pylist()) == malformed
+    assert set(rejects.column("source").to_pylist()) == {path.as_posix()}
+    assert all(r for r in rejects.column("raw").to_pylist())
+    positions = sorted(json.loads(m)["position"] for m in docs.column("meta").to_pylist())
+    assert positions == sorted(good)
+    texts = dict(zip(positions, docs.sort_by("id").column("text").to_pylist()))
+    assert manifest.rows_in == len(good) + 14 and manifest.rows_out == len(good) == docs.num_rows
+    # nothing but the text and id left the record: the rest is in meta
+    meta = json.loads(docs.column("meta")[0].as_py())
+    assert {"status", "output"} <= set(meta["fields"])
+    assert texts
+
+
+def test_formats_compression_and_stable_ids(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    records = [{"text": f"document number {i}", "lang": "en"} for i in range(5)]
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    (src / "a.jsonl").write_text(lines)
+    with gzip.open(src / "b.jsonl.gz", "wt") as f:
+        f.write(lines)
+    (src / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    pq.write_table(pa.Table.from_pylist([{"id": "p1", "text": "from parquet", "n": 1}]), src / "d.parquet")
+    (src / "e.json").write_text(json.dumps([{"id": "j1", "text": "from a JSON array"}]))
+    (src / "sub").mkdir()
+    (src / "sub" / "f.md").write_text("# A markdown file\n\nOne document.")
+    (src / ".hidden.jsonl").write_text(lines)  # hidden files are not input
+
+    manifest, docs, rejects = ingest([src], tmp_path / "out1")
+    assert rejects.num_rows == 0
+    assert docs.num_rows == 5 * 3 + 3
+    by_id = dict(zip(docs.column("id").to_pylist(), docs.column("text").to_pylist()))
+    assert by_id["p1"] == "from parquet" and by_id["j1"] == "from a JSON array"
+    assert by_id[derived_id("sub/f.md", 0)].startswith("# A markdown file")
+    assert by_id[derived_id("b.jsonl.gz", 3)] == "document number 2"  # 1-based lines
+
+    # Same files elsewhere, other worker count: the same ids.
+    moved = tmp_path / "elsewhere" / "in"
+    shutil.copytree(src, moved)
+    _, docs2, _ = ingest([moved], tmp_path / "out2", workers=2, unit_bytes=100)
+    assert sorted(docs2.column("id").to_pylist()) == sorted(docs.column("id").to_pylist())
+
+
+def test_tricky_input_each_becomes_a_reject_with_its_reason(tmp_path):
+    f = tmp_path / "tricky.jsonl"
+    with open(f, "wb") as out:
+        out.write(b'{"id": "ok", "text": "fine"}\n')
+        out.write(b'{"id": "cut", "text": "no end\n')
+        out.write(b'{"id": "nokey", "body": "x"}\n')
+        out.write(b'{"id": "blank", "text": " \\n\\t "}\n')
+        out.write(b'{"id": "null", "text": null}\n')
+        out.write(b'[1, 2]\n')
+        out.write(b'{"id": "num", "text": 7}\n')
+        out.write(b'{"id": "bytes", "text": "\x81\x8d"}\n')
+        out.write('{"id": "legacy", "text": "naïve café"}\n'.encode("cp1252"))
+        out.write(b'{"id": "ok", "text": "same id again"}\n')
+        out.write(b'{"id": {"nested": 1}, "text": "bad id"}\n')
+        out.write(b'{"id": "huge", "text": "' + b"y" * 5000 + b'"}\n')
+        out.write(b"\n")
+        out.write(b'{"id": "surrogate", "text": "lone \\ud800 half"}\n')
+        out.write(b'{"id": "control", "text": "bell\\u0007 and nul\\u0000 gone"}\n')
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "corrupt.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n' * 50)[:40])
+    (tmp_path / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    (tmp_path / "table.csv").write_text("a,b\n")
+
+    inputs = [f, tmp_path / "empty.txt", tmp_path / "corrupt.jsonl.gz", tmp_path / "corrupt.parquet",
+              tmp_path / "table.csv"]
+    manifest, docs, rejects = ingest(inputs, tmp_path / "out", max_doc_bytes=4096)
+    reasons = {(Path(s).name, p): r for s, p, r in zip(rejects.column("source").to_pylist(),
+                                                        rejects.column("position").to_pylist(),
+                                                        rejects.column("reason").to_pylist())}
+    assert reasons == {
+        ("tricky.jsonl", 2): "malformed_json",
+        ("tricky.jsonl", 3): "missing_text",
+        ("tricky.jsonl", 4): "empty_text",
+        ("tricky.jsonl", 5): "empty_text",
+        ("tricky.jsonl", 6): "not_an_object",
+        ("tricky.jsonl", 7): "text_not_string",
+        ("tricky.jsonl", 8): "undecodable",
+        ("tricky.jsonl", 10): "duplicate_id",
+        ("tricky.jsonl", 11): "bad_id",
+        ("tricky.jsonl", 12): "oversize",
+        ("empty.txt", 0): "empty_text",
+        ("corrupt.jsonl.gz", 51): "read_error",  # truncated archive: 50 lines read, then the error
+        ("corrupt.parquet", 0): "unreadable",
+        ("table.csv", 0): "unsupported_format",
+    }
+    texts = dict(zip(docs.column("id").to_pylist(), docs.column("text").to_pylist()))
+    assert sum(t == "a" for t in texts.values()) == 50
+    texts = {k: v for k, v in texts.items() if v != "a"}
+    assert texts == {"ok": "fine", "legacy": "naïve café", "surrogate": "lone \ufffd half",
+                     "control": "bell and nul gone"}
+    meta = {i: json.loads(m) for i, m in zip(docs.column("id").to_pylist(), docs.column("meta").to_pylist())}
+    assert meta["legacy"]["encoding"] == "cp1252"
+    assert manifest.stats["blank_lines"] == 1
+    assert all(len(r) <= 2001 for r in rejects.column("raw").to_pylist())  # raw values are truncated
+
+
+def test_gutenberg_text_file_is_stripped(shared, tmp_path):
+    manifest, docs, rejects = ingest([shared / "pretrain/gutenberg_raw"], tmp_path / "out")
+    assert docs.num_rows == 1
+    assert sorted(rejects.column("reason").to_pylist()) == ["unsupported_format", "unsupported_format"]
+    text = docs.column("text")[0].as_py()
+    assert "\r" not in text and "*** START OF" not in text and text.startswith("Produced by")
+    assert manifest.stats["gutenberg_stripped"] == 1
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        expand_inputs([str(tmp_path / "nope.jsonl")])
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        expand_inputs([str(tmp_path / "*.jsonl")])

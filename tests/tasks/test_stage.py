@@ -1,0 +1,112 @@
+"""Stage life cycle: skip when complete, rerun on config change, resume a killed stage per unit."""
+
+import hashlib
+import json
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.exact_dedup import ExactDedup
+from tasks.ingest import Ingest
+from tasks.manifest import MANIFEST, read_manifest
+from tasks.publish import Publish, read_card
+from tasks.shards import read_dir
+from tasks.stage import local_mapper, run_stage, run_statuses
+
+
+@pytest.fixture()
+def ingested(shared, tmp_path):
+    """GSM8K test questions twice (the same file under two names): 1,319 exact duplicates, 7+ shards."""
+    copy = tmp_path / "copy" / "test-again.jsonl"
+    copy.parent.mkdir()
+    shutil.copy(shared / "sft/gsm8k/test.jsonl", copy)
+    out = tmp_path / "run" / "01_ingest"
+    run_stage(Ingest(text_field="question", unit_bytes=300_000, shard_bytes=50_000), run_id="t", stage_dir=out,
+              inputs=[str(shared / "sft/gsm8k/test.jsonl"), str(copy)], mapper=local_mapper(1))
+    return out
+
+
+def test_complete_stage_is_skipped_and_config_change_reruns(ingested, tmp_path):
+    dedup_dir = tmp_path / "run" / "02_exact_dedup"
+    first = run_stage(ExactDedup(), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)])
+    assert not first.skipped
+    again = run_stage(ExactDedup(), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)])
+    assert again.skipped and again.manifest.finished_at == first.manifest.finished_at
+    changed = run_stage(ExactDedup(casefold=False), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)])
+    assert not changed.skipped and changed.manifest.config_hash != first.manifest.config_hash
+    forced = run_stage(ExactDedup(casefold=False), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)], force=True)
+    assert not forced.skipped
+
+
+def test_manifest_fields_and_output_checksums(ingested):
+    m = json.loads((ingested / MANIFEST).read_text())
+    for field in ("stage", "run_id", "config", "config_hash", "input_fingerprint", "code_version", "rows_in",
+                  "rows_out", "removed", "outputs", "started_at", "finished_at"):
+        assert field in m
+    for o in m["outputs"]:
+        assert hashlib.sha256((ingested / o["path"]).read_bytes()).hexdigest() == o["sha256"]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_stage_resumes_per_unit_with_identical_result(ingested, tmp_path):
+    clean_dir = tmp_path / "clean"
+    clean = run_stage(ExactDedup(rows_per_partition=300), run_id="t", stage_dir=clean_dir, inputs=[str(ingested)])
+
+    calls = {"filter": 0}
+
+    def dying_mapper(fn, keys, on_done, label):
+        for key in keys:
+            if label.endswith("filter") and calls["filter"] == 2:
+                raise Killed("worker killed")
+            if label.endswith("filter"):
+                calls["filter"] += 1
+            on_done(key, fn(key))
+
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        run_stage(ExactDedup(rows_per_partition=300), run_id="t", stage_dir=resumed_dir, inputs=[str(ingested)],
+                  mapper=dying_mapper)
+    assert read_manifest(resumed_dir) is None  # no manifest: the stage is not complete
+    assert run_statuses(tmp_path, ["01_ingest", "resumed"])[1].status == "partial"
+
+    done_before = []
+    def counting_mapper(fn, keys, on_done, label):
+        done_before.append((label, len(keys)))
+        for key in keys:
+            on_done(key, fn(key))
+
+    outcome = run_stage(ExactDedup(rows_per_partition=300), run_id="t", stage_dir=resumed_dir,
+                        inputs=[str(ingested)], mapper=counting_mapper)
+    assert outcome.resumed_units > 0
+    filter_keys = dict(done_before)["02_exact_dedup:filter"]
+    assert filter_keys == len(list(ingested.glob("part-*.parquet"))) - 2  # the two finished shards were not redone
+    a, b = read_dir(clean_dir), read_dir(resumed_dir)
+    assert a.sort_by("id").equals(b.sort_by("id"))
+    assert outcome.manifest.removed == clean.manifest.removed
+
+
+def test_publish_even_shards_and_dataset_card(ingested, tmp_path):
+    dedup_dir = tmp_path / "run" / "02_exact_dedup"
+    dedup = run_stage(ExactDedup(), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)]).manifest
+    pub_dir = tmp_path / "run" / "06_publish"
+    m = run_stage(Publish(shard_bytes=100_000), run_id="t", stage_dir=pub_dir, inputs=[str(dedup_dir)]).manifest
+    shards = sorted(pub_dir.glob("part-*.parquet"))
+    assert [s.name for s in shards] == [f"part-{i:05d}.parquet" for i in range(len(shards))]
+    texts_per_shard = [sum(len(t.encode()) for t in pq.read_table(s).column("text").to_pylist()) for s in shards]
+    assert len(shards) == -(-sum(texts_per_shard) // 100_000)
+    assert max(texts_per_shard[:-1]) - min(texts_per_shard[:-1]) < 2_000  # even, to within a document or two
+    assert m.rows_out == dedup.rows_out == read_dir(pub_dir).num_rows
+    card = read_card(pub_dir)
+    assert [s["stage"] for s in card["stages"]] == ["01_ingest", "02_exact_dedup"]
+    assert card["stages"][1]["removed"] == dedup.removed
+    assert dedup.removed["exact_duplicate"] >= 1319  # the second copy is all duplicates
+    assert card["documents"] == m.rows_out
+    assert "| 02_exact_dedup |" in (pub_dir / "dataset_card.md").read_text()
+    statuses = run_statuses(tmp_path / "run")
+    assert [s.status for s in statuses] == ["complete", "complete", "missing", "missing", "missing", "complete"]
+    run_stage(ExactDedup(), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)], force=True)
+    assert run_statuses(tmp_path / "run")[5].status == "stale"
