@@ -88,8 +88,8 @@ def make_demo_corpus(directory: Path, duplicates: int = 40) -> dict:
 
     notes = directory / "notes"
     notes.mkdir(exist_ok=True)
-    for topic, text in passages[:3]:
-        (notes / f"{topic}.md").write_text(f"# {topic}\n\n{text}\n")
+    for i, (topic, text) in enumerate(passages[:3]):
+        (notes / f"{i:02d}-{topic}.md").write_text(f"# {topic}\n\n{text}\n")
     (notes / "gutenberg-style.txt").write_text(
         "The Project Gutenberg EBook of a Demo\n\nLicense text that must not be trained on.\n\n"
         "*** START OF THIS PROJECT GUTENBERG EBOOK A DEMO ***\n\n"

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from tasks.stage import StageOutcome
 
-console = Console(stderr=True)
+# Logs and CI capture are not terminals: give tables room instead of rich's 80-column default.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def artifact_key(*parts: str) -> str:
@@ -53,11 +54,13 @@ def summary_rows(summaries: list[dict]) -> list[dict]:
 
 def summary_table(summaries: list[dict], title: str) -> Table:
     table = Table(title=title, title_justify="left")
+    if any(s["status"] == "skipped" for s in summaries):
+        table.caption = "skipped: already complete for this input and config (--force reruns it)"
     for name, justify in [("stage", "left"), ("status", "left"), ("rows in", "right"), ("rows out", "right"),
                           ("removed", "right"), ("rejected", "right"), ("time", "right")]:
         table.add_column(name, justify=justify)
     for s in summaries:
-        status = {"skipped": "[yellow]skipped (complete)[/yellow]", "resumed": "[cyan]resumed[/cyan]"}.get(
+        status = {"skipped": "[yellow]skipped[/yellow]", "resumed": "[cyan]resumed[/cyan]"}.get(
             s["status"], "[green]ran[/green]")
         table.add_row(s["stage"], status, f"{s['rows_in']:,}", f"{s['rows_out']:,}", f"{s['removed']:,}",
                       f"{s['rejected']:,}", f"{s['seconds']:.1f}s")

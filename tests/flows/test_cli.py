@@ -1,0 +1,140 @@
+"""The `loom` CLI and Prefect flows, end to end, against one real Prefect server for the session."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.shards import read_dir
+
+runner = CliRunner()
+
+
+def loom(*args: str) -> str:
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def runs_json(workdir: Path, run_id: str) -> dict:
+    return {s["stage"]: s for s in json.loads(loom("runs", run_id, "--workdir", workdir, "--json"))}
+
+
+def test_help_on_every_command():
+    for command in ([], ["curate"], ["step"], ["runs"], ["demo"]):
+        assert "Usage" in loom(*command, "--help")
+
+
+@pytest.fixture(scope="module")
+def mixed_corpus(shared, tmp_path_factory):
+    """Shared corpora of several formats plus a file of planted duplicates and malformed lines."""
+    root = tmp_path_factory.mktemp("mixed")
+    shutil.copy(shared / "pretrain/tinyshakespeare.txt", root / "shakespeare.txt")
+    shutil.copytree(shared / "pretrain/gutenberg_raw", root / "gutenberg")
+    questions = [json.loads(l) for l in (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()[:300]]
+    with open(root / "gsm8k.jsonl", "w") as f:
+        for q in questions:
+            f.write(json.dumps({"text": q["question"] + "\n" + q["answer"]}) + "\n")
+    with open(root / "zz-planted.jsonl", "w") as f:
+        for q in questions[:25]:  # 25 exact duplicates, changed in case and spacing
+            f.write(json.dumps({"text": (q["question"] + "\n" + q["answer"]).upper()}) + "\n")
+        f.write('{"text": "truncated\n')
+        f.write('{"no_text": 1}\n')
+        f.write('{"text": ""}\n')
+    return root
+
+
+def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefect_server, mixed_corpus, tmp_path):
+    wd = tmp_path / "wd"
+    out = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--workers", "2")
+    assert "curate run mix" in out and "06_publish" in out
+    status = runs_json(wd, "mix")
+    assert [status[s]["status"] for s in ("01_ingest", "02_exact_dedup", "06_publish")] == ["complete"] * 3
+    ingest = status["01_ingest"]
+    # shakespeare + devil's dictionary (.txt) + 300 gsm8k + 25 planted; .htm and LICENSE are unsupported
+    assert ingest["rows_out"] == 1 + 1 + 300 + 25
+    assert ingest["rejected"] == {"malformed_json": 1, "missing_text": 1, "empty_text": 1, "unsupported_format": 2}
+    assert status["02_exact_dedup"]["removed"] == {"exact_duplicate": 25}
+    published = read_dir(wd / "runs/mix/06_publish")
+    assert published.num_rows == 302
+    assert not any(t.isupper() for t in published.column("text").to_pylist())  # the originals were kept
+    card = json.loads((wd / "runs/mix/06_publish/dataset_card.json").read_text())
+    assert card["documents"] == 302 and card["stages"][1]["removed"] == {"exact_duplicate": 25}
+
+    again = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix")
+    assert again.count("│ skipped") == 3
+    finished = {s: runs_json(wd, "mix")[s]["finished_at"] for s in ("01_ingest", "02_exact_dedup")}
+
+    cfg = tmp_path / "strict.toml"
+    cfg.write_text("[exact_dedup]\ncasefold = false\n")
+    changed = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--config", cfg)
+    assert changed.count("│ skipped") == 1  # ingest only
+    status = runs_json(wd, "mix")
+    assert status["01_ingest"]["finished_at"] == finished["01_ingest"]
+    assert status["02_exact_dedup"]["removed"] == {}  # upper-cased copies are different texts now
+    assert status["06_publish"]["rows_out"] == 327
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[exact_dedup]\ncasefould = false\n")
+    result = runner.invoke(app, ["curate", str(mixed_corpus), "--workdir", str(wd), "--config", str(bad)])
+    assert result.exit_code == 2 and "casefould" in result.output
+
+
+def test_step_reruns_one_stage_and_marks_later_stages_stale(prefect_server, mixed_corpus, tmp_path):
+    wd = tmp_path / "wd"
+    loom("curate", mixed_corpus / "gsm8k.jsonl", mixed_corpus / "zz-planted.jsonl", "--workdir", wd, "--run-id", "r")
+    before = runs_json(wd, "r")
+    out = loom("step", "exact_dedup", "--run-id", "r", "--workdir", wd, "--force")
+    assert "now stale: 06_publish" in out
+    after = runs_json(wd, "r")
+    assert after["01_ingest"]["finished_at"] == before["01_ingest"]["finished_at"]
+    assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
+    assert after["06_publish"]["status"] == "stale"
+    loom("step", "publish", "--run-id", "r", "--workdir", wd)
+    assert runs_json(wd, "r")["06_publish"]["status"] == "complete"
+    listing = json.loads(loom("runs", "--workdir", wd, "--json"))
+    assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 3
+
+
+def test_step_on_any_input(prefect_server, shared, tmp_path):
+    out = tmp_path / "ingested"
+    loom("step", "ingest", "--input", shared / "sft/alpaca_libre/alpaca_libre_tasks_v2.jsonl", "--output", out,
+         "--config", _config(tmp_path, "[ingest]\ntext_field = 'instruction'\n"))
+    assert read_dir(out / "_rejects").num_rows == 14
+    dedup = tmp_path / "dedup"
+    loom("step", "exact_dedup", "--input", shared / "sft/gsm8k/test.jsonl", "--output", dedup,
+         "--config", _config(tmp_path, "[ingest]\ntext_field = 'question'\n"))
+    assert (dedup / "_manifest.json").exists() and (dedup / "_ingest" / "_manifest.json").exists()
+    assert read_dir(dedup).num_rows > 1300
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / f"cfg-{abs(hash(text))}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_server, tmp_path):
+    import httpx
+
+    from flows.demo import make_demo_corpus
+
+    out = loom("demo", "--workdir", tmp_path)
+    planted = make_demo_corpus(tmp_path / "check")
+    status = runs_json(tmp_path, "demo")
+    assert status["01_ingest"]["rejected"] == planted["rejects"]
+    assert status["01_ingest"]["rows_out"] == planted["good_records"]
+    assert status["02_exact_dedup"]["removed"]["exact_duplicate"] >= planted["exact_duplicates"]
+    removed = read_dir(tmp_path / "runs/demo/02_exact_dedup/_removed")
+    assert {i for i in removed.column("id").to_pylist() if i.startswith("repost-")} == {
+        f"repost-{i:03d}" for i in range(planted["exact_duplicates"])}
+    assert "dataset card" in out
+
+    response = httpx.post(f"{prefect_server}/artifacts/filter",
+                          json={"artifacts": {"key": {"like_": "demo-"}}, "limit": 200, "offset": 0})
+    response.raise_for_status()
+    keys = {a["key"] for a in response.json()}
+    assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-06-publish", "demo-curate", "demo-dataset-card"} <= keys
