@@ -12,6 +12,7 @@ import unicodedata
 # C0/C1 controls except \t and \n, DEL, BOM/zero-width no-break space; \r is handled first.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates from JSON escapes are not valid UTF-8
+_ANY_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")  # one scan on the clean path
 
 # Project Gutenberg markers, old and new styles ("*** START OF THIS PROJECT GUTENBERG EBOOK X ***").
 _PG_START = re.compile(r"^\*{3}\s*START OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.I | re.M)
@@ -56,10 +57,10 @@ def clean_text(text: str, normalization: str | None = "NFC") -> str:
     """Newlines to \\n, control characters out, lone surrogates to U+FFFD, Unicode normalized."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if _CONTROL.search(text):
-        text = _CONTROL.sub("", text)
-    if _SURROGATE.search(text):
-        text = _SURROGATE.sub("\ufffd", text)
+    if _ANY_BAD.search(text):
+        text = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text))
+    if text.isascii():  # O(1) in CPython; ASCII is already in every normal form
+        return text
     if normalization and not unicodedata.is_normalized(normalization, text):
         text = unicodedata.normalize(normalization, text)
     return text

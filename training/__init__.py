@@ -1,0 +1,1 @@
+"""Model, token-shard loader, DeepSpeed engine, Ray Train launcher, checkpoints (not built yet)."""

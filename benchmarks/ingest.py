@@ -1,0 +1,177 @@
+"""Ingest + exact dedup throughput and memory, beside a plain pyarrow.json + pandas baseline.
+
+    .venv/bin/python benchmarks/ingest.py [--size-mb 200] [--workers 2]
+
+Builds a JSONL corpus of at least --size-mb from ../shared/data/pretrain (passages of
+Shakespeare, Gutenberg books and WikiText-2, made distinct per copy, with 10% planted exact
+duplicates), then runs each contender in its own process so peak RSS and CPU time are its
+own. "MB/s per core" divides input bytes by CPU seconds (user + system), so runs that use
+several cores are compared fairly.
+
+Contenders:
+  baseline   pyarrow.json.read_json (1 thread) -> pandas drop_duplicates(text) -> Parquet
+  loom x1    01_ingest + 02_exact_dedup, one process (the stage functions, no Prefect)
+  loom xN    the same with N worker processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def passages(max_chars: int = 1500) -> list[str]:
+    texts = [(SHARED / "pretrain/tinyshakespeare.txt").read_text()]
+    texts += [p.read_text(errors="replace") for p in sorted((SHARED / "pretrain/gutenberg_nltk").glob("*.txt"))]
+    texts += [p.read_text() for p in sorted((SHARED / "pretrain/wikitext2_tok").glob("*.txt"))]
+    out = []
+    for text in texts:
+        buf = ""
+        for para in text.replace("\n\n", "\n").split("\n"):  # NLTK Gutenberg: one sentence a line
+            para = para.strip()
+            if not para:
+                continue
+            if buf and len(buf) + len(para) > max_chars:
+                out.append(buf)
+                buf = ""
+            buf = f"{buf}\n\n{para}" if buf else para
+        if buf:
+            out.append(buf)
+    return out
+
+
+def build_corpus(path: Path, size_mb: int) -> tuple[int, int]:
+    base = passages()
+    target = size_mb << 20
+    written = docs = 0
+    with open(path, "w", encoding="utf-8") as f:
+        copy = 0
+        while written < target:
+            for i, p in enumerate(base):
+                text = f"{p}\n[copy {copy}]" if i % 10 else base[(i * 7919) % len(base)] + "\n[copy 0]"
+                line = json.dumps({"id": f"c{copy}-{i}", "text": text}) + "\n"
+                f.write(line)
+                written += len(line.encode())
+                docs += 1
+                if written >= target:
+                    break
+            copy += 1
+    return written, docs
+
+
+def run_baseline(corpus: str, out: str) -> dict:
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    pa.set_cpu_count(1)  # per-core comparison
+    pa.set_io_thread_count(1)
+    table = pj.read_json(corpus)
+    df = table.to_pandas()
+    kept = df.drop_duplicates(subset="text")
+    kept.to_parquet(Path(out) / "baseline.parquet", compression="zstd")
+    return {"docs_out": len(kept)}
+
+
+def run_loom(corpus: str, out: str, workers: int) -> dict:
+    from tasks.exact_dedup import ExactDedup
+    from tasks.ingest import Ingest
+    from tasks.stage import local_mapper, run_stage
+
+    mapper = local_mapper(workers)
+    unit = max(8 << 20, os.path.getsize(corpus) // (4 * workers))
+    # one JSONL file is one unit of ingest work: split it so N workers have N+ units
+    files = _split(Path(corpus), Path(out) / "split", pieces=1 if workers == 1 else 4 * workers)
+    run_stage(Ingest(unit_bytes=unit), run_id="bench", stage_dir=Path(out) / "01_ingest", inputs=files, mapper=mapper)
+    m = run_stage(ExactDedup(), run_id="bench", stage_dir=Path(out) / "02_exact_dedup",
+                  inputs=[str(Path(out) / "01_ingest")], mapper=mapper).manifest
+    return {"docs_out": m.rows_out}
+
+
+def _split(corpus: Path, directory: Path, pieces: int) -> list[str]:
+    if pieces == 1:
+        return [str(corpus)]
+    directory.mkdir(parents=True, exist_ok=True)
+    size = corpus.stat().st_size
+    paths, outs = [], []
+    for k in range(pieces):
+        paths.append(directory / f"piece-{k:03d}.jsonl")
+        outs.append(open(paths[-1], "wb"))
+    with open(corpus, "rb") as f:
+        for line in f:
+            outs[min(pieces - 1, f.tell() * pieces // size)].write(line)
+    for o in outs:
+        o.close()
+    return [str(p) for p in paths]
+
+
+def child(args) -> None:
+    t0 = time.perf_counter()
+    if args.child == "baseline":
+        result = run_baseline(args.corpus, args.out)
+    else:
+        result = run_loom(args.corpus, args.out, args.workers)
+    wall = time.perf_counter() - t0
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result.update(
+        wall=wall,
+        cpu=me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+        peak_rss_mb=max(me.ru_maxrss, kids.ru_maxrss) / 1024,
+    )
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--child", choices=["baseline", "loom"], help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    with tempfile.TemporaryDirectory(prefix="loom-bench-") as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        size, docs = build_corpus(corpus, args.size_mb)
+        print(f"corpus: {size / 1e6:.0f} MB, {docs:,} documents (10% planted exact duplicates)\n", flush=True)
+        contenders = [("baseline (pyarrow.json + pandas)", ["--child", "baseline"]),
+                      ("loom ingest+exact_dedup x1", ["--child", "loom", "--workers", "1"])]
+        if args.workers > 1:
+            contenders.append((f"loom ingest+exact_dedup x{args.workers}", ["--child", "loom", "--workers", str(args.workers)]))
+        rows = []
+        for name, extra in contenders:
+            out = Path(tmp) / name.split()[0] / extra[-1]
+            out.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run([sys.executable, __file__, "--corpus", str(corpus), "--out", str(out), *extra],
+                                  capture_output=True, text=True, cwd=ROOT)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{name} failed:\n{proc.stderr[-3000:]}")
+                continue
+            r = json.loads(line[7:])
+            rows.append((name, r))
+        header = f"{'contender':38} {'wall s':>7} {'CPU s':>7} {'MB/s':>7} {'MB/s/core':>9} {'docs/s':>9} {'peak RSS MB':>11} {'docs out':>9}"
+        print(header)
+        print("-" * len(header))
+        for name, r in rows:
+            mb = size / 1e6
+            print(f"{name:38} {r['wall']:7.1f} {r['cpu']:7.1f} {mb / r['wall']:7.1f} {mb / r['cpu']:9.1f} "
+                  f"{docs / r['wall']:9,.0f} {r['peak_rss_mb']:11,.0f} {r['docs_out']:9,}")
+        print("\nMB/s/core = input MB / CPU seconds. Peak RSS is the largest single process. The baseline folds no"
+              "\ncase/space/punctuation and keeps no rejects, removed rows or manifests; loom does all of that.")
+
+
+if __name__ == "__main__":
+    main()
