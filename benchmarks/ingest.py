@@ -105,7 +105,7 @@ def _split(corpus: Path, directory: Path, pieces: int) -> list[str]:
     paths, outs = [], []
     for k in range(pieces):
         paths.append(directory / f"piece-{k:03d}.jsonl")
-        outs.append(open(paths[-1], "wb"))
+        outs.append(open(paths[-1], "wb"))  # noqa: SIM115 (closed after the split)
     with open(corpus, "rb") as f:
         for line in f:
             outs[min(pieces - 1, f.tell() * pieces // size)].write(line)
@@ -156,7 +156,7 @@ def main() -> None:
             out.mkdir(parents=True, exist_ok=True)
             proc = subprocess.run([sys.executable, __file__, "--corpus", str(corpus), "--out", str(out), *extra],
                                   capture_output=True, text=True, cwd=ROOT)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((s for s in proc.stdout.splitlines() if s.startswith("RESULT ")), None)
             if line is None:
                 print(f"{name} failed:\n{proc.stderr[-3000:]}")
                 continue

@@ -10,15 +10,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from flows.config import (
-    CurateConfig, default_run_id, load_config, load_run, resolve_workdir, run_dir, runs_dir,
+    CurateConfig,
+    default_run_id,
+    load_config,
+    load_run,
+    resolve_workdir,
+    run_dir,
+    runs_dir,
 )
 from flows.reporting import console, reasons_table, summary_table
 from tasks import __version__
@@ -44,7 +48,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _config(path: Optional[Path], workers: Optional[int], base: CurateConfig | None = None) -> CurateConfig:
+def _config(path: Path | None, workers: int | None, base: CurateConfig | None = None) -> CurateConfig:
     try:
         config = load_config(path) if path else (base or CurateConfig())
     except Exception as e:  # pydantic and parser errors name the bad key; show them plainly
@@ -75,11 +79,11 @@ def main(version: bool = typer.Option(False, "--version", help="Print the versio
 
 @app.command()
 def curate(
-    inputs: List[str] = typer.Argument(..., help="Files, directories or globs of JSONL (.gz/.zst), Parquet, text."),
-    workdir: Optional[str] = WorkdirOption,
-    run_id: Optional[str] = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
-    config: Optional[Path] = ConfigOption,
-    workers: Optional[int] = WorkersOption,
+    inputs: list[str] = typer.Argument(..., help="Files, directories or globs of JSONL (.gz/.zst), Parquet, text."),
+    workdir: str | None = WorkdirOption,
+    run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
+    config: Path | None = ConfigOption,
+    workers: int | None = WorkersOption,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
 ) -> None:
     """Run the curate flow: ingest -> exact dedup -> publish, skipping stages already complete."""
@@ -101,13 +105,13 @@ def curate(
 @app.command()
 def step(
     stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup or publish (or 01_ingest, ...)."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
-    inputs: Optional[List[str]] = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
+    run_id: str | None = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
+    inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
     force: bool = typer.Option(False, "--force", help="Rerun even if complete; later stages become stale."),
-    workdir: Optional[str] = WorkdirOption,
-    config: Optional[Path] = ConfigOption,
-    workers: Optional[int] = WorkersOption,
+    workdir: str | None = WorkdirOption,
+    config: Path | None = ConfigOption,
+    workers: int | None = WorkersOption,
 ) -> None:
     """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
     from flows.curate import PIPELINE, StageRun, downstream_of, run_one_stage
@@ -170,8 +174,8 @@ def _ingest_fingerprint(inputs: list[str]) -> str:
 
 @app.command()
 def runs(
-    run_id: Optional[str] = typer.Argument(None, help="Show this run's stages."),
-    workdir: Optional[str] = WorkdirOption,
+    run_id: str | None = typer.Argument(None, help="Show this run's stages."),
+    workdir: str | None = WorkdirOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List runs, or show each stage of one run: complete, stale, partial or missing, with counts."""
@@ -235,8 +239,8 @@ def runs(
 
 @app.command()
 def demo(
-    workdir: Optional[str] = WorkdirOption,
-    workers: Optional[int] = WorkersOption,
+    workdir: str | None = WorkdirOption,
+    workers: int | None = WorkersOption,
 ) -> None:
     """Build a sample corpus from Python's own docs (with planted duplicates and bad records) and curate it."""
     from flows.curate import curate_flow

@@ -19,7 +19,15 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.config import CurateConfig, default_run_id, default_workers, load_run, resolve_workdir, run_dir, save_run
+from flows.config import (
+    CurateConfig,
+    default_run_id,
+    default_workers,
+    load_run,
+    resolve_workdir,
+    run_dir,
+    save_run,
+)
 from flows.reporting import StageProgress, artifact_key, stage_summary, summary_rows
 from tasks.exact_dedup import ExactDedup, ExactDedupConfig
 from tasks.ingest import Ingest, IngestConfig

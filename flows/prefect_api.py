@@ -8,8 +8,8 @@ the CLI starts a single local server and exports PREFECT_API_URL, which workers 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 @contextmanager

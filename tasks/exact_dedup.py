@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
 import pyarrow.parquet as pq
+from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import read_manifest

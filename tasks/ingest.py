@@ -23,9 +23,10 @@ import gzip
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import orjson
 import pyarrow.parquet as pq

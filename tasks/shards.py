@@ -171,7 +171,7 @@ class ShardWriter:
         self._close_file()
         return self.outputs
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, *_exc) -> None:

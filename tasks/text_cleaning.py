@@ -15,11 +15,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates from JSON escapes 
 _ANY_BAD = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufeff\ud800-\udfff]")  # one scan on the clean path
 
 # Project Gutenberg markers, old and new styles ("*** START OF THIS PROJECT GUTENBERG EBOOK X ***").
-_PG_START = re.compile(r"^\*{3}\s*START OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.I | re.M)
+_PG_START = re.compile(r"^\*{3}\s*START OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.IGNORECASE | re.MULTILINE)
 _PG_END = re.compile(
     r"^(?:\*{3}\s*END OF (?:THIS|THE) PROJECT GUTENBERG E-?BOOK[^\n]*"
     r"|End of (?:the )?Project Gutenberg'?s? [^\n]*)$",
-    re.I | re.M,
+    re.IGNORECASE | re.MULTILINE,
 )
 
 

@@ -34,10 +34,9 @@ def mixed_corpus(shared, tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
     shutil.copy(shared / "pretrain/tinyshakespeare.txt", root / "shakespeare.txt")
     shutil.copytree(shared / "pretrain/gutenberg_raw", root / "gutenberg")
-    questions = [json.loads(l) for l in (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()[:300]]
+    questions = [json.loads(row) for row in (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()[:300]]
     with open(root / "gsm8k.jsonl", "w") as f:
-        for q in questions:
-            f.write(json.dumps({"text": q["question"] + "\n" + q["answer"]}) + "\n")
+        f.writelines(json.dumps({"text": q["question"] + "\n" + q["answer"]}) + "\n" for q in questions)
     with open(root / "zz-planted.jsonl", "w") as f:
         for q in questions[:25]:  # 25 exact duplicates, changed in case and spacing
             f.write(json.dumps({"text": (q["question"] + "\n" + q["answer"]).upper()}) + "\n")

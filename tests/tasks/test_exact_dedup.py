@@ -1,7 +1,6 @@
 """02_exact_dedup: first occurrence in input order wins, whatever the shards, partitions or workers."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -34,8 +33,7 @@ def corpus(shared, tmp_path_factory):
         planted[variant] = i
     for k, texts in enumerate(files):
         with open(root / f"part{k}.jsonl", "w") as f:
-            for t in texts:
-                f.write(json.dumps({"text": t}) + "\n")
+            f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
     return root, questions, planted
 
 
@@ -56,7 +54,7 @@ def _reference(texts: list[str]) -> tuple[set[int], dict[int, int]]:
 
 @pytest.mark.parametrize("workers,rows_per_partition,shard_bytes", [(1, 2_000_000, 256 << 20), (2, 100, 20_000)])
 def test_keeps_first_in_input_order_with_any_sharding(corpus, tmp_path, workers, rows_per_partition, shard_bytes):
-    root, questions, planted = corpus
+    root, _questions, planted = corpus
     ingest_dir = tmp_path / "01_ingest"
     run_stage(Ingest(shard_bytes=shard_bytes, unit_bytes=50_000), run_id="t", stage_dir=ingest_dir,
               inputs=[str(root)], mapper=local_mapper(workers))

@@ -61,7 +61,7 @@ def test_formats_compression_and_stable_ids(tmp_path):
     (src / "sub" / "f.md").write_text("# A markdown file\n\nOne document.")
     (src / ".hidden.jsonl").write_text(lines)  # hidden files are not input
 
-    manifest, docs, rejects = ingest([src], tmp_path / "out1")
+    _, docs, rejects = ingest([src], tmp_path / "out1")
     assert rejects.num_rows == 0
     assert docs.num_rows == 5 * 3 + 3
     by_id = dict(zip(docs.column("id").to_pylist(), docs.column("text").to_pylist()))

@@ -1,6 +1,6 @@
-from tasks.text_cleaning import DecodeError, clean_text, decode_bytes, strip_gutenberg
-
 import pytest
+
+from tasks.text_cleaning import DecodeError, clean_text, decode_bytes, strip_gutenberg
 
 
 def test_decode_prefers_utf8_then_cp1252():
