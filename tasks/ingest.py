@@ -373,6 +373,3 @@ def _raw(raw) -> str | bytes:
     return raw if isinstance(raw, (str, bytes)) else _dumps(raw)
 
 
-def total_input_bytes(specs: list[str]) -> int:
-    return sum(f.size for f in expand_inputs(specs))
-

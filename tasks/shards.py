@@ -187,10 +187,6 @@ def list_shards(stage_dir: Path) -> list[Path]:
     return sorted(Path(stage_dir).glob("part-*.parquet"))
 
 
-def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(path, columns=columns)
-
-
 def read_dir(directory: Path, columns: list[str] | None = None) -> pa.Table:
     """Every `part-*.parquet` in a directory as one table (tests, small data, reports)."""
     files = sorted(Path(directory).glob("part-*.parquet"))
