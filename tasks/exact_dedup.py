@@ -15,7 +15,6 @@ whitespace collapse, so "Hello,  World!" and "hello world" are duplicates.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import unicodedata
@@ -25,19 +24,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import xxhash
 from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import read_manifest
-from tasks.shards import REMOVED_DIR, ShardWriter, list_shards, removed_schema
+from tasks.shards import REMOVED_DIR, ShardWriter, iter_batches, list_shards, removed_schema
 from tasks.stage import Stage, StageContext, UnitResult
 
 _PUNCT = re.compile(r"[^\w\s]+")
-# ASCII fast path: the same folding as the regex path, as one C-level byte translation.
-_ASCII_FOLD = bytes(
-    c if chr(c).isalnum() or chr(c) == "_" else (c if chr(c).isspace() else 32) for c in range(128)
-).lower() + bytes(128)
-BATCH_ROWS = 16_384
+# ASCII fast path: the same folding as the regex path (default config), as one C-level byte
+# translation: letters to lower case, digits and "_" kept, everything else a space.
+_ASCII_FOLD = bytes(c if chr(c).isalnum() or chr(c) == "_" else 32 for c in range(128)).lower() + bytes(128)
+_NON_SPACE = re.compile(rb"[^ ]")
+BATCH_ROWS = 4096
 _SPILL_SCHEMA = pa.schema(
     [("h1", pa.uint64()), ("h2", pa.uint64()), ("shard", pa.uint32()), ("row", pa.uint32()), ("id", pa.string())]
 )
@@ -61,9 +61,13 @@ def normalize_for_hash(text: str, cfg: ExactDedupConfig) -> str:
     return normalize_bytes(text, cfg).decode("utf-8")
 
 
+def _default_folding(cfg: ExactDedupConfig) -> bool:
+    return cfg.casefold and cfg.strip_punctuation and cfg.collapse_whitespace
+
+
 def normalize_bytes(text: str, cfg: ExactDedupConfig) -> bytes:
     """The normalized text as UTF-8 bytes, the form that is hashed."""
-    if text.isascii() and cfg.casefold and cfg.strip_punctuation and cfg.collapse_whitespace:
+    if text.isascii() and _default_folding(cfg):
         return b" ".join(text.encode("ascii").translate(_ASCII_FOLD).split())
     if cfg.unicode_nfkc and not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
@@ -76,12 +80,56 @@ def normalize_bytes(text: str, cfg: ExactDedupConfig) -> bytes:
     return text.encode("utf-8")
 
 
-def text_hashes(texts: list[str], cfg: ExactDedupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """128-bit blake2b of each normalized text as two uint64 arrays."""
-    digests = b"".join(
-        hashlib.blake2b(normalize_bytes(t, cfg), digest_size=16).digest() for t in texts
-    )
-    pairs = np.frombuffer(digests, dtype="<u8").reshape(-1, 2)
+def _fold_ascii_column(texts: pa.StringArray) -> tuple[bytes, np.ndarray]:
+    """normalize_bytes of every (ASCII) row at once, with the default folding: one byte
+    translation and a few numpy passes over the column's buffer instead of a Python call
+    per row. Returns the normalized bytes of all rows back to back and their offsets."""
+    n = len(texts)
+    offsets = np.frombuffer(texts.buffers()[1], np.int32, count=n + 1, offset=texts.offset * 4).astype(np.int64)
+    data = texts.buffers()[2]
+    folded = (data.to_pybytes()[offsets[0]: offsets[-1]] if data is not None else b"").translate(_ASCII_FOLD)
+    offsets -= offsets[0]
+    starts, ends = offsets[:-1], offsets[1:]
+    space = np.frombuffer(folded, np.uint8) == 32
+    # keep every non-space, and a space only between two non-spaces of the same row
+    keep = ~space
+    keep[:-1] |= ~space[1:]
+    nonempty = ends > starts
+    keep[ends[nonempty] - 1] &= ~space[ends[nonempty] - 1]  # trailing space of a row
+    leading = np.zeros(n, dtype=bool)
+    leading[nonempty] = space[starts[nonempty]]
+    for row in np.flatnonzero(leading).tolist():
+        word = _NON_SPACE.search(folded, starts[row], ends[row])  # rows rarely start with a space
+        if word:
+            keep[word.start() - 1] = False  # the space before the row's first word
+    # dropped bytes are few (runs of spaces): offsets shift by how many fell before each one
+    dropped = np.flatnonzero(~keep)
+    out = np.delete(np.frombuffer(folded, np.uint8), dropped).tobytes()
+    return out, offsets - np.searchsorted(dropped, offsets)
+
+
+def text_hashes(texts: pa.StringArray | list[str], cfg: ExactDedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """128-bit xxh3 of each normalized text as two uint64 arrays."""
+    if isinstance(texts, list):
+        texts = pa.array(texts, pa.string())
+    n = len(texts)
+    digest = xxhash.xxh3_128_digest
+    digests = [b""] * n
+    if _default_folding(cfg) and n:
+        ascii_rows = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+        fast = np.flatnonzero(ascii_rows)
+        subset = texts if len(fast) == n else texts.take(pa.array(fast))
+        normalized, offsets = _fold_ascii_column(subset)
+        view = memoryview(normalized)
+        starts, ends = offsets[:-1].tolist(), offsets[1:].tolist()
+        for j, i in enumerate(fast.tolist()):
+            digests[i] = digest(view[starts[j]: ends[j]])
+        slow = np.flatnonzero(~ascii_rows).tolist()
+    else:
+        slow = range(n)
+    for i in slow:
+        digests[i] = digest(normalize_bytes(texts[i].as_py(), cfg))
+    pairs = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2)
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
@@ -113,8 +161,8 @@ class ExactDedup(Stage):
         parts = self._partitions(ctx)
         h1s, h2s, idss = [], [], []
         # batch by batch: only hashes and ids are held, never the shard's text
-        for batch in pq.ParquetFile(ctx.input_dir / f"{key}.parquet").iter_batches(BATCH_ROWS, columns=["id", "text"]):
-            h1, h2 = text_hashes(batch.column("text").to_pylist(), self.config)
+        for batch in iter_batches(ctx.input_dir / f"{key}.parquet", BATCH_ROWS, columns=["id", "text"]):
+            h1, h2 = text_hashes(batch.column("text"), self.config)
             h1s.append(h1)
             h2s.append(h2)
             idss.append(batch.column("id"))
@@ -169,8 +217,8 @@ class ExactDedup(Stage):
         return {}
 
     def _filter(self, ctx: StageContext, key: str) -> UnitResult:
-        source = pq.ParquetFile(ctx.input_dir / f"{key}.parquet")
-        schema = source.schema_arrow
+        source = ctx.input_dir / f"{key}.parquet"
+        schema = pq.read_schema(source)
         dup_files = sorted((ctx.work_dir / "dups" / key).glob("*.arrow"))
         if dup_files:
             dups = pa.concat_tables([feather.read_table(f) for f in dup_files]).sort_by("row")
@@ -182,7 +230,7 @@ class ExactDedup(Stage):
         removed_writer = ShardWriter(ctx.stage_dir / REMOVED_DIR, key, removed_schema(schema), kind="removed",
                                      roll=False, base_dir=ctx.stage_dir)
         offset = rows_out = text_bytes = 0
-        for batch in source.iter_batches(BATCH_ROWS):  # batch by batch: bounded by the batch, not the shard
+        for batch in iter_batches(source, BATCH_ROWS):  # batch by batch: bounded by the batch, not the shard
             batch = pa.Table.from_batches([batch], schema)
             n = batch.num_rows
             lo, hi = np.searchsorted(dup_rows, [offset, offset + n])

@@ -28,14 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import orjson
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import files_fingerprint, write_json_atomic
-from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter
+from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
-from tasks.text_cleaning import DecodeError, clean_text, decode_bytes, strip_gutenberg
+from tasks.text_cleaning import DecodeError, clean_text, decode_bytes, normalize_unicode, strip_gutenberg
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 FORMATS = {
@@ -139,47 +141,95 @@ def _open_binary(path: Path, compression: str | None):
     return open(path, "rb")
 
 
-def _iter_lines(f, limit: int) -> Iterator[tuple[int, bytes, bool]]:
-    """(line number, bytes, oversize) without ever holding more than `limit` bytes of one line."""
-    lineno = 0
+READ_BLOCK = 4 << 20  # bytes read from a file at a time
+RAW_HEAD = 4096  # bytes of an oversize line kept for its reject
+BATCH_CHARS = 4 << 20  # characters of text cleaned and written together
+# Characters clean_text rewrites (\r, C0/C1 controls, DEL, BOM), as an RE2 class for pyarrow.
+_DIRTY_RE2 = r"[\x00-\x08\x0b-\x1f\x7f-\x{9f}\x{feff}]"
+
+
+def _line_blocks(f, limit: int, block: int = READ_BLOCK) -> Iterator[tuple[int, list, dict[int, bytes]]]:
+    """(number of the first line, lines, oversize) per block read; never holds more than
+    about `limit` + `block` bytes. An oversize line is None in `lines` and its first bytes
+    are in `oversize`, keyed by line number. When the stream breaks part-way (a truncated
+    archive), the complete lines before the break are yielded, then the error is raised."""
+    lineno = 1
+    carry = b""
+    pending = b""
     while True:
-        line = f.readline(limit + 1)
-        if not line:
-            return
-        lineno += 1
-        if len(line) > limit and not line.endswith(b"\n"):
-            while (rest := f.readline(limit)) and not rest.endswith(b"\n"):
-                pass  # discard the remainder of an oversize line
-            yield lineno, line, True
-        else:
-            yield lineno, line, False
+        chunk, error = (pending, None) if pending else _read_block(f, block)
+        pending = b""
+        if not chunk and error is None:
+            break
+        lines = chunk.split(b"\n")
+        if carry:
+            lines[0] = carry + lines[0]
+        carry = lines.pop()
+        oversize: dict[int, bytes] = {}
+        if lines and max(map(len, lines)) > limit:
+            for i, line in enumerate(lines):
+                if len(line) > limit:
+                    oversize[lineno + i] = line[:RAW_HEAD]
+                    lines[i] = None
+        if len(carry) > limit and error is None:  # a line longer than the limit: keep its head, skip to its end
+            head = carry[:RAW_HEAD]
+            carry = b""
+            while True:
+                rest, error = _read_block(f, block)
+                cut = rest.find(b"\n")
+                head += rest[: max(0, min(RAW_HEAD - len(head), len(rest) if cut < 0 else cut))]
+                if error is not None or not rest or cut >= 0:
+                    break
+            if cut >= 0 and error is None:
+                pending = rest[cut + 1:]
+            oversize[lineno + len(lines)] = head
+            lines.append(None)
+        if lines:
+            yield lineno, lines, oversize
+            lineno += len(lines)
+        if error is not None:
+            raise error
+    if carry:  # last line without a newline
+        yield lineno, [carry] if len(carry) <= limit else [None], {lineno: carry[:RAW_HEAD]}
 
 
-class _Documents:
-    """Buffers cleaned documents and writes them in batches."""
+def _read_block(f, size: int) -> tuple[bytes, Exception | None]:
+    """Up to `size` bytes, and the error if the stream broke part-way (truncated archive)."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < size and (piece := f.read1(size - got)):
+            parts.append(piece)
+            got += len(piece)
+    except Exception as e:
+        return b"".join(parts), e
+    return b"".join(parts), None
 
-    def __init__(self, writer: ShardWriter, batch_bytes: int = 16 << 20):
-        self.writer = writer
-        self.batch_bytes = batch_bytes
-        self.cols: dict[str, list] = {"id": [], "text": [], "source": [], "meta": []}
-        self.bytes = 0
-        self.rows = 0
 
-    def add(self, doc_id: str, text: str, source: str, meta: str) -> None:
-        self.cols["id"].append(doc_id)
-        self.cols["text"].append(text)
-        self.cols["source"].append(source)
-        self.cols["meta"].append(meta)
-        self.bytes += len(text)
-        self.rows += 1
-        if self.bytes >= self.batch_bytes:
-            self.flush()
+class _Batch:
+    """Valid records of one file, waiting to be cleaned and written together."""
 
-    def flush(self) -> None:
-        if self.cols["id"]:
-            self.writer.write_rows(self.cols)
-            self.cols = {name: [] for name in self.cols}
-            self.bytes = 0
+    def __init__(self, f: InputFile):
+        self.f = f
+        self.texts: list[str] = []
+        self.ids: list = []  # own id (str or int) or None
+        self.positions: list[int] = []
+        self.extras: list[dict | None] = []  # meta beyond the position (encoding, fields)
+        self.raws: list = []  # what a reject of this row shows as raw
+        self.chars = 0
+
+    def add(self, text: str, own_id, position: int, extras: dict | None, raw) -> None:
+        self.texts.append(text)
+        self.ids.append(own_id)
+        self.positions.append(position)
+        self.extras.append(extras)
+        self.raws.append(raw)
+        self.chars += len(text)
+
+    def clear(self) -> None:  # in place: the reading loop holds these lists
+        for column in (self.texts, self.ids, self.positions, self.extras, self.raws):
+            column.clear()
+        self.chars = 0
 
 
 class Ingest(Stage):
@@ -208,19 +258,18 @@ class Ingest(Stage):
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         plan = json.loads((ctx.work_dir / "plan.json").read_text())
         writer = ShardWriter(ctx.stage_dir, key, DOC_SCHEMA, shard_bytes=self.config.shard_bytes)
-        docs = _Documents(writer)
         rejects = RejectsWriter(ctx.stage_dir, key)
         stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "gutenberg_stripped": 0}
+        self._rows_out = 0
         for entry in plan[key]:
             f = InputFile(Path(entry["path"]), entry["key"], entry["source"], entry["size"])
             stats["files"] += 1
             stats["bytes_read"] += f.size
-            self._read_file(f, docs, rejects, stats)
-        docs.flush()
+            self._read_file(f, writer, rejects, stats)
         outputs = writer.close() + rejects.close()
         return {
-            "rows_in": docs.rows + sum(rejects.counts.values()),  # every record is a document or a reject
-            "rows_out": docs.rows,
+            "rows_in": self._rows_out + sum(rejects.counts.values()),  # every record is a document or a reject
+            "rows_out": self._rows_out,
             "rejected": rejects.counts,
             "outputs": [o.to_dict() for o in outputs],
             "stats": stats,
@@ -228,30 +277,44 @@ class Ingest(Stage):
 
     # ---- one file ----------------------------------------------------------------------------
 
-    def _read_file(self, f: InputFile, docs: _Documents, rejects: RejectsWriter, stats: dict) -> None:
+    def _read_file(self, f: InputFile, writer: ShardWriter, rejects: RejectsWriter, stats: dict) -> None:
         fmt, compression = _format_of(f.path)
         if fmt is None:
             rejects.add(f.source, 0, "unsupported_format", detail=f"suffix {''.join(f.path.suffixes) or '(none)'}")
             return
+        batch = _Batch(f)
+        seen_ids: set[str] = set()  # ids must be unique; checked per file to keep memory bounded
+
+        def flush() -> None:
+            self._write_batch(batch, writer, rejects, seen_ids, stats)
+
         if fmt == "text":
             try:
-                self._read_text_file(f, compression, docs, rejects, stats)
+                self._read_text_file(f, compression, batch, rejects, stats)
             except Exception as e:
                 rejects.add(f.source, 0, "unreadable", detail=f"{type(e).__name__}: {e}")
+            flush()
             return
-        seen_ids: set[str] = set()  # ids must be unique; checked per file to keep memory bounded
-        last = None  # position of the last record read, for errors part-way through a file
+        progress = {"last": None}  # position of the last record read, for errors part-way through a file
         try:
-            records = self._parquet_records(f) if fmt == "parquet" else self._json_records(f, fmt, compression, rejects, stats)
-            for last, record, encoding in records:
-                self._add_record(f, last, record, encoding, docs, rejects, seen_ids, stats)
+            if fmt == "parquet":
+                self._read_records(f, self._parquet_records(f), batch, rejects, stats, progress, flush)
+            else:
+                with _open_binary(f.path, compression) as fh:
+                    if fmt == "json" and fh.peek(64).lstrip()[:1] == b"[":
+                        records, encoding = self._json_array(f, fh, rejects)
+                        self._read_records(f, records, batch, rejects, stats, progress, flush, encoding)
+                    else:
+                        self._read_jsonl(f, fh, batch, rejects, stats, progress, flush)
         except Exception as e:  # unreadable file, truncated archive, corrupt Parquet: keep what was read
+            last = progress["last"]
             if last is None:
                 rejects.add(f.source, 0, "unreadable", detail=f"{type(e).__name__}: {e}")
             else:
                 rejects.add(f.source, last + 1, "read_error", detail=f"after position {last}: {type(e).__name__}: {e}")
+        flush()
 
-    def _read_text_file(self, f, compression, docs, rejects, stats) -> None:
+    def _read_text_file(self, f, compression, batch, rejects, stats) -> None:
         if compression is None and f.size > self.config.max_doc_bytes:
             rejects.add(f.source, 0, "oversize", detail=f"{f.size} bytes > max_doc_bytes")
             return
@@ -265,101 +328,226 @@ class Ingest(Stage):
         except DecodeError as e:
             rejects.add(f.source, 0, "undecodable", raw=raw, detail=str(e))
             return
-        self._add_document(f, 0, text, encoding, {}, None, docs, rejects, set(), stats, raw=raw)
+        self._add(batch, text, None, 0, encoding, None, raw, stats)
 
-    def _parquet_records(self, f: InputFile) -> Iterator[tuple[int, object, str]]:
+    def _parquet_records(self, f: InputFile) -> Iterator[tuple[int, object]]:
         position = 0
-        for batch in pq.ParquetFile(f.path).iter_batches(batch_size=4096):
+        for batch in iter_batches(f.path, 4096):
             for record in batch.to_pylist():
-                yield position, record, "utf-8"
+                yield position, record
                 position += 1
 
-    def _json_records(self, f, fmt, compression, rejects, stats) -> Iterator[tuple[int, object, str]]:
-        limit = self.config.max_doc_bytes
-        with _open_binary(f.path, compression) as fh:
-            if fmt == "json" and fh.peek(64).lstrip()[:1] == b"[":
-                yield from self._json_array(f, fh, rejects)
-                return
-            for lineno, line, oversize in _iter_lines(fh, limit):
-                if oversize:
-                    rejects.add(f.source, lineno, "oversize", raw=line[:4096], detail=f"line > {limit} bytes")
-                    continue
-                if not line.strip():
-                    stats["blank_lines"] += 1
-                    continue
-                try:
-                    text, encoding = decode_bytes(line, self.config.encoding_fallback)
-                except DecodeError as e:
-                    rejects.add(f.source, lineno, "undecodable", raw=line, detail=str(e))
-                    continue
-                try:
-                    record = orjson.loads(text)
-                except orjson.JSONDecodeError as e:
-                    try:  # orjson refuses lone surrogate escapes that json accepts; clean_text mends them
-                        record = json.loads(text)
-                    except ValueError:
-                        rejects.add(f.source, lineno, "malformed_json", raw=text, detail=str(e))
-                        continue
-                yield lineno, record, encoding
-
-    def _json_array(self, f, fh, rejects) -> Iterator[tuple[int, object, str]]:
+    def _json_array(self, f, fh, rejects) -> tuple[Iterator[tuple[int, object]], str]:
         raw = fh.read()
         try:
             text, encoding = decode_bytes(raw, self.config.encoding_fallback)
             records = orjson.loads(text)
         except (DecodeError, orjson.JSONDecodeError) as e:
             rejects.add(f.source, 0, "malformed_json", raw=raw[:4096], detail=str(e))
-            return
-        for position, record in enumerate(records):
-            yield position, record, encoding
+            return iter(()), "utf-8"
+        return enumerate(records if isinstance(records, list) else [records]), encoding
 
-    def _add_record(self, f, position, record, encoding, docs, rejects, seen_ids, stats) -> None:
+    def _read_records(self, f, records, batch, rejects, stats, progress, flush, encoding="utf-8") -> None:
+        for position, record in records:
+            progress["last"] = position
+            self._add_record(f, position, record, encoding, batch, rejects, stats, record)
+            if batch.chars >= BATCH_CHARS:
+                flush()
+
+    def _read_jsonl(self, f, fh, batch, rejects, stats, progress, flush) -> None:
+        """The hot loop: one orjson call per line; records of the common shape (text and a
+        string id, nothing else) go straight to the batch, everything else through the checks."""
+        text_field, id_field = self.config.text_field, self.config.id_field
+        loads, decode_error = orjson.loads, orjson.JSONDecodeError
+        texts, ids, positions, extras, raws = batch.texts, batch.ids, batch.positions, batch.extras, batch.raws
+        for start, lines, oversize in _line_blocks(fh, self.config.max_doc_bytes):
+            chars = 0
+            for lineno, line in enumerate(lines, start):
+                try:
+                    record = loads(line)
+                except (decode_error, TypeError):
+                    record, encoding = self._mend_line(f, lineno, line, oversize, rejects, stats)
+                    if record is not None:
+                        self._add_record(f, lineno, record, encoding, batch, rejects, stats, line)
+                    continue
+                if type(record) is dict and type(text := record.get(text_field)) is str:
+                    own = record.get(id_field) if id_field else None
+                    if len(record) == (1 if own is None else 2) and (own is None or type(own) is str):
+                        texts.append(text)
+                        ids.append(own)
+                        positions.append(lineno)
+                        extras.append(None)
+                        raws.append(line)
+                        chars += len(text)
+                        continue
+                self._add_record(f, lineno, record, "utf-8", batch, rejects, stats, line)
+            batch.chars += chars
+            progress["last"] = start + len(lines) - 1
+            if batch.chars >= BATCH_CHARS:
+                flush()
+
+    def _mend_line(self, f, lineno, line, oversize, rejects, stats) -> tuple[object, str]:
+        """A line orjson refused: oversize, blank, legacy-encoded, or lone surrogate escapes."""
+        limit = self.config.max_doc_bytes
+        if line is None:
+            rejects.add(f.source, lineno, "oversize", raw=oversize[lineno], detail=f"line > {limit} bytes")
+            return None, ""
+        if not line.strip():
+            stats["blank_lines"] += 1
+            return None, ""
+        try:
+            text, encoding = decode_bytes(line, self.config.encoding_fallback)
+        except DecodeError as e:
+            rejects.add(f.source, lineno, "undecodable", raw=line, detail=str(e))
+            return None, ""
+        try:
+            return orjson.loads(text), encoding
+        except orjson.JSONDecodeError as e:
+            try:  # orjson refuses lone surrogate escapes that json accepts; they are mended below
+                return json.loads(text), encoding
+            except ValueError:
+                rejects.add(f.source, lineno, "malformed_json", raw=text, detail=str(e))
+                return None, ""
+
+    def _add_record(self, f, position, record, encoding, batch, rejects, stats, raw) -> None:
         cfg = self.config
         if not isinstance(record, dict):
-            rejects.add(f.source, position, "not_an_object", raw=_dumps(record))
+            rejects.add(f.source, position, "not_an_object", raw=_raw(raw))
             return
         text = record.get(cfg.text_field)
         if text is None:
             reason = "missing_text" if cfg.text_field not in record else "empty_text"
-            rejects.add(f.source, position, reason, raw=_dumps(record), detail=f"field {cfg.text_field!r}")
+            rejects.add(f.source, position, reason, raw=_raw(raw), detail=f"field {cfg.text_field!r}")
             return
         if not isinstance(text, str):
-            rejects.add(f.source, position, "text_not_string", raw=_dumps(record),
+            rejects.add(f.source, position, "text_not_string", raw=_raw(raw),
                         detail=f"{cfg.text_field!r} is {type(text).__name__}")
             return
         own_id = record.get(cfg.id_field) if cfg.id_field else None
-        if own_id is not None and not isinstance(own_id, (str, int)):
-            rejects.add(f.source, position, "bad_id", raw=_dumps(record), detail=f"id is {type(own_id).__name__}")
+        if own_id is not None and (not isinstance(own_id, (str, int)) or isinstance(own_id, bool)):
+            rejects.add(f.source, position, "bad_id", raw=_raw(raw), detail=f"id is {type(own_id).__name__}")
             return
         fields = {k: v for k, v in record.items() if k != cfg.text_field and k != cfg.id_field}
-        self._add_document(f, position, text, encoding, fields, own_id, docs, rejects, seen_ids, stats, record)
+        if not text.isascii() and _has_surrogates(text):  # only via json's lone surrogate escapes
+            text = clean_text(text, None)
+        self._add(batch, text, own_id, position, encoding, fields, raw, stats)
 
-    def _add_document(self, f, position, text, encoding, fields, own_id, docs, rejects, seen_ids, stats, raw):
-        cfg = self.config
-        if len(text) > cfg.max_doc_bytes or len(text.encode("utf-8", "surrogatepass")) > cfg.max_doc_bytes:
-            rejects.add(f.source, position, "oversize", raw=_raw(raw), detail=f"text > {cfg.max_doc_bytes} bytes")
-            return
-        text = clean_text(text, None if cfg.normalization == "none" else cfg.normalization)
-        meta: dict = {"position": position}
-        if cfg.strip_gutenberg:
-            text, stripped = strip_gutenberg(text)
-            if stripped:
-                meta["gutenberg_stripped"] = True
-                stats["gutenberg_stripped"] += 1
-        if not text.strip():
-            rejects.add(f.source, position, "empty_text", raw=_raw(raw))
-            return
-        doc_id = str(own_id) if own_id not in (None, "") else derived_id(f.key, position)
-        if doc_id in seen_ids:
-            rejects.add(f.source, position, "duplicate_id", raw=_raw(raw), detail=f"id {doc_id!r} seen earlier in file")
-            return
-        seen_ids.add(doc_id)
+    def _add(self, batch, text, own_id, position, encoding, fields, raw, stats) -> None:
+        extras = {}
         if encoding != "utf-8":
-            meta["encoding"] = encoding
+            extras["encoding"] = encoding
             stats["decoded_fallback"] += 1
         if fields:
-            meta["fields"] = fields
-        docs.add(doc_id, text, f.source, _dumps(meta))
+            extras["fields"] = fields
+        batch.add(text, own_id, position, extras or None, raw)
+
+    # ---- a batch: cleaned column-wise, checked, written -------------------------------------
+
+    def _write_batch(self, batch: _Batch, writer: ShardWriter, rejects: RejectsWriter, seen_ids: set, stats) -> None:
+        n = len(batch.texts)
+        if not n:
+            return
+        cfg, f = self.config, batch.f
+        texts = pa.array(batch.texts, pa.string())
+        keep = np.ones(n, dtype=bool)
+        for i in np.flatnonzero(pc.binary_length(texts).to_numpy(zero_copy_only=False) > cfg.max_doc_bytes):
+            rejects.add(f.source, batch.positions[i], "oversize", raw=_raw(batch.raws[i]),
+                        detail=f"text > {cfg.max_doc_bytes} bytes")
+            keep[i] = False
+
+        # Only rows with something to rewrite leave C++: controls or \r, non-ASCII (Unicode
+        # normalization), or a Gutenberg marker. Clean ASCII text is already in every form.
+        ascii_rows = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+        dirty = _dirty_rows(texts, ascii_rows)
+        form = None if cfg.normalization == "none" else cfg.normalization
+        touch = dirty | ~ascii_rows if form else dirty.copy()
+        gutenberg = np.zeros(n, dtype=bool)
+        if cfg.strip_gutenberg:
+            gutenberg = pc.match_substring(texts, "gutenberg", ignore_case=True).to_numpy(zero_copy_only=False)
+            touch |= gutenberg
+        touch &= keep
+        stripped = set()
+        if touch.any():
+            rows = np.flatnonzero(touch)
+            cleaned = []
+            for i in rows.tolist():
+                text = clean_text(batch.texts[i], form) if dirty[i] else normalize_unicode(batch.texts[i], form)
+                if gutenberg[i]:
+                    text, did = strip_gutenberg(text)
+                    if did:
+                        stripped.add(i)
+                cleaned.append(text)
+            texts = pc.replace_with_mask(texts, pa.array(touch), pa.array(cleaned, pa.string()))
+            stats["gutenberg_stripped"] += len(stripped)
+        blank = pc.or_(pc.equal(pc.binary_length(texts), 0), pc.utf8_is_space(texts)).to_numpy(zero_copy_only=False)
+
+        key, source, positions = f.key, f.source, batch.positions
+        for i in np.flatnonzero(keep & blank).tolist():
+            rejects.add(source, positions[i], "empty_text", raw=_raw(batch.raws[i]))
+        keep &= ~blank
+        rows = np.flatnonzero(keep).tolist()
+        doc_ids = [
+            own if own.__class__ is str and own else (derived_id(key, positions[i]) if own is None or own == "" else str(own))
+            for i, own in ((i, batch.ids[i]) for i in rows)
+        ]
+        fresh = set(doc_ids)
+        if len(fresh) == len(doc_ids) and seen_ids.isdisjoint(fresh):
+            seen_ids |= fresh
+        else:  # some id repeats one seen earlier in the file: the later rows are rejects
+            unique_rows, unique_ids = [], []
+            for i, doc_id in zip(rows, doc_ids):
+                if doc_id in seen_ids:
+                    rejects.add(source, positions[i], "duplicate_id", raw=_raw(batch.raws[i]),
+                                detail=f"id {doc_id!r} seen earlier in file")
+                    keep[i] = False
+                else:
+                    seen_ids.add(doc_id)
+                    unique_rows.append(i)
+                    unique_ids.append(doc_id)
+            rows, doc_ids = unique_rows, unique_ids
+        metas = [f'{{"position":{positions[i]}}}' for i in rows]
+        extras = batch.extras
+        for j, i in enumerate(rows):
+            if extras[i] is not None or i in stripped:
+                meta = {"position": positions[i]}
+                if i in stripped:
+                    meta["gutenberg_stripped"] = True
+                meta.update(extras[i] or {})
+                metas[j] = _dumps(meta)
+        if doc_ids:
+            texts = texts if keep.all() else texts.filter(pa.array(keep))
+            writer.write(pa.Table.from_arrays(
+                [pa.array(doc_ids, pa.string()), texts, pa.repeat(pa.scalar(source, pa.string()), len(doc_ids)),
+                 pa.array(metas, pa.string())],
+                schema=DOC_SCHEMA,
+            ))
+            self._rows_out += len(doc_ids)
+        batch.clear()
+
+
+_ASCII_CONTROLS = bytes([*range(9), *range(11, 32), 0x7F])  # what clean_text removes from ASCII text
+_NOT_ASCII_CONTROLS = bytes(sorted(set(range(256)) - set(_ASCII_CONTROLS)))
+
+
+def _dirty_rows(texts: pa.StringArray, ascii_rows: np.ndarray) -> np.ndarray:
+    """Rows holding a character clean_text rewrites. One byte translation over the text
+    buffer proves the ASCII rows clean (the common case); RE2 checks the rest."""
+    data = texts.buffers()[2]
+    dirty = np.zeros(len(texts), dtype=bool)
+    if data is not None and bytes(data).translate(None, _NOT_ASCII_CONTROLS):
+        return pc.match_substring_regex(texts, _DIRTY_RE2).to_numpy(zero_copy_only=False)
+    if not ascii_rows.all():
+        wide = np.flatnonzero(~ascii_rows)
+        dirty[wide] = pc.match_substring_regex(texts.take(pa.array(wide)), _DIRTY_RE2).to_numpy(zero_copy_only=False)
+    return dirty
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
 
 
 def _dumps(value) -> str:
@@ -371,5 +559,3 @@ def _dumps(value) -> str:
 
 def _raw(raw) -> str | bytes:
     return raw if isinstance(raw, (str, bytes)) else _dumps(raw)
-
-

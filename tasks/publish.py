@@ -15,12 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import StageManifest, now_iso, read_manifest, write_json_atomic
-from tasks.shards import OutputFile, ShardWriter, list_shards, sha256_file
+from tasks.shards import OutputFile, ShardWriter, iter_batches, list_shards, sha256_file
 from tasks.stage import Stage, StageContext, UnitResult
 
 CARD_MD = "dataset_card.md"
@@ -72,8 +73,7 @@ class Publish(Stage):
         lengths: list[np.ndarray] = []
         writer = None
         written = 0  # text bytes in all closed shards plus the open one
-        for shard in shards:
-            table = pq.read_table(shard)
+        for table in (pa.Table.from_batches([b]) for shard in shards for b in iter_batches(shard, 4096)):
             sources.update(table.column("source").to_pylist())
             sizes = pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
             lengths.append(pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False))
@@ -113,8 +113,8 @@ class Publish(Stage):
 
     @staticmethod
     def _text_bytes(path: Path) -> int:
-        column = pq.read_table(path, columns=["text"]).column("text")
-        return int(pc.sum(pc.binary_length(column)).as_py() or 0)
+        return sum(int(pc.sum(pc.binary_length(b.column("text"))).as_py() or 0)
+                   for b in iter_batches(path, 16384, columns=["text"]))
 
     def _card(self, ctx, outputs, schema, sources, lengths, total) -> dict:
         stages = []

@@ -45,6 +45,8 @@ REJECTS_DIR = "_rejects"
 REMOVED_DIR = "_removed"
 RAW_LIMIT = 2000
 COMPRESSION = "zstd"
+DICTIONARY_COLUMNS = {"source", "reason"}
+LARGE_COLUMNS = {"text", "meta", "raw", "detail"}
 
 
 @dataclass
@@ -91,7 +93,7 @@ class ShardWriter:
         schema: pa.Schema,
         kind: str = "documents",
         shard_bytes: int = 256 << 20,
-        row_group_bytes: int = 32 << 20,
+        row_group_bytes: int = 8 << 20,
         roll: bool = True,
         base_dir: Path | None = None,
     ):
@@ -128,7 +130,12 @@ class ShardWriter:
         name = f"{self.prefix}.parquet" if not self.roll else f"{self.prefix}-{len(self.outputs):03d}.parquet"
         self._final = self.directory / name
         self._tmp = self.directory / f".{name}.tmp"
-        self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=COMPRESSION)
+        self._writer = pq.ParquetWriter(
+            self._tmp, self.schema, compression=COMPRESSION,
+            # dictionaries and min/max statistics only where they pay: not on large text columns
+            use_dictionary=[n for n in self.schema.names if n in DICTIONARY_COLUMNS],
+            write_statistics=[n for n in self.schema.names if n not in LARGE_COLUMNS],
+        )
         self._file_bytes = self._file_rows = 0
 
     def _flush(self) -> None:
@@ -180,6 +187,14 @@ class ShardWriter:
         elif self._writer is not None:  # leave no temp file behind a failed unit
             self._writer.close()
             self._tmp.unlink(missing_ok=True)
+
+
+def iter_batches(path: Path, batch_rows: int = 4096, columns: list[str] | None = None):
+    """Record batches of a Parquet file, streamed: memory is bounded by a row group and a
+    batch, never the file (no pre-buffering of whole row groups)."""
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+        batch_rows, columns=columns, use_threads=False
+    )
 
 
 def list_shards(stage_dir: Path) -> list[Path]:

@@ -59,8 +59,13 @@ def clean_text(text: str, normalization: str | None = "NFC") -> str:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _ANY_BAD.search(text):
         text = _SURROGATE.sub("\ufffd", _CONTROL.sub("", text))
-    if text.isascii():  # O(1) in CPython; ASCII is already in every normal form
+    return normalize_unicode(text, normalization)
+
+
+def normalize_unicode(text: str, form: str | None = "NFC") -> str:
+    """`text` in Unicode normal form `form` (None: unchanged); no copy when it already is."""
+    if not form or text.isascii():  # isascii is O(1) in CPython; ASCII is in every normal form
         return text
-    if normalization and not unicodedata.is_normalized(normalization, text):
-        text = unicodedata.normalize(normalization, text)
+    if not unicodedata.is_normalized(form, text):
+        text = unicodedata.normalize(form, text)
     return text

@@ -1,10 +1,21 @@
 """02_exact_dedup: first occurrence in input order wins, whatever the shards, partitions or workers."""
 
 import json
+import random
 
+import numpy as np
+import pyarrow as pa
 import pytest
+import xxhash
 
-from tasks.exact_dedup import ExactDedup, ExactDedupConfig, normalize_for_hash
+from tasks.exact_dedup import (
+    ExactDedup,
+    ExactDedupConfig,
+    _fold_ascii_column,
+    normalize_bytes,
+    normalize_for_hash,
+    text_hashes,
+)
 from tasks.ingest import Ingest
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
@@ -17,6 +28,26 @@ def test_normalization_folds_case_space_punctuation_and_compatibility_forms():
     assert normalize_for_hash("a-b", cfg) != normalize_for_hash("ab", cfg)  # punctuation splits words
     strict = ExactDedupConfig(casefold=False, strip_punctuation=False)
     assert normalize_for_hash("Hello!", strict) != normalize_for_hash("hello!", strict)
+
+
+def test_column_folding_matches_the_per_text_normalization(shared):
+    """The vectorized ASCII path and the per-text path hash exactly the same bytes."""
+    cfg = ExactDedupConfig()
+    rng = random.Random(7)
+    alphabet = " \t\n\x0b\x0c\r\x1c\x1f.,!-aZ_9"
+    texts = ["", " ", "  a", "a  ", " a b  c ", "x", "", "   "]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    texts += (shared / "pretrain/tinyshakespeare.txt").read_text()[:200_000].split("\n\n")
+    column = pa.array(texts)
+    for part in (column, column.slice(5, 1000), pa.array(["", ""]), pa.array(["  ", "."]), pa.array([], pa.string())):
+        folded, offsets = _fold_ascii_column(part)
+        for i, text in enumerate(part.to_pylist()):
+            assert folded[offsets[i]: offsets[i + 1]] == normalize_bytes(text, cfg), repr(text)
+    mixed = [*texts[:50], "Ünïcode  Straße!", "ﬁne", "FINE"]
+    h1, h2 = text_hashes(mixed, cfg)
+    for i, text in enumerate(mixed):
+        assert (h1[i], h2[i]) == tuple(np.frombuffer(xxhash.xxh3_128_digest(normalize_bytes(text, cfg)), "<u8"))
+    assert (h1[-2], h2[-2]) == (h1[-1], h2[-1])  # "ﬁne" (non-ASCII path) and "FINE" (vector path) collide
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """01_ingest on real files and on tricky ones: every record is either a document or a reject."""
 
 import gzip
+import io
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tasks.ingest import Ingest, derived_id, expand_inputs
+from tasks.ingest import Ingest, _line_blocks, derived_id, expand_inputs
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
 
@@ -146,3 +147,23 @@ def test_missing_input_is_a_clear_error(tmp_path):
         expand_inputs([str(tmp_path / "nope.jsonl")])
     with pytest.raises(FileNotFoundError, match="matches no file"):
         expand_inputs([str(tmp_path / "*.jsonl")])
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 20])
+def test_line_blocks_match_plain_line_splitting_at_any_block_size(block):
+    """The block reader yields the same lines as bytes.split, with oversize lines cut short."""
+    lines = [b"", b"short", b"x" * 25, b"{}", b"", b"y" * 9, b"tail"]
+    for data in (b"\n".join(lines), b"\n".join(lines) + b"\n", b"", b"\n", b"z" * 40):
+        got, oversize = {}, {}
+        for start, block_lines, over in _line_blocks(io.BytesIO(data), limit=10, block=block):
+            got.update(enumerate(block_lines, start))
+            oversize.update(over)
+        expected = data.split(b"\n")
+        if expected[-1] == b"":
+            expected.pop()
+        assert sorted(got) == list(range(1, len(expected) + 1))
+        for n, line in enumerate(expected, 1):
+            if len(line) > 10:
+                assert got[n] is None and oversize[n] == line[:4096]
+            else:
+                assert got[n] == line
