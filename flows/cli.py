@@ -1,6 +1,6 @@
 """The `loom` command line.
 
-    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact dedup -> publish
+    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact dedup -> near dedup -> publish
     loom step exact_dedup --run-id r1 --force         # rerun one stage; later stages become stale
     loom step ingest --input x.jsonl --output out/    # one stage on any input
     loom runs [r1]                                    # runs, or one run's stages
@@ -86,7 +86,7 @@ def curate(
     workers: int | None = WorkersOption,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
 ) -> None:
-    """Run the curate flow: ingest -> exact dedup -> publish, skipping stages already complete."""
+    """Run the curate flow: ingest -> exact dedup -> near dedup -> publish, skipping stages already complete."""
     from flows.curate import curate_flow
     from flows.prefect_api import prefect_api
 
@@ -104,7 +104,7 @@ def curate(
 
 @app.command()
 def step(
-    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup or publish (or 01_ingest, ...)."),
+    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, near_dedup or publish (or 01_ingest, ...)."),
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
     inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
@@ -251,7 +251,7 @@ def demo(
     corpus = wd / "demo-corpus"
     planted = make_demo_corpus(corpus)
     console.print(f"demo corpus: {corpus} ({planted['good_records']:,} good records, "
-                  f"{planted['exact_duplicates']} planted duplicates, "
+                  f"{planted['exact_duplicates']} planted exact and {planted['near_duplicates']} near duplicates, "
                   f"{sum(planted['rejects'].values())} planted bad records)")
     cfg = _config(None, workers)
     cfg.ingest.max_doc_bytes = 1 << 20  # so the planted 2 MiB line shows the oversize check

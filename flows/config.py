@@ -7,6 +7,8 @@ A config file (TOML, YAML or JSON) has one section per stage plus `workers`:
     text_field = "output"
     [exact_dedup]
     strip_punctuation = false
+    [near_dedup]
+    threshold = 0.7
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.exact_dedup import ExactDedupConfig
 from tasks.ingest import IngestConfig
 from tasks.manifest import write_json_atomic
+from tasks.near_dedup import NearDedupConfig
 from tasks.publish import PublishConfig
 
 DEFAULT_WORKDIR = "loom-work"
@@ -39,6 +42,9 @@ class CurateConfig(BaseModel):
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="01_ingest: reading raw files.")
     exact_dedup: ExactDedupConfig = Field(
         default_factory=ExactDedupConfig, description="02_exact_dedup: what counts as the same text."
+    )
+    near_dedup: NearDedupConfig = Field(
+        default_factory=NearDedupConfig, description="03_near_dedup: MinHash LSH near-duplicate removal."
     )
     publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")

@@ -31,11 +31,14 @@ from flows.config import (
 from flows.reporting import StageProgress, artifact_key, stage_summary, summary_rows
 from tasks.exact_dedup import ExactDedup, ExactDedupConfig
 from tasks.ingest import Ingest, IngestConfig
+from tasks.near_dedup import REPORT_MD, NearDedup, NearDedupConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
 from tasks.stage import Stage, run_stage
 
 # The stages that exist, in pipeline order; each reads the one before it.
-PIPELINE: dict[str, type[Stage]] = {"01_ingest": Ingest, "02_exact_dedup": ExactDedup, "06_publish": Publish}
+PIPELINE: dict[str, type[Stage]] = {
+    "01_ingest": Ingest, "02_exact_dedup": ExactDedup, "03_near_dedup": NearDedup, "06_publish": Publish,
+}
 
 
 def upstream_of(stage: str) -> str | None:
@@ -121,18 +124,33 @@ def exact_dedup_flow(run: StageRun, config: ExactDedupConfig = ExactDedupConfig(
     return _run_stage_flow(ExactDedup(config), run)
 
 
+@flow(name="near-dedup", flow_run_name="near-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+def near_dedup_flow(run: StageRun, config: NearDedupConfig = NearDedupConfig()) -> dict:
+    """03_near_dedup: MinHash LSH clusters of near duplicates; one document per cluster is kept."""
+    summary = _run_stage_flow(NearDedup(config), run)
+    _markdown_artifact(Path(summary["output"]) / REPORT_MD, artifact_key(run.run_id, "near-dedup-report"),
+                       f"Near-duplicate report of run {run.run_id}")
+    return summary
+
+
+def _markdown_artifact(path: Path, key: str, description: str) -> None:
+    if path.exists():
+        create_markdown_artifact(markdown=path.read_text(), key=key, description=description)
+
+
 @flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=ProcessPoolTaskRunner())
 def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict:
     """06_publish: evenly sized final shards and the dataset card."""
     summary = _run_stage_flow(Publish(config), run)
-    card = Path(summary["output"]) / CARD_MD
-    if card.exists():
-        create_markdown_artifact(markdown=card.read_text(), key=artifact_key(run.run_id, "dataset-card"),
-                                 description=f"Dataset card of run {run.run_id}")
+    _markdown_artifact(Path(summary["output"]) / CARD_MD, artifact_key(run.run_id, "dataset-card"),
+                       f"Dataset card of run {run.run_id}")
     return summary
 
 
-STAGE_FLOWS = {"01_ingest": ingest_flow, "02_exact_dedup": exact_dedup_flow, "06_publish": publish_flow}
+STAGE_FLOWS = {
+    "01_ingest": ingest_flow, "02_exact_dedup": exact_dedup_flow, "03_near_dedup": near_dedup_flow,
+    "06_publish": publish_flow,
+}
 
 
 def run_one_stage(stage: str, run: StageRun, config: BaseModel, inputs: list[str] | None = None) -> dict:

@@ -1,7 +1,8 @@
 """The demo corpus: built on any machine from text that ships with Python (pydoc_data.topics).
 
 It mixes every supported input format and plants what the stages must catch: exact
-duplicates (with case, spacing and punctuation changes), malformed JSON, undecodable bytes,
+duplicates (with case, spacing and punctuation changes), near duplicates (a few words
+edited, boilerplate added), malformed JSON, undecodable bytes,
 missing and empty text, a legacy cp1252 line, an oversize line and a Project Gutenberg header.
 `plant_counts` says how many of each were planted, so the demo and its test can check them.
 """
@@ -43,7 +44,15 @@ def _variant(text: str, i: int) -> str:
     return text.replace(".", " . ").replace(",", "")
 
 
-def make_demo_corpus(directory: Path, duplicates: int = 40) -> dict:
+def _edit(text: str, i: int) -> str:
+    """A near duplicate (true Jaccard of 5-word shingles about 0.9): one word replaced, and a
+    short line of boilerplate appended."""
+    words = text.split(" ")
+    words[len(words) // 2] = "edited"
+    return " ".join(words) + f"\n\n(mirror {i})"
+
+
+def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int = 20) -> dict:
     """Write the demo corpus under `directory`; returns what was planted."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -69,6 +78,12 @@ def make_demo_corpus(directory: Path, duplicates: int = 40) -> dict:
     with open(directory / "reposts.jsonl", "w", encoding="utf-8") as f:
         for i, r in enumerate(dup_sources):
             f.write(json.dumps({"id": f"repost-{i:03d}", "text": _variant(r["text"], i)}) + "\n")
+
+    # Near duplicates: long passages with a word changed and a line of boilerplate added.
+    long_ones = [r for r in records if len(r["text"].split()) >= 150][1::4][:near_duplicates]
+    with open(directory / "reposts-edited.jsonl", "w", encoding="utf-8") as f:  # after the originals
+        for i, r in enumerate(long_ones):
+            f.write(json.dumps({"id": f"edited-{i:03d}", "text": _edit(r["text"], i)}) + "\n")
 
     # Bad input, one of each kind, among good lines.
     bad = directory / "messy.jsonl"
@@ -100,8 +115,10 @@ def make_demo_corpus(directory: Path, duplicates: int = 40) -> dict:
     (notes / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # unsupported_format
 
     planted = {
-        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources),  # passages, notes, gutenberg, messy ok, legacy, reposts
+        # passages, notes, gutenberg, messy ok, legacy, reposts, edited copies
+        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources) + len(long_ones),
         "exact_duplicates": len(dup_sources),
+        "near_duplicates": len(long_ones),
         "rejects": {
             "malformed_json": 1, "missing_text": 1, "empty_text": 2, "not_an_object": 1, "text_not_string": 1,
             "undecodable": 1, "duplicate_id": 1, "oversize": 1, "unsupported_format": 1,

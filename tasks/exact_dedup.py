@@ -23,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import xxhash
 from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import read_manifest
-from tasks.shards import REMOVED_DIR, ShardWriter, iter_batches, list_shards, removed_schema
+from tasks.shards import filter_shard, iter_batches, list_shards
 from tasks.stage import Stage, StageContext, UnitResult
 
 _PUNCT = re.compile(r"[^\w\s]+")
@@ -217,42 +216,7 @@ class ExactDedup(Stage):
         return {}
 
     def _filter(self, ctx: StageContext, key: str) -> UnitResult:
-        source = ctx.input_dir / f"{key}.parquet"
-        schema = pq.read_schema(source)
         dup_files = sorted((ctx.work_dir / "dups" / key).glob("*.arrow"))
-        if dup_files:
-            dups = pa.concat_tables([feather.read_table(f) for f in dup_files]).sort_by("row")
-            dup_rows = dups.column("row").to_numpy().astype(np.int64)
-            kept_ids = dups.column("kept_id")
-        else:
-            dup_rows, kept_ids = np.zeros(0, np.int64), pa.array([], pa.string())
-        writer = ShardWriter(ctx.stage_dir, key, schema, roll=False)
-        removed_writer = ShardWriter(ctx.stage_dir / REMOVED_DIR, key, removed_schema(schema), kind="removed",
-                                     roll=False, base_dir=ctx.stage_dir)
-        offset = rows_out = text_bytes = 0
-        for batch in iter_batches(source, BATCH_ROWS):  # batch by batch: bounded by the batch, not the shard
-            batch = pa.Table.from_batches([batch], schema)
-            n = batch.num_rows
-            lo, hi = np.searchsorted(dup_rows, [offset, offset + n])
-            local = dup_rows[lo:hi] - offset
-            if len(local):
-                gone = batch.take(pa.array(local))
-                gone = gone.append_column("reason", pa.array(["exact_duplicate"] * len(local), pa.string()))
-                gone = gone.append_column("kept_id", kept_ids.slice(lo, hi - lo))
-                removed_writer.write(gone)
-                mask = np.ones(batch.num_rows, dtype=bool)
-                mask[local] = False
-                batch = batch.filter(pa.array(mask))
-            writer.write(batch)  # a shard whose every row was a duplicate writes no file
-            rows_out += batch.num_rows
-            text_bytes += int(pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0)
-            offset += n
-        outputs = writer.close() + removed_writer.close()
-        removed = len(dup_rows)
-        return {
-            "rows_in": rows_out + removed,
-            "rows_out": rows_out,
-            "removed": {"exact_duplicate": removed} if removed else {},
-            "outputs": [o.to_dict() for o in outputs],
-            "stats": {"text_bytes_out": text_bytes},
-        }
+        drops = pa.concat_tables([feather.read_table(f) for f in dup_files]) if dup_files else None
+        return filter_shard(ctx.input_dir / f"{key}.parquet", ctx.stage_dir, key,
+                            drops.select(["row", "kept_id"]) if drops else None, "exact_duplicate")

@@ -19,7 +19,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 DOC_SCHEMA = pa.schema(
@@ -39,7 +41,6 @@ REJECT_SCHEMA = pa.schema(
         pa.field("raw", pa.string()),  # truncated to RAW_LIMIT characters
     ]
 )
-REMOVED_EXTRA = [pa.field("reason", pa.string()), pa.field("kept_id", pa.string())]
 
 REJECTS_DIR = "_rejects"
 REMOVED_DIR = "_removed"
@@ -69,13 +70,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def removed_schema(doc_schema: pa.Schema) -> pa.Schema:
-    """The schema of `_removed/` rows: the document as it was, plus why it went."""
-    fields = list(doc_schema)
-    names = set(doc_schema.names)
-    return pa.schema(fields + [f for f in REMOVED_EXTRA if f.name not in names])
 
 
 class ShardWriter:
@@ -195,6 +189,52 @@ def iter_batches(path: Path, batch_rows: int = 4096, columns: list[str] | None =
     return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
         batch_rows, columns=columns, use_threads=False
     )
+
+
+def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None, reason: str,
+                 batch_rows: int = 4096) -> dict:
+    """Copy shard `source` to `stage_dir/key.parquet` without the rows in `drops` (column
+    "row", plus the columns each removed row carries, e.g. kept_id); those rows go to
+    `_removed/key.parquet` with `reason`. Streams batch by batch: memory is bounded by a
+    batch, not the shard. Returns the unit result (counts and outputs)."""
+    schema = pq.read_schema(source)
+    if drops is not None and drops.num_rows:
+        drops = drops.sort_by("row")
+        rows = drops.column("row").to_numpy().astype(np.int64)
+        extra = drops.drop_columns(["row"])
+    else:
+        rows, extra = np.zeros(0, np.int64), pa.table({"kept_id": pa.array([], pa.string())})
+    gone_schema = pa.schema([*schema, pa.field("reason", pa.string()),
+                             *(f for f in extra.schema if f.name not in schema.names)])
+    writer = ShardWriter(stage_dir, key, schema, roll=False)
+    removed_writer = ShardWriter(stage_dir / REMOVED_DIR, key, gone_schema, kind="removed", roll=False,
+                                 base_dir=stage_dir)
+    offset = rows_out = text_bytes = 0
+    for batch in iter_batches(source, batch_rows):
+        batch = pa.Table.from_batches([batch], schema)
+        n = batch.num_rows
+        lo, hi = np.searchsorted(rows, [offset, offset + n])
+        local = rows[lo:hi] - offset
+        if len(local):
+            gone = batch.take(pa.array(local)).append_column("reason", pa.array([reason] * len(local), pa.string()))
+            for name in extra.column_names:
+                gone = gone.append_column(name, extra.column(name).slice(lo, hi - lo))
+            removed_writer.write(gone)
+            mask = np.ones(n, dtype=bool)
+            mask[local] = False
+            batch = batch.filter(pa.array(mask))
+        writer.write(batch)  # a shard whose every row was dropped writes no file
+        rows_out += batch.num_rows
+        text_bytes += int(pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0)
+        offset += n
+    outputs = writer.close() + removed_writer.close()
+    return {
+        "rows_in": rows_out + len(rows),
+        "rows_out": rows_out,
+        "removed": {reason: len(rows)} if len(rows) else {},
+        "outputs": [o.to_dict() for o in outputs],
+        "stats": {"text_bytes_out": text_bytes},
+    }
 
 
 def list_shards(stage_dir: Path) -> list[Path]:

@@ -30,7 +30,8 @@ def test_help_on_every_command():
 
 @pytest.fixture(scope="module")
 def mixed_corpus(shared, tmp_path_factory):
-    """Shared corpora of several formats plus a file of planted duplicates and malformed lines."""
+    """Shared corpora of several formats plus a file of planted exact and near duplicates and
+    malformed lines."""
     root = tmp_path_factory.mktemp("mixed")
     shutil.copy(shared / "pretrain/tinyshakespeare.txt", root / "shakespeare.txt")
     shutil.copytree(shared / "pretrain/gutenberg_raw", root / "gutenberg")
@@ -40,6 +41,8 @@ def mixed_corpus(shared, tmp_path_factory):
     with open(root / "zz-planted.jsonl", "w") as f:
         for q in questions[:25]:  # 25 exact duplicates, changed in case and spacing
             f.write(json.dumps({"text": (q["question"] + "\n" + q["answer"]).upper()}) + "\n")
+        for q in questions[100:110]:  # 10 near duplicates: the final answer changed
+            f.write(json.dumps({"text": q["question"] + "\n" + q["answer"].rsplit(" ", 1)[0] + " 12345"}) + "\n")
         f.write('{"text": "truncated\n')
         f.write('{"no_text": 1}\n')
         f.write('{"text": ""}\n')
@@ -51,20 +54,24 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     out = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--workers", "2")
     assert "curate run mix" in out and "06_publish" in out
     status = runs_json(wd, "mix")
-    assert [status[s]["status"] for s in ("01_ingest", "02_exact_dedup", "06_publish")] == ["complete"] * 3
+    assert [s["status"] for s in status.values()] == ["complete"] * 4
     ingest = status["01_ingest"]
-    # shakespeare + devil's dictionary (.txt) + 300 gsm8k + 25 planted; .htm and LICENSE are unsupported
-    assert ingest["rows_out"] == 1 + 1 + 300 + 25
+    # shakespeare + devil's dictionary (.txt) + 300 gsm8k + 35 planted; .htm and LICENSE are unsupported
+    assert ingest["rows_out"] == 1 + 1 + 300 + 35
     assert ingest["rejected"] == {"malformed_json": 1, "missing_text": 1, "empty_text": 1, "unsupported_format": 2}
     assert status["02_exact_dedup"]["removed"] == {"exact_duplicate": 25}
+    assert status["03_near_dedup"]["removed"] == {"near_duplicate": 10}
+    near = read_dir(wd / "runs/mix/03_near_dedup/_removed")
+    assert all(t.endswith(" 12345") for t in near.column("text").to_pylist())  # the planted ones, nothing else
     published = read_dir(wd / "runs/mix/06_publish")
     assert published.num_rows == 302
     assert not any(t.isupper() for t in published.column("text").to_pylist())  # the originals were kept
     card = json.loads((wd / "runs/mix/06_publish/dataset_card.json").read_text())
     assert card["documents"] == 302 and card["stages"][1]["removed"] == {"exact_duplicate": 25}
+    assert card["stages"][2]["removed"] == {"near_duplicate": 10}
 
     again = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix")
-    assert again.count("│ skipped") == 3
+    assert again.count("│ skipped") == 4
     finished = {s: runs_json(wd, "mix")[s]["finished_at"] for s in ("01_ingest", "02_exact_dedup")}
 
     cfg = tmp_path / "strict.toml"
@@ -74,7 +81,8 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     status = runs_json(wd, "mix")
     assert status["01_ingest"]["finished_at"] == finished["01_ingest"]
     assert status["02_exact_dedup"]["removed"] == {}  # upper-cased copies are different texts now
-    assert status["06_publish"]["rows_out"] == 327
+    assert status["03_near_dedup"]["removed"] == {"near_duplicate": 35}  # near dedup folds case itself
+    assert status["06_publish"]["rows_out"] == 302
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[exact_dedup]\ncasefould = false\n")
@@ -87,15 +95,16 @@ def test_step_reruns_one_stage_and_marks_later_stages_stale(prefect_server, mixe
     loom("curate", mixed_corpus / "gsm8k.jsonl", mixed_corpus / "zz-planted.jsonl", "--workdir", wd, "--run-id", "r")
     before = runs_json(wd, "r")
     out = loom("step", "exact_dedup", "--run-id", "r", "--workdir", wd, "--force")
-    assert "now stale: 06_publish" in out
+    assert "now stale: 03_near_dedup, 06_publish" in out
     after = runs_json(wd, "r")
     assert after["01_ingest"]["finished_at"] == before["01_ingest"]["finished_at"]
     assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
-    assert after["06_publish"]["status"] == "stale"
+    assert after["03_near_dedup"]["status"] == after["06_publish"]["status"] == "stale"
+    loom("step", "near_dedup", "--run-id", "r", "--workdir", wd)
     loom("step", "publish", "--run-id", "r", "--workdir", wd)
     assert runs_json(wd, "r")["06_publish"]["status"] == "complete"
     listing = json.loads(loom("runs", "--workdir", wd, "--json"))
-    assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 3
+    assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 4
 
 
 def test_step_on_any_input(prefect_server, shared, tmp_path):
@@ -130,10 +139,13 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     removed = read_dir(tmp_path / "runs/demo/02_exact_dedup/_removed")
     assert {i for i in removed.column("id").to_pylist() if i.startswith("repost-")} == {
         f"repost-{i:03d}" for i in range(planted["exact_duplicates"])}
+    near = read_dir(tmp_path / "runs/demo/03_near_dedup/_removed").column("id").to_pylist()
+    assert {i for i in near if i.startswith("edited-")} == {f"edited-{i:03d}" for i in range(planted["near_duplicates"])}
     assert "dataset card" in out
 
     response = httpx.post(f"{prefect_server}/artifacts/filter",
                           json={"artifacts": {"key": {"like_": "demo-"}}, "limit": 200, "offset": 0})
     response.raise_for_status()
     keys = {a["key"] for a in response.json()}
-    assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-06-publish", "demo-curate", "demo-dataset-card"} <= keys
+    assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-06-publish", "demo-curate",
+            "demo-dataset-card", "demo-near-dedup-report"} <= keys

@@ -1,0 +1,217 @@
+"""MinHash signatures computed a batch of documents at a time, bit-identical to datasketch.
+
+Text is folded as exact dedup folds it (case, punctuation, whitespace; NFKC for non-ASCII),
+then cut into shingles: word n-grams (default) or byte n-grams of the folded text. Each
+shingle gets a 32-bit hash, `shingle_hash`, a polynomial over its bytes that numpy can
+compute for every shingle of a batch at once from prefix sums. The permutations are
+datasketch's default scheme ("affine32": MurmurHash3 fmix32, then a*h + b mod 2^32 with
+a, b drawn from `numpy.random.RandomState(seed)`), so
+
+    datasketch.MinHash(num_perm, seed=seed, hashfunc=shingle_hash).update_batch(shingles(text, cfg))
+
+has exactly the hash values `signatures([text], cfg)[0]` has (tested), and our signatures
+can go into datasketch's MinHashLSH, LeanMinHash or its Redis storage.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.exact_dedup import ExactDedupConfig, _fold_ascii_column, normalize_bytes
+
+_FOLD = ExactDedupConfig()  # lower case, no punctuation, single spaces, NFKC
+_P = 0x100000001B3  # byte polynomial base (odd, so invertible mod 2^64)
+_Q = 0x9E3779B97F4A7C15  # word polynomial base (odd)
+_M64 = (1 << 64) - 1
+_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
+MAX_HASH = np.uint32(0xFFFFFFFF)  # the value of every slot of an empty signature
+SHINGLE_CHUNK = 1 << 14  # shingles permuted at once (bounds memory: chunk x num_perm x 4 bytes)
+
+
+# ---- the reference definitions (plain Python; what datasketch is given) ----------------------
+
+def _poly(data: bytes) -> int:
+    h, power = 0, 1
+    for byte in data:
+        h = (h + byte * power) & _M64
+        power = (power * _P) & _M64
+    return h
+
+
+def shingle_hash(shingle: bytes) -> int:
+    """32-bit hash of one shingle: words are hashed as byte polynomials and combined as a
+    polynomial in _Q; a byte n-gram (its spaces made NUL) is one "word"."""
+    h, power = 0, 1
+    for word in shingle.split(b" "):
+        h = (h + _poly(word) * power) & _M64
+        power = (power * _Q) & _M64
+    return (h ^ (h >> 32)) & 0xFFFFFFFF
+
+
+def fold(text: str) -> bytes:
+    return normalize_bytes(text, _FOLD)
+
+
+def shingles(text: str, n: int = 5, kind: str = "word") -> list[bytes]:
+    """The shingles of one text, in order (a text shorter than n is one shingle; none if empty)."""
+    folded = fold(text)
+    if kind == "char":  # spaces become NUL so a byte n-gram hashes as one "word"
+        folded = folded.replace(b" ", b"\0")
+        if not folded:
+            return []
+        return [folded[i: i + n] for i in range(max(1, len(folded) - n + 1))]
+    words = folded.split()
+    if not words:
+        return []
+    return [b" ".join(words[i: i + n]) for i in range(max(1, len(words) - n + 1))]
+
+
+@lru_cache(maxsize=16)
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters for (num_perm, seed)."""
+    gen = np.random.RandomState(seed)
+    a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+# ---- the vectorized path ----------------------------------------------------------------------
+
+_powers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _power_table(base: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """base^i and base^-i mod 2^64 for i < length (cached, grown by doubling)."""
+    have = _powers.get(base)
+    if have is None or len(have[0]) < length:
+        size = max(length, 1 << 16, 2 * len(have[0]) if have else 0)
+        inverse = pow(base, -1, 1 << 64)
+        up = np.full(size, base, dtype=np.uint64)
+        down = np.full(size, inverse, dtype=np.uint64)
+        up[0] = down[0] = 1
+        with np.errstate(over="ignore"):
+            have = (np.cumprod(up, dtype=np.uint64), np.cumprod(down, dtype=np.uint64))
+        _powers[base] = have
+    return have
+
+
+def _range_hashes(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base: int) -> np.ndarray:
+    """sum(values[j] * base^(j - s) for j in [s, e)) mod 2^64 for every range, via prefix sums."""
+    up, down = _power_table(base, len(values) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(len(values) + 1, dtype=np.uint64)
+        np.cumsum(values.astype(np.uint64) * up[: len(values)], out=prefix[1:])
+        return (prefix[ends] - prefix[starts]) * down[starts]
+
+
+def _folded_column(texts: pa.StringArray, ascii_only: bool) -> tuple[bytes, np.ndarray]:
+    """Every text folded, back to back, with offsets (one vector pass when all are ASCII)."""
+    if ascii_only:
+        return _fold_ascii_column(texts)
+    parts = [fold(t) if t is not None else b"" for t in texts.to_pylist()]
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    return b"".join(parts), offsets
+
+
+def shingle_hashes(texts: pa.StringArray, n: int = 5, kind: str = "word",
+                   ascii_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of every shingle of every text, and each text's [start, end) range in them."""
+    folded, offsets = _folded_column(texts, ascii_only)
+    data = np.frombuffer(folded, dtype=np.uint8)
+    docs = len(offsets) - 1
+    if kind == "char":
+        lengths = np.diff(offsets)
+        counts = np.where(lengths > 0, np.maximum(1, lengths - n + 1), 0)
+        doc_of = np.repeat(np.arange(docs), counts)
+        first = np.zeros(docs + 1, dtype=np.int64)
+        np.cumsum(counts, out=first[1:])
+        starts = offsets[doc_of] + (np.arange(len(doc_of)) - first[doc_of])
+        ends = np.minimum(starts + n, offsets[doc_of + 1])
+        h = _range_hashes(np.where(data == 32, np.uint8(0), data), starts, ends, _P)
+    else:
+        space = data == 32
+        # word boundaries: a word starts after a space or at a row start, ends at a space or row end
+        is_start = ~space
+        is_start[1:] &= space[:-1]
+        is_start[offsets[:-1][offsets[:-1] < offsets[1:]]] = ~space[offsets[:-1][offsets[:-1] < offsets[1:]]]
+        word_starts = np.flatnonzero(is_start)
+        is_end = ~space
+        is_end[:-1] &= space[1:]
+        nonempty_ends = offsets[1:][offsets[1:] > offsets[:-1]] - 1
+        is_end[nonempty_ends] = ~space[nonempty_ends]
+        word_ends = np.flatnonzero(is_end) + 1
+        words = _range_hashes(data, word_starts, word_ends, _P)
+        word_first = np.searchsorted(word_starts, offsets)  # each row's first word
+        wcount = np.diff(word_first)
+        counts = np.where(wcount > 0, np.maximum(1, wcount - n + 1), 0)
+        doc_of = np.repeat(np.arange(docs), counts)
+        first = np.zeros(docs + 1, dtype=np.int64)
+        np.cumsum(counts, out=first[1:])
+        s = word_first[doc_of] + (np.arange(len(doc_of)) - first[doc_of])
+        e = np.minimum(s + n, word_first[doc_of + 1])
+        h = _range_hashes(words, s, e, _Q)
+    with np.errstate(over="ignore"):
+        folded32 = ((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    first = np.zeros(docs + 1, dtype=np.int64)
+    np.cumsum(counts, out=first[1:])
+    return folded32, first
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    s1, m1, s2, m2, s3 = _FMIX32
+    with np.errstate(over="ignore"):
+        h = h ^ (h >> s1)
+        h = h * m1
+        h = h ^ (h >> s2)
+        h = h * m2
+        return h ^ (h >> s3)
+
+
+def signatures(texts, num_perm: int = 128, seed: int = 1, n: int = 5, kind: str = "word") -> np.ndarray:
+    """MinHash signatures (uint32, one row per text; an empty text's row is all MAX_HASH)."""
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = pa.array(texts, pa.string())
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    ascii_rows = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+    if ascii_rows.all() or not ascii_rows.any():
+        return _signatures(texts, bool(ascii_rows.all()), num_perm, seed, n, kind)
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    for rows, ascii_only in ((np.flatnonzero(ascii_rows), True), (np.flatnonzero(~ascii_rows), False)):
+        out[rows] = _signatures(texts.take(pa.array(rows)), ascii_only, num_perm, seed, n, kind)
+    return out
+
+
+def _signatures(texts: pa.StringArray, ascii_only: bool, num_perm: int, seed: int, n: int, kind: str) -> np.ndarray:
+    hashes, first = shingle_hashes(texts, n, kind, ascii_only)
+    a, b = permutations(num_perm, seed)
+    a, b = a[:, None], b[:, None]
+    mixed = _fmix32(hashes)
+    out = np.full((num_perm, len(texts)), MAX_HASH, dtype=np.uint32)  # slot-major: contiguous reductions
+    counts = np.diff(first)
+    docs = np.flatnonzero(counts)
+    buffer = np.empty((num_perm, SHINGLE_CHUNK), dtype=np.uint32)
+    lo = 0
+    while lo < len(docs):  # chunks of whole documents, about SHINGLE_CHUNK shingles each
+        hi = int(np.searchsorted(first[docs + 1], first[docs[lo]] + SHINGLE_CHUNK, side="right"))
+        hi = max(hi, lo + 1)
+        chunk = docs[lo:hi]
+        s, e = int(first[chunk[0]]), int(first[chunk[-1] + 1])
+        if e - s > buffer.shape[1]:  # one document with more shingles than a chunk
+            buffer = np.empty((num_perm, e - s), dtype=np.uint32)
+        permuted = buffer[:, : e - s]
+        np.multiply(a, mixed[None, s:e], out=permuted)
+        np.add(permuted, b, out=permuted)
+        out[:, chunk] = np.minimum.reduceat(permuted, first[chunk] - s, axis=1)
+        lo = hi
+    return np.ascontiguousarray(out.T)
+
+
+def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Estimated Jaccard similarity of row pairs: the share of equal slots."""
+    return (sig_a == sig_b).mean(axis=-1)

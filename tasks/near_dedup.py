@@ -1,0 +1,377 @@
+"""Stage 03_near_dedup: MinHash LSH clusters of near-duplicate documents; one of each is kept.
+
+Four phases, each resumable, with memory bounded by a shard or a partition:
+
+    signature  per shard: MinHash signatures (tasks.minhash, bit-identical to datasketch)
+               saved for later phases; each band of each signature becomes a 64-bit band
+               key, spilled to P partition files by key
+    pairs      per partition: sort band keys; documents sharing a key are candidate pairs
+               (a chain through each bucket, enough for connectivity)
+    cluster    once: verify candidates by estimated Jaccard (optional), union-find by
+               connected components, pick the kept document of each cluster, write the
+               report; memory grows with the candidate pairs, not the corpus
+    filter     per shard: write kept documents; the others go to _removed/ with the
+               cluster id, the kept id and their estimated similarity to it
+
+Bands and rows come from the threshold the way datasketch picks them (minimizing the
+weighted false positive and false negative probability), unless set explicitly. The result
+depends only on the input: not on the number of workers, shards or partitions.
+
+    loom step near_dedup --input corpus.jsonl --output /tmp/near
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow import feather
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.manifest import read_manifest, write_json_atomic
+from tasks.minhash import MAX_HASH, signatures
+from tasks.shards import filter_shard, iter_batches, list_shards
+from tasks.stage import Stage, StageContext, UnitResult
+
+REPORT_MD = "near_dedup_report.md"
+REPORT_JSON = "near_dedup_report.json"
+BATCH_ROWS = 4096
+_KEY_SCHEMA = pa.schema([("band", pa.uint16()), ("key", pa.uint64()), ("doc", pa.uint64())])
+_EDGE_SCHEMA = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+class NearDedupConfig(BaseModel):
+    """What counts as a near duplicate, and which copy stays."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity above which documents are near duplicates.")
+    num_perm: int = Field(128, ge=2, le=1024, description="MinHash permutations (signature length).")
+    seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (datasketch's `seed`).")
+    shingle: Literal["word", "char"] = Field("word", description="Word n-grams, or character n-grams for short texts.")
+    ngram: int = Field(5, ge=1, le=64, description="Shingle length in words (or characters).")
+    bands: int | None = Field(None, ge=1, description="LSH bands; default: chosen from the threshold.")
+    rows: int | None = Field(None, ge=1, description="Rows per band; default: chosen from the threshold.")
+    false_positive_weight: float = Field(0.5, ge=0, le=1, description="Weight of false positives when choosing bands.")
+    verify: Literal["estimated", "none"] = Field(
+        "estimated", description="Drop candidate pairs whose estimated Jaccard is below the threshold."
+    )
+    keep: Literal["first", "longest"] = Field(
+        "first", description="Which document of a cluster stays: first in input order, or the longest."
+    )
+    rows_per_partition: int = Field(
+        4_000_000, gt=0, description="Band keys per spill partition (bounds the memory of the pairs phase)."
+    )
+    report_clusters: int = Field(10, ge=0, description="Largest clusters and example pairs shown in the report.")
+
+    @model_validator(mode="after")
+    def _bands_fit(self):
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+    def lsh_params(self) -> tuple[int, int]:
+        if self.bands is not None:
+            return self.bands, self.rows
+        return optimal_param(self.threshold, self.num_perm, self.false_positive_weight, 1 - self.false_positive_weight)
+
+
+@lru_cache(maxsize=64)
+def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows) minimizing fp_weight * P(false positive) + fn_weight * P(false negative),
+    integrated over similarity as datasketch.MinHashLSH does."""
+    from scipy.integrate import quad
+
+    best, opt = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            fp, _ = quad(lambda s, b=b, r=r: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)
+            fn, _ = quad(lambda s, b=b, r=r: 1 - (1 - (1 - s ** float(r)) ** float(b)), threshold, 1.0)
+            error = fp * fp_weight + fn * fn_weight
+            if error < best:
+                best, opt = error, (b, r)
+    return opt
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """64-bit key of each band of each signature: shape (docs, bands)."""
+    view = sig[:, : bands * rows].reshape(len(sig), bands, rows).astype(np.uint64)
+    keys = np.zeros((len(sig), bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(rows):
+            keys = (keys ^ view[:, :, j]) * _MIX
+            keys ^= keys >> np.uint64(29)
+    return keys
+
+
+def _doc(shard: int, row: np.ndarray) -> np.ndarray:
+    return (np.uint64(shard) << np.uint64(32)) | row.astype(np.uint64)
+
+
+def _split_doc(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (doc >> np.uint64(32)).astype(np.int64), (doc & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+class NearDedup(Stage):
+    """Cluster near-duplicate documents with MinHash LSH; keep one per cluster."""
+
+    name = "03_near_dedup"
+    Config = NearDedupConfig
+    phases = ("signature", "pairs", "cluster", "filter")
+    owned_outputs = (*Stage.owned_outputs, REPORT_MD, REPORT_JSON)
+
+    def _shards(self, ctx: StageContext) -> list[Path]:
+        return list_shards(ctx.input_dir)
+
+    def _partitions(self, ctx: StageContext) -> int:
+        upstream = read_manifest(ctx.input_dir)
+        rows = upstream.rows_out if upstream else 0
+        return max(1, math.ceil(rows * self.config.lsh_params()[0] / self.config.rows_per_partition))
+
+    def plan(self, ctx: StageContext, phase: str) -> list[str]:
+        if phase == "pairs":
+            return [f"p{p:04d}" for p in range(self._partitions(ctx))]
+        if phase == "cluster":
+            return ["all"]
+        return [s.stem for s in self._shards(ctx)]
+
+    def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
+        return {"signature": self._signature, "pairs": self._pairs, "cluster": self._cluster,
+                "filter": self._filter}[phase](ctx, key)
+
+    # ---- signature: per shard -------------------------------------------------------------
+
+    def _signature(self, ctx: StageContext, key: str) -> UnitResult:
+        cfg = self.config
+        bands, rows = cfg.lsh_params()
+        shard = [s.stem for s in self._shards(ctx)].index(key)
+        parts = self._partitions(ctx)
+        sig_path = ctx.work_dir / "sig" / f"{key}.u32"
+        sig_path.parent.mkdir(parents=True, exist_ok=True)
+        spills: dict[int, list[pa.Table]] = {p: [] for p in range(parts)}
+        lengths, offset, empty = [], 0, 0
+        with open(sig_path, "wb") as sig_file:
+            for batch in iter_batches(ctx.input_dir / f"{key}.parquet", BATCH_ROWS, columns=["text"]):
+                text = batch.column("text")
+                sig = signatures(text, cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
+                sig_file.write(sig.tobytes())
+                lengths.append(pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64))
+                has = ~(sig == MAX_HASH).all(axis=1)  # no shingles: never a near duplicate
+                empty += int((~has).sum())
+                local = np.flatnonzero(has)
+                keys = band_keys(sig[local], bands, rows)
+                docs = np.repeat(_doc(shard, local + offset), bands)
+                band = np.tile(np.arange(bands, dtype=np.uint16), len(local))
+                flat = keys.reshape(-1)
+                which = flat % np.uint64(parts)
+                for p in range(parts):
+                    mask = which == p
+                    spills[p].append(pa.table({"band": band[mask], "key": flat[mask], "doc": docs[mask]},
+                                              schema=_KEY_SCHEMA))
+                offset += len(sig)
+        np.save(ctx.work_dir / "sig" / f"{key}.len.npy", np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+        for p, tables in spills.items():
+            out = ctx.work_dir / "keys" / f"p{p:04d}" / f"{key}.arrow"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            feather.write_feather(pa.concat_tables(tables) if tables else _KEY_SCHEMA.empty_table(), out,
+                                  compression="lz4")
+        return {"stats": {"documents_without_shingles": empty}}
+
+    # ---- pairs: per partition ----------------------------------------------------------------
+
+    def _pairs(self, ctx: StageContext, key: str) -> UnitResult:
+        files = sorted((ctx.work_dir / "keys" / key).glob("*.arrow"))
+        table = pa.concat_tables([feather.read_table(f) for f in files]) if files else _KEY_SCHEMA.empty_table()
+        table = table.sort_by([("band", "ascending"), ("key", "ascending"), ("doc", "ascending")])
+        band = table.column("band").to_numpy()
+        keys = table.column("key").to_numpy()
+        docs = table.column("doc").to_numpy()
+        same = (band[1:] == band[:-1]) & (keys[1:] == keys[:-1])  # consecutive docs in one bucket
+        edges = pa.table({"a": docs[:-1][same], "b": docs[1:][same]}, schema=_EDGE_SCHEMA)
+        out = ctx.work_dir / "edges" / f"{key}.arrow"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        feather.write_feather(edges, out, compression="lz4")
+        return {"stats": {"bucket_pairs": edges.num_rows}}
+
+    # ---- cluster: once ----------------------------------------------------------------------
+
+    def _signatures_of(self, ctx: StageContext, docs: np.ndarray) -> np.ndarray:
+        """Signatures of the given documents, read from the saved per-shard files."""
+        out = np.empty((len(docs), self.config.num_perm), dtype=np.uint32)
+        shard_of, row_of = _split_doc(docs)
+        names = [s.stem for s in self._shards(ctx)]
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            sig = np.memmap(ctx.work_dir / "sig" / f"{names[shard]}.u32", dtype=np.uint32, mode="r").reshape(
+                -1, self.config.num_perm)
+            out[where] = sig[row_of[where]]
+        return out
+
+    def _cluster(self, ctx: StageContext, key: str) -> UnitResult:
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        cfg = self.config
+        files = sorted((ctx.work_dir / "edges").glob("*.arrow"))
+        edges = pa.concat_tables([feather.read_table(f) for f in files]) if files else _EDGE_SCHEMA.empty_table()
+        a, b = edges.column("a").to_numpy(), edges.column("b").to_numpy()
+        pair = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.uint64)
+        candidates = len(pair)
+        nodes = np.unique(pair)  # every document in some candidate pair, in input order
+        sig = self._signatures_of(ctx, nodes)
+        ia, ib = np.searchsorted(nodes, pair[:, 0]), np.searchsorted(nodes, pair[:, 1])
+        if cfg.verify == "estimated" and len(pair):
+            ok = (sig[ia] == sig[ib]).mean(axis=1) >= cfg.threshold
+            ia, ib = ia[ok], ib[ok]
+        graph = coo_matrix((np.ones(len(ia), dtype=np.int8), (ia, ib)), shape=(len(nodes), len(nodes)))
+        _, label = connected_components(graph, directed=False)
+        # clusters of 2+ documents; nodes are sorted, so the first member of a label is its first doc
+        sizes = np.bincount(label, minlength=label.max() + 1 if len(label) else 0)
+        in_cluster = sizes[label] > 1 if len(label) else np.zeros(0, dtype=bool)
+        members = np.flatnonzero(in_cluster)
+        kept_node = self._kept_nodes(ctx, nodes, label, members)
+        # number the clusters by their kept document's position in the input
+        cluster_labels = np.unique(label[members])
+        order = np.argsort(nodes[kept_node[cluster_labels]], kind="stable")
+        cluster_id = np.empty(label.max() + 1 if len(label) else 0, dtype=np.int64)
+        cluster_id[cluster_labels[order]] = np.arange(len(cluster_labels))
+        gone = members[kept_node[label[members]] != members]
+        keeper = kept_node[label[gone]]
+        similarity = (sig[gone] == sig[keeper]).mean(axis=1) if len(gone) else np.zeros(0)
+
+        names = [s.stem for s in self._shards(ctx)]
+        kept_ids = self._ids_of(ctx, nodes[keeper], names)
+        shard_of, row_of = _split_doc(nodes[gone])
+        for shard in np.unique(shard_of):
+            where = shard_of == shard
+            drops = pa.table({
+                "row": row_of[where].astype(np.int64),
+                "kept_id": kept_ids.filter(pa.array(where)),
+                "cluster_id": cluster_id[label[gone[where]]],
+                "similarity": similarity[where].astype(np.float32),
+            })
+            out = ctx.work_dir / "drops" / f"{names[shard]}.arrow"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            feather.write_feather(drops, out, compression="lz4")
+
+        stats = {
+            "bands": cfg.lsh_params()[0], "rows": cfg.lsh_params()[1], "candidate_pairs": int(candidates),
+            "verified_pairs": len(ia), "clusters": len(cluster_labels), "documents_in_clusters": len(members),
+        }
+        self._report(ctx, names, nodes, label, members, kept_node, cluster_id, gone, keeper, similarity, stats)
+        return {"stats": stats}
+
+    def _kept_nodes(self, ctx, nodes, label, members) -> np.ndarray:
+        """For each label, the node index of the document kept (first, or longest then first)."""
+        n_labels = label.max() + 1 if len(label) else 0
+        kept = np.full(n_labels, -1, dtype=np.int64)
+        if self.config.keep == "first":  # members are in input order: a label's first member
+            labels, first = np.unique(label[members], return_index=True)
+            kept[labels] = members[first]
+            return kept
+        shard_of, row_of = _split_doc(nodes[members])
+        names = [s.stem for s in self._shards(ctx)]
+        lengths = np.empty(len(members), dtype=np.int64)
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            lengths[where] = np.load(ctx.work_dir / "sig" / f"{names[shard]}.len.npy")[row_of[where]]
+        order = np.lexsort((members, -lengths, label[members]))  # by label, longest first, then first
+        first_of_label = np.ones(len(order), dtype=bool)
+        first_of_label[1:] = label[members[order]][1:] != label[members[order]][:-1]
+        best = members[order][first_of_label]
+        kept[label[best]] = best
+        return kept
+
+    def _ids_of(self, ctx, docs: np.ndarray, names: list[str]) -> pa.Array:
+        """The id strings of documents (reading only the id column of the shards involved)."""
+        shard_of, row_of = _split_doc(docs)
+        out = [None] * len(docs)
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            ids = pa.concat_arrays([b.column("id") for b in iter_batches(
+                ctx.input_dir / f"{names[shard]}.parquet", 65536, columns=["id"])])
+            for i, value in zip(where.tolist(), ids.take(pa.array(row_of[where])).to_pylist()):
+                out[i] = value
+        return pa.array(out, pa.string())
+
+    def _report(self, ctx, names, nodes, label, members, kept_node, cluster_id, gone, keeper, similarity, stats):
+        cfg = self.config
+        sizes = np.bincount(label[members]) if len(members) else np.zeros(0, np.int64)
+        sizes = sizes[sizes > 1]
+        histogram = {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))} if len(sizes) else {}
+        # the largest clusters, and example pairs across the similarity range
+        top_labels = np.unique(label[members])
+        top_labels = top_labels[np.argsort(-np.bincount(label[members])[top_labels], kind="stable")][: cfg.report_clusters]
+        largest = []
+        for lab in top_labels.tolist():
+            docs = members[label[members] == lab]
+            largest.append({"cluster_id": int(cluster_id[lab]), "size": len(docs),
+                            "kept": self._texts(ctx, names, nodes[[kept_node[lab]]])[0][:300]})
+        examples = []
+        if len(gone):
+            picks = np.unique(np.linspace(0, len(gone) - 1, min(cfg.report_clusters, len(gone))).astype(int))
+            picks = picks[np.argsort(similarity[picks])]
+            kept_texts = self._texts(ctx, names, nodes[keeper[picks]])
+            gone_texts = self._texts(ctx, names, nodes[gone[picks]])
+            for p, kt, gt in zip(picks.tolist(), kept_texts, gone_texts):
+                examples.append({"cluster_id": int(cluster_id[label[gone[p]]]),
+                                 "similarity": round(float(similarity[p]), 3), "kept": kt[:500], "removed": gt[:500]})
+        report = {"config": cfg.model_dump(mode="json"), **stats, "cluster_sizes": histogram,
+                  "largest_clusters": largest, "example_pairs": examples}
+        write_json_atomic(ctx.stage_dir / REPORT_JSON, report)
+        (ctx.stage_dir / REPORT_MD).write_text(render_report(report))
+
+    def _texts(self, ctx, names, docs: np.ndarray) -> list[str]:
+        shard_of, row_of = _split_doc(docs)
+        out = [""] * len(docs)
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            want = dict(zip(row_of[where].tolist(), where.tolist()))
+            offset = 0
+            for batch in iter_batches(ctx.input_dir / f"{names[shard]}.parquet", BATCH_ROWS, columns=["text"]):
+                for row in [r for r in want if offset <= r < offset + batch.num_rows]:
+                    out[want[row]] = batch.column("text")[row - offset].as_py()
+                offset += batch.num_rows
+        return out
+
+    # ---- filter: per shard --------------------------------------------------------------------
+
+    def _filter(self, ctx: StageContext, key: str) -> UnitResult:
+        path = ctx.work_dir / "drops" / f"{key}.arrow"
+        drops = feather.read_table(path) if path.exists() else None
+        return filter_shard(ctx.input_dir / f"{key}.parquet", ctx.stage_dir, key, drops, "near_duplicate")
+
+
+def render_report(report: dict) -> str:
+    """The report as markdown: settings, cluster sizes, largest clusters, example pairs."""
+    cfg = report["config"]
+    lines = [
+        "# Near-duplicate report (03_near_dedup)", "",
+        f"Threshold {cfg['threshold']}, {cfg['num_perm']} permutations, {cfg['ngram']}-{cfg['shingle']} shingles, "
+        f"{report['bands']} bands x {report['rows']} rows, verification: {cfg['verify']}, keep: {cfg['keep']}.", "",
+        f"- candidate pairs: {report['candidate_pairs']:,}",
+        f"- pairs after verification: {report['verified_pairs']:,}",
+        f"- clusters: {report['clusters']:,} holding {report['documents_in_clusters']:,} documents", "",
+        "## Cluster sizes", "", "| size | clusters |", "|---:|---:|",
+        *(f"| {size} | {count:,} |" for size, count in report["cluster_sizes"].items()), "",
+        "## Largest clusters", "", "| cluster | size | kept document (start) |", "|---:|---:|---|",
+        *(f"| {c['cluster_id']} | {c['size']} | {_cell(c['kept'])} |" for c in report["largest_clusters"]), "",
+        "## Example pairs (lowest similarity first)", "",
+        "| cluster | similarity | kept | removed |", "|---:|---:|---|---|",
+        *(f"| {e['cluster_id']} | {e['similarity']} | {_cell(e['kept'])} | {_cell(e['removed'])} |"
+          for e in report["example_pairs"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return json.dumps(text)[1:-1].replace("|", "\\|")[:300]
