@@ -59,7 +59,11 @@ class NearDedupConfig(BaseModel):
     ngram: int = Field(5, ge=1, le=64, description="Shingle length in words (or characters).")
     bands: int | None = Field(None, ge=1, description="LSH bands; default: chosen from the threshold.")
     rows: int | None = Field(None, ge=1, description="Rows per band; default: chosen from the threshold.")
-    false_positive_weight: float = Field(0.5, ge=0, le=1, description="Weight of false positives when choosing bands.")
+    false_positive_weight: float | None = Field(
+        None, ge=0, le=1,
+        description="Weight of false positives when choosing bands (false negatives get 1 minus it). Default: "
+                    "0.05 with verification (it drops false candidates, so misses cost more), else 0.5 as datasketch.",
+    )
     verify: Literal["estimated", "none"] = Field(
         "estimated", description="Drop candidate pairs whose estimated Jaccard is below the threshold."
     )
@@ -82,7 +86,10 @@ class NearDedupConfig(BaseModel):
     def lsh_params(self) -> tuple[int, int]:
         if self.bands is not None:
             return self.bands, self.rows
-        return optimal_param(self.threshold, self.num_perm, self.false_positive_weight, 1 - self.false_positive_weight)
+        fp = self.false_positive_weight
+        if fp is None:
+            fp = 0.05 if self.verify == "estimated" else 0.5
+        return optimal_param(self.threshold, self.num_perm, fp, 1 - fp)
 
 
 @lru_cache(maxsize=64)
@@ -111,6 +118,14 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
             keys = (keys ^ view[:, :, j]) * _MIX
             keys ^= keys >> np.uint64(29)
     return keys
+
+
+def _similarity(sig: np.ndarray, ia: np.ndarray, ib: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Estimated Jaccard of the signature pairs (ia[k], ib[k]), a chunk at a time (bounded memory)."""
+    out = np.empty(len(ia), dtype=np.float64)
+    for s in range(0, len(ia), chunk):
+        out[s: s + chunk] = (sig[ia[s: s + chunk]] == sig[ib[s: s + chunk]]).mean(axis=1)
+    return out
 
 
 def _doc(shard: int, row: np.ndarray) -> np.ndarray:
@@ -209,11 +224,17 @@ class NearDedup(Stage):
         out = np.empty((len(docs), self.config.num_perm), dtype=np.uint32)
         shard_of, row_of = _split_doc(docs)
         names = [s.stem for s in self._shards(ctx)]
+        block = 65536
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
-            sig = np.memmap(ctx.work_dir / "sig" / f"{names[shard]}.u32", dtype=np.uint32, mode="r").reshape(
-                -1, self.config.num_perm)
-            out[where] = sig[row_of[where]]
+            rows = row_of[where]
+            with open(ctx.work_dir / "sig" / f"{names[shard]}.u32", "rb") as f:  # streamed, not mapped
+                start = 0
+                while len(sig := np.fromfile(f, dtype=np.uint32, count=block * self.config.num_perm)):
+                    sig = sig.reshape(-1, self.config.num_perm)
+                    lo, hi = np.searchsorted(rows, [start, start + len(sig)])
+                    out[where[lo:hi]] = sig[rows[lo:hi] - start]
+                    start += len(sig)
         return out
 
     def _cluster(self, ctx: StageContext, key: str) -> UnitResult:
@@ -224,16 +245,22 @@ class NearDedup(Stage):
         files = sorted((ctx.work_dir / "edges").glob("*.arrow"))
         edges = pa.concat_tables([feather.read_table(f) for f in files]) if files else _EDGE_SCHEMA.empty_table()
         a, b = edges.column("a").to_numpy(), edges.column("b").to_numpy()
-        pair = np.unique(np.stack([a, b], axis=1), axis=0) if len(a) else np.zeros((0, 2), np.uint64)
+        del edges
+        nodes = np.unique(np.concatenate([a, b]))  # every document in some candidate pair, in input order
+        n = len(nodes)
+        # each pair once (a < b within a bucket), as compact node indices
+        pair = np.unique(np.searchsorted(nodes, a).astype(np.int64) * n + np.searchsorted(nodes, b))
+        del a, b
+        ia, ib = (pair // max(n, 1)).astype(np.int32), (pair % max(n, 1)).astype(np.int32)
         candidates = len(pair)
-        nodes = np.unique(pair)  # every document in some candidate pair, in input order
+        del pair
         sig = self._signatures_of(ctx, nodes)
-        ia, ib = np.searchsorted(nodes, pair[:, 0]), np.searchsorted(nodes, pair[:, 1])
-        if cfg.verify == "estimated" and len(pair):
-            ok = (sig[ia] == sig[ib]).mean(axis=1) >= cfg.threshold
+        if cfg.verify == "estimated" and len(ia):
+            ok = _similarity(sig, ia, ib) >= cfg.threshold
             ia, ib = ia[ok], ib[ok]
-        graph = coo_matrix((np.ones(len(ia), dtype=np.int8), (ia, ib)), shape=(len(nodes), len(nodes)))
+        graph = coo_matrix((np.ones(len(ia), dtype=np.int8), (ia, ib)), shape=(n, n))
         _, label = connected_components(graph, directed=False)
+        del graph
         # clusters of 2+ documents; nodes are sorted, so the first member of a label is its first doc
         sizes = np.bincount(label, minlength=label.max() + 1 if len(label) else 0)
         in_cluster = sizes[label] > 1 if len(label) else np.zeros(0, dtype=bool)
@@ -246,7 +273,8 @@ class NearDedup(Stage):
         cluster_id[cluster_labels[order]] = np.arange(len(cluster_labels))
         gone = members[kept_node[label[members]] != members]
         keeper = kept_node[label[gone]]
-        similarity = (sig[gone] == sig[keeper]).mean(axis=1) if len(gone) else np.zeros(0)
+        similarity = _similarity(sig, gone, keeper)
+        del sig
 
         names = [s.stem for s in self._shards(ctx)]
         kept_ids = self._ids_of(ctx, nodes[keeper], names)

@@ -36,7 +36,9 @@ def test_signatures_are_bit_identical_to_datasketch(shared, kind, n, num_perm, s
 def test_bands_and_rows_are_chosen_as_datasketch_chooses_them(threshold, num_perm):
     lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm)
     assert optimal_param(threshold, num_perm) == (lsh.b, lsh.r)
-    assert NearDedupConfig(threshold=threshold, num_perm=num_perm).lsh_params() == (lsh.b, lsh.r)
+    assert NearDedupConfig(threshold=threshold, num_perm=num_perm, verify="none").lsh_params() == (lsh.b, lsh.r)
+    weighted = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
+    assert NearDedupConfig(threshold=threshold, num_perm=num_perm).lsh_params() == (weighted.b, weighted.r)
 
 
 def _write(path, texts, prefix="d"):
