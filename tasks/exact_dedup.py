@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,11 @@ from tasks.shards import filter_shard, iter_batches, list_shards
 from tasks.stage import Stage, StageContext, UnitResult
 
 _PUNCT = re.compile(r"[^\w\s]+")
-# ASCII fast path: the same folding as the regex path (default config), as one C-level byte
-# translation: letters to lower case, digits and "_" kept, everything else a space.
-_ASCII_FOLD = bytes(c if chr(c).isalnum() or chr(c) == "_" else 32 for c in range(128)).lower() + bytes(128)
+# Byte fast path: the same folding as the regex path (default config), as one C-level byte
+# translation: ASCII letters to lower case, digits and "_" kept, every other ASCII byte a
+# space; bytes of non-ASCII characters pass through (see _prefold).
+_BYTE_FOLD = bytes(c if chr(c).isalnum() or chr(c) == "_" else 32 for c in range(128)).lower() + bytes(range(128, 256))
+_WIDE = re.compile(r"[^\x00-\x7f]+")
 _NON_SPACE = re.compile(rb"[^ ]")
 BATCH_ROWS = 4096
 _SPILL_SCHEMA = pa.schema(
@@ -67,7 +70,7 @@ def _default_folding(cfg: ExactDedupConfig) -> bool:
 def normalize_bytes(text: str, cfg: ExactDedupConfig) -> bytes:
     """The normalized text as UTF-8 bytes, the form that is hashed."""
     if text.isascii() and _default_folding(cfg):
-        return b" ".join(text.encode("ascii").translate(_ASCII_FOLD).split())
+        return b" ".join(text.encode("ascii").translate(_BYTE_FOLD).split())
     if cfg.unicode_nfkc and not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
     if cfg.casefold:
@@ -79,14 +82,47 @@ def normalize_bytes(text: str, cfg: ExactDedupConfig) -> bytes:
     return text.encode("utf-8")
 
 
-def _fold_ascii_column(texts: pa.StringArray) -> tuple[bytes, np.ndarray]:
-    """normalize_bytes of every (ASCII) row at once, with the default folding: one byte
-    translation and a few numpy passes over the column's buffer instead of a Python call
-    per row. Returns the normalized bytes of all rows back to back and their offsets."""
+@lru_cache(maxsize=1 << 16)
+def _fold_char(char: str) -> str:
+    """One non-ASCII character as the regex path leaves it: case folded, and a space where
+    it is neither alphanumeric nor "_" (punctuation, symbols, whitespace, marks)."""
+    return "".join(x if x.isalnum() or x == "_" else " " for x in char.casefold())
+
+
+def _fold_run(match: re.Match) -> str:
+    return "".join(map(_fold_char, match.group()))
+
+
+def _prefold(text: str, cfg: ExactDedupConfig) -> str:
+    """A non-ASCII text with its non-ASCII characters folded one by one, so the byte fold
+    finishes it exactly as normalize_bytes would. Exact when the text is already in NFKC
+    (casefold, \\w and \\s are per character); otherwise the whole regex path runs (its
+    output is a fixed point of the byte fold)."""
+    if cfg.unicode_nfkc and not unicodedata.is_normalized("NFKC", text):
+        return normalize_bytes(text, cfg).decode("utf-8")
+    return _WIDE.sub(_fold_run, text)
+
+
+def fold_column(texts: pa.StringArray, cfg: ExactDedupConfig | None = None) -> tuple[bytes, np.ndarray]:
+    """normalize_bytes of every row at once (default folding), as the normalized bytes of all
+    rows back to back and their offsets. ASCII rows never leave C; other rows get their
+    non-ASCII characters folded in Python first."""
+    cfg = cfg or ExactDedupConfig()
+    ascii_rows = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+    if not ascii_rows.all():
+        wide = np.flatnonzero(~ascii_rows)
+        prefolded = [_prefold(t, cfg) for t in texts.take(pa.array(wide)).to_pylist()]
+        texts = pc.replace_with_mask(texts, pa.array(~ascii_rows), pa.array(prefolded, pa.string()))
+    return _fold_bytes_column(texts)
+
+
+def _fold_bytes_column(texts: pa.StringArray) -> tuple[bytes, np.ndarray]:
+    """The byte fold of every row at once: one translation and a few numpy passes over the
+    column's buffer instead of a Python call per row."""
     n = len(texts)
     offsets = np.frombuffer(texts.buffers()[1], np.int32, count=n + 1, offset=texts.offset * 4).astype(np.int64)
     data = texts.buffers()[2]
-    folded = (data.to_pybytes()[offsets[0]: offsets[-1]] if data is not None else b"").translate(_ASCII_FOLD)
+    folded = (bytes(memoryview(data)[offsets[0]: offsets[-1]]) if data is not None else b"").translate(_BYTE_FOLD)
     offsets -= offsets[0]
     starts, ends = offsets[:-1], offsets[1:]
     space = np.frombuffer(folded, np.uint8) == 32
@@ -111,23 +147,13 @@ def text_hashes(texts: pa.StringArray | list[str], cfg: ExactDedupConfig) -> tup
     """128-bit xxh3 of each normalized text as two uint64 arrays."""
     if isinstance(texts, list):
         texts = pa.array(texts, pa.string())
-    n = len(texts)
     digest = xxhash.xxh3_128_digest
-    digests = [b""] * n
-    if _default_folding(cfg) and n:
-        ascii_rows = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
-        fast = np.flatnonzero(ascii_rows)
-        subset = texts if len(fast) == n else texts.take(pa.array(fast))
-        normalized, offsets = _fold_ascii_column(subset)
+    if _default_folding(cfg) and len(texts):
+        normalized, offsets = fold_column(texts, cfg)
         view = memoryview(normalized)
-        starts, ends = offsets[:-1].tolist(), offsets[1:].tolist()
-        for j, i in enumerate(fast.tolist()):
-            digests[i] = digest(view[starts[j]: ends[j]])
-        slow = np.flatnonzero(~ascii_rows).tolist()
+        digests = [digest(view[s:e]) for s, e in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
     else:
-        slow = range(n)
-    for i in slow:
-        digests[i] = digest(normalize_bytes(texts[i].as_py(), cfg))
+        digests = [digest(normalize_bytes(t, cfg)) for t in texts.to_pylist()]
     pairs = np.frombuffer(b"".join(digests), dtype="<u8").reshape(-1, 2)
     return pairs[:, 0].copy(), pairs[:, 1].copy()
 

@@ -19,9 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from tasks.exact_dedup import ExactDedupConfig, _fold_ascii_column, normalize_bytes
+from tasks.exact_dedup import ExactDedupConfig, fold_column, normalize_bytes
 
 _FOLD = ExactDedupConfig()  # lower case, no punctuation, single spaces, NFKC
 _P = 0x100000001B3  # byte polynomial base (odd, so invertible mod 2^64)
@@ -108,20 +107,9 @@ def _range_hashes(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base
         return (prefix[ends] - prefix[starts]) * down[starts]
 
 
-def _folded_column(texts: pa.StringArray, ascii_only: bool) -> tuple[bytes, np.ndarray]:
-    """Every text folded, back to back, with offsets (one vector pass when all are ASCII)."""
-    if ascii_only:
-        return _fold_ascii_column(texts)
-    parts = [fold(t) if t is not None else b"" for t in texts.to_pylist()]
-    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in parts], out=offsets[1:])
-    return b"".join(parts), offsets
-
-
-def shingle_hashes(texts: pa.StringArray, n: int = 5, kind: str = "word",
-                   ascii_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes(texts: pa.StringArray, n: int = 5, kind: str = "word") -> tuple[np.ndarray, np.ndarray]:
     """32-bit hashes of every shingle of every text, and each text's [start, end) range in them."""
-    folded, offsets = _folded_column(texts, ascii_only)
+    folded, offsets = fold_column(texts, _FOLD)
     data = np.frombuffer(folded, dtype=np.uint8)
     docs = len(offsets) - 1
     if kind == "char":
@@ -178,17 +166,7 @@ def signatures(texts, num_perm: int = 128, seed: int = 1, n: int = 5, kind: str 
         texts = pa.array(texts, pa.string())
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    ascii_rows = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
-    if ascii_rows.all() or not ascii_rows.any():
-        return _signatures(texts, bool(ascii_rows.all()), num_perm, seed, n, kind)
-    out = np.empty((len(texts), num_perm), dtype=np.uint32)
-    for rows, ascii_only in ((np.flatnonzero(ascii_rows), True), (np.flatnonzero(~ascii_rows), False)):
-        out[rows] = _signatures(texts.take(pa.array(rows)), ascii_only, num_perm, seed, n, kind)
-    return out
-
-
-def _signatures(texts: pa.StringArray, ascii_only: bool, num_perm: int, seed: int, n: int, kind: str) -> np.ndarray:
-    hashes, first = shingle_hashes(texts, n, kind, ascii_only)
+    hashes, first = shingle_hashes(texts, n, kind)
     a, b = permutations(num_perm, seed)
     a, b = a[:, None], b[:, None]
     mixed = _fmix32(hashes)

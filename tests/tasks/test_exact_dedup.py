@@ -11,7 +11,7 @@ import xxhash
 from tasks.exact_dedup import (
     ExactDedup,
     ExactDedupConfig,
-    _fold_ascii_column,
+    fold_column,
     normalize_bytes,
     normalize_for_hash,
     text_hashes,
@@ -38,9 +38,12 @@ def test_column_folding_matches_the_per_text_normalization(shared):
     texts = ["", " ", "  a", "a  ", " a b  c ", "x", "", "   "]
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
     texts += (shared / "pretrain/tinyshakespeare.txt").read_text()[:200_000].split("\n\n")
+    wide = "İßéﬁ\u00a0\u2028\u3000“”—…日本語Ω≈ç√\u0301ǅ²٣_"  # letters, marks, spaces, symbols, digits
+    texts += ["İstanbul Straße", "naïve café", "ﬁne", "e\u0301t\u00e9", "“quoted” — dash…", "日本語のテキスト"]
+    texts += ["".join(rng.choice(alphabet + wide) for _ in range(rng.randint(0, 16))) for _ in range(3000)]
     column = pa.array(texts)
     for part in (column, column.slice(5, 1000), pa.array(["", ""]), pa.array(["  ", "."]), pa.array([], pa.string())):
-        folded, offsets = _fold_ascii_column(part)
+        folded, offsets = fold_column(part)
         for i, text in enumerate(part.to_pylist()):
             assert folded[offsets[i]: offsets[i + 1]] == normalize_bytes(text, cfg), repr(text)
     mixed = [*texts[:50], "Ünïcode  Straße!", "ﬁne", "FINE"]
