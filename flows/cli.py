@@ -41,6 +41,8 @@ WorkdirOption = typer.Option(None, "--workdir", "-w", envvar="LOOM_WORKDIR",
 ConfigOption = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
                             help="TOML, YAML or JSON file with one section per stage.")
 WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Local processes for shard work (default: all cores).")
+RayOption = typer.Option(None, "--ray-address", envvar="LOOM_RAY_ADDRESS",
+                         help="Run shard work on Ray: 'auto', 'ray://host:10001', or 'local' (start one).")
 
 
 def _fail(message: str) -> None:
@@ -48,13 +50,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _config(path: Path | None, workers: int | None, base: CurateConfig | None = None) -> CurateConfig:
+def _config(path: Path | None, workers: int | None, base: CurateConfig | None = None,
+            ray_address: str | None = None) -> CurateConfig:
     try:
         config = load_config(path) if path else (base or CurateConfig())
     except Exception as e:  # pydantic and parser errors name the bad key; show them plainly
         _fail(f"bad config {path}: {e}")
     if workers:
         config.workers = workers
+    if ray_address:
+        config.ray_address = ray_address
     return config
 
 
@@ -84,13 +89,14 @@ def curate(
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
     config: Path | None = ConfigOption,
     workers: int | None = WorkersOption,
+    ray_address: str | None = RayOption,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
 ) -> None:
     """Run the curate flow: ingest -> exact dedup -> near dedup -> publish, skipping stages already complete."""
     from flows.curate import curate_flow
     from flows.prefect_api import prefect_api
 
-    cfg = _config(config, workers)
+    cfg = _config(config, workers, ray_address=ray_address)
     inputs = [str(Path(i).absolute()) for i in inputs]
     run_id = run_id or default_run_id(inputs)
     wd = resolve_workdir(workdir)
@@ -112,6 +118,7 @@ def step(
     workdir: str | None = WorkdirOption,
     config: Path | None = ConfigOption,
     workers: int | None = WorkersOption,
+    ray_address: str | None = RayOption,
 ) -> None:
     """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
     from flows.curate import PIPELINE, StageRun, downstream_of, run_one_stage
@@ -128,7 +135,7 @@ def step(
     if inputs:
         if output is None:
             _fail("--input needs --output DIR")
-        cfg = _config(config, workers)
+        cfg = _config(config, workers, ray_address=ray_address)
         out = output.absolute()
         run_id = run_id or f"step-{out.name}"
         summaries = []
@@ -136,10 +143,12 @@ def step(
             stage_input = None
             if name != "01_ingest":  # any input goes through the ingest reader first
                 ingest_dir = out / "_ingest"
-                run = StageRun(run_id=run_id, workers=cfg.workers, output_dir=str(ingest_dir), force=force)
+                run = StageRun(run_id=run_id, workers=cfg.workers, ray_address=cfg.ray_address,
+                               output_dir=str(ingest_dir), force=force)
                 summaries.append(run_one_stage("01_ingest", run, cfg.ingest, [str(Path(i).absolute()) for i in inputs]))
                 stage_input = str(ingest_dir)
-            run = StageRun(run_id=run_id, workers=cfg.workers, output_dir=str(out), input_dir=stage_input, force=force)
+            run = StageRun(run_id=run_id, workers=cfg.workers, ray_address=cfg.ray_address, output_dir=str(out),
+                           input_dir=stage_input, force=force)
             summaries.append(run_one_stage(name, run, cfg.for_stage(name),
                                            [str(Path(i).absolute()) for i in inputs] if name == "01_ingest" else None))
         _print_outcome(summaries, f"step {name}")
@@ -151,9 +160,10 @@ def step(
         run_inputs, run_cfg = load_run(wd, run_id)
     except FileNotFoundError as e:
         _fail(str(e))
-    cfg = _config(config, workers, base=run_cfg)
+    cfg = _config(config, workers, base=run_cfg, ray_address=ray_address)
     with prefect_api():
-        run = StageRun(run_id=run_id, workdir=str(wd), force=force, workers=cfg.workers)
+        run = StageRun(run_id=run_id, workdir=str(wd), force=force, workers=cfg.workers,
+                       ray_address=cfg.ray_address)
         try:
             summary = run_one_stage(name, run, cfg.for_stage(name), run_inputs)
         except FileNotFoundError as e:
@@ -241,6 +251,7 @@ def runs(
 def demo(
     workdir: str | None = WorkdirOption,
     workers: int | None = WorkersOption,
+    ray_address: str | None = RayOption,
 ) -> None:
     """Build a sample corpus from Python's own docs (with planted duplicates and bad records) and curate it."""
     from flows.curate import curate_flow
@@ -253,7 +264,7 @@ def demo(
     console.print(f"demo corpus: {corpus} ({planted['good_records']:,} good records, "
                   f"{planted['exact_duplicates']} planted exact and {planted['near_duplicates']} near duplicates, "
                   f"{sum(planted['rejects'].values())} planted bad records)")
-    cfg = _config(None, workers)
+    cfg = _config(None, workers, ray_address=ray_address)
     cfg.ingest.max_doc_bytes = 1 << 20  # so the planted 2 MiB line shows the oversize check
     with prefect_api():
         summaries = curate_flow(inputs=[str(corpus)], run_id="demo", workdir=str(wd), config=cfg)

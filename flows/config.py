@@ -1,6 +1,7 @@
 """Typed configuration for curate runs, and where runs live on disk.
 
-A config file (TOML, YAML or JSON) has one section per stage plus `workers`:
+A config file (TOML, YAML or JSON) has one section per stage plus `workers` and
+`ray_address`:
 
     workers = 2
     [ingest]
@@ -48,6 +49,11 @@ class CurateConfig(BaseModel):
     )
     publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
+    ray_address: str | None = Field(
+        default_factory=lambda: os.environ.get("LOOM_RAY_ADDRESS") or None,
+        description="Run shard work on Ray instead of local processes: a cluster address ('auto', "
+                    "'ray://host:10001'), or 'local' to start a Ray instance for the run. Default: $LOOM_RAY_ADDRESS.",
+    )
 
     def for_stage(self, stage: str) -> BaseModel:
         return getattr(self, stage.split("_", 1)[1])

@@ -59,6 +59,9 @@ class StageRun(BaseModel):
     workdir: str | None = Field(None, description="Work directory (default: $LOOM_WORKDIR or ./loom-work).")
     force: bool = Field(False, description="Rerun even if complete; the stages after it become stale.")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
+    ray_address: str | None = Field(
+        None, description="Run shard work on Ray: a cluster address ('auto', 'ray://host:10001') or 'local'."
+    )
     input_dir: str | None = Field(None, description="Read this stage directory instead of the run's previous stage.")
     output_dir: str | None = Field(None, description="Write here instead of the run's stage directory.")
 
@@ -106,8 +109,16 @@ def _run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None
     return summary
 
 
-def _with_workers(stage_flow, workers: int):
-    return stage_flow.with_options(task_runner=ProcessPoolTaskRunner(max_workers=workers))
+def task_runner(workers: int, ray_address: str | None = None):
+    """Local processes by default; prefect-ray's RayTaskRunner when a Ray address is given
+    ('local' starts a Ray instance with `workers` CPUs for the flow run)."""
+    if not ray_address:
+        return ProcessPoolTaskRunner(max_workers=workers)
+    from prefect_ray import RayTaskRunner
+
+    if ray_address == "local":
+        return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+    return RayTaskRunner(address=ray_address)
 
 
 @flow(name="ingest", flow_run_name="ingest-{run.run_id}", task_runner=ProcessPoolTaskRunner())
@@ -158,7 +169,7 @@ def run_one_stage(stage: str, run: StageRun, config: BaseModel, inputs: list[str
     kwargs = {"run": run, "config": config}
     if stage == "01_ingest":
         kwargs["inputs"] = inputs
-    return _with_workers(STAGE_FLOWS[stage], run.workers)(**kwargs)
+    return STAGE_FLOWS[stage].with_options(task_runner=task_runner(run.workers, run.ray_address))(**kwargs)
 
 
 @flow(name="curate", flow_run_name="curate-{run_id}")
@@ -174,7 +185,8 @@ def curate_flow(
     save_run(resolve_workdir(workdir), run_id, inputs, config)
     summaries = []
     for stage in PIPELINE:
-        run = StageRun(run_id=run_id, workdir=workdir, force=force, workers=config.workers)
+        run = StageRun(run_id=run_id, workdir=workdir, force=force, workers=config.workers,
+                       ray_address=config.ray_address)
         summaries.append(run_one_stage(stage, run, config.for_stage(stage), inputs))
     create_table_artifact(table=summary_rows(summaries), key=artifact_key(run_id, "curate"),
                           description=f"Curate summary of run {run_id}")
