@@ -1,6 +1,6 @@
 """The `loom` command line.
 
-    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact dedup -> near dedup -> publish
+    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact dedup -> near dedup -> pii -> publish
     loom step exact_dedup --run-id r1 --force         # rerun one stage; later stages become stale
     loom step ingest --input x.jsonl --output out/    # one stage on any input
     loom runs [r1]                                    # runs, or one run's stages
@@ -68,6 +68,9 @@ def _print_outcome(summaries: list[dict], title: str) -> None:
     reasons = reasons_table(summaries)
     if reasons is not None:
         console.print(reasons)
+    for s in summaries:
+        if s.get("note"):
+            console.print(f"{s['stage']}: {s['note']}")
     last = summaries[-1]
     console.print(f"output: [bold]{last['output']}[/bold]")
     rejected = sum(s["rejected"] for s in summaries)
@@ -92,7 +95,7 @@ def curate(
     ray_address: str | None = RayOption,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
 ) -> None:
-    """Run the curate flow: ingest -> exact dedup -> near dedup -> publish, skipping stages already complete."""
+    """Run the curate flow: ingest -> exact/near dedup -> pii -> publish, skipping stages already complete."""
     from flows.curate import curate_flow
     from flows.prefect_api import prefect_api
 
@@ -110,7 +113,7 @@ def curate(
 
 @app.command()
 def step(
-    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, near_dedup or publish (or 01_ingest, ...)."),
+    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, near_dedup, pii or publish (or 01_ingest, ...)."),
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
     inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),

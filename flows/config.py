@@ -25,6 +25,7 @@ from tasks.exact_dedup import ExactDedupConfig
 from tasks.ingest import IngestConfig
 from tasks.manifest import write_json_atomic
 from tasks.near_dedup import NearDedupConfig
+from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
 
 DEFAULT_WORKDIR = "loom-work"
@@ -47,6 +48,7 @@ class CurateConfig(BaseModel):
     near_dedup: NearDedupConfig = Field(
         default_factory=NearDedupConfig, description="03_near_dedup: MinHash LSH near-duplicate removal."
     )
+    pii: PiiConfig = Field(default_factory=PiiConfig, description="04_pii: personal data and secrets replaced.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     ray_address: str | None = Field(

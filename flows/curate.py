@@ -32,12 +32,14 @@ from flows.reporting import StageProgress, artifact_key, stage_summary, summary_
 from tasks.exact_dedup import ExactDedup, ExactDedupConfig
 from tasks.ingest import Ingest, IngestConfig
 from tasks.near_dedup import REPORT_MD, NearDedup, NearDedupConfig
+from tasks.pii import Pii, PiiConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
 from tasks.stage import Stage, run_stage
 
 # The stages that exist, in pipeline order; each reads the one before it.
 PIPELINE: dict[str, type[Stage]] = {
-    "01_ingest": Ingest, "02_exact_dedup": ExactDedup, "03_near_dedup": NearDedup, "06_publish": Publish,
+    "01_ingest": Ingest, "02_exact_dedup": ExactDedup, "03_near_dedup": NearDedup, "04_pii": Pii,
+    "06_publish": Publish,
 }
 
 
@@ -144,6 +146,12 @@ def near_dedup_flow(run: StageRun, config: NearDedupConfig = NearDedupConfig()) 
     return summary
 
 
+@flow(name="pii", flow_run_name="pii-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+def pii_flow(run: StageRun, config: PiiConfig = PiiConfig()) -> dict:
+    """04_pii: replace personal data and secrets (Presidio, offline); only counts are reported."""
+    return _run_stage_flow(Pii(config), run)
+
+
 def _markdown_artifact(path: Path, key: str, description: str) -> None:
     if path.exists():
         create_markdown_artifact(markdown=path.read_text(), key=key, description=description)
@@ -160,7 +168,7 @@ def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict
 
 STAGE_FLOWS = {
     "01_ingest": ingest_flow, "02_exact_dedup": exact_dedup_flow, "03_near_dedup": near_dedup_flow,
-    "06_publish": publish_flow,
+    "04_pii": pii_flow, "06_publish": publish_flow,
 }
 
 

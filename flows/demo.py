@@ -2,7 +2,7 @@
 
 It mixes every supported input format and plants what the stages must catch: exact
 duplicates (with case, spacing and punctuation changes), near duplicates (a few words
-edited, boilerplate added), malformed JSON, undecodable bytes,
+edited, boilerplate added), personal data and secrets, malformed JSON, undecodable bytes,
 missing and empty text, a legacy cp1252 line, an oversize line and a Project Gutenberg header.
 `plant_counts` says how many of each were planted, so the demo and its test can check them.
 """
@@ -85,6 +85,16 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
         for i, r in enumerate(long_ones):
             f.write(json.dumps({"id": f"edited-{i:03d}", "text": _edit(r["text"], i)}) + "\n")
 
+    # Personal data and secrets for 04_pii to replace.
+    tickets = [
+        "Ticket 1: Maria Jensen (maria.jensen+support@mail.example.org) cannot log in; call her on +44 20 7946 0958.",
+        "Ticket 2: refund card 4111 1111 1111 1111 to IBAN GB82 WEST 1234 5698 7654 32, requested from 203.0.113.7.",
+        "Ticket 3: the deploy script has password = 'hunter2hunter2' and key AKIAIOSFODNN7EXAMPLE in plain text.",
+    ]
+    with open(directory / "support-tickets.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(tickets):
+            f.write(json.dumps({"id": f"ticket-{i}", "text": text}) + "\n")
+
     # Bad input, one of each kind, among good lines.
     bad = directory / "messy.jsonl"
     with open(bad, "wb") as f:
@@ -115,10 +125,12 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
     (notes / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # unsupported_format
 
     planted = {
-        # passages, notes, gutenberg, messy ok, legacy, reposts, edited copies
-        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources) + len(long_ones),
+        # passages, notes, gutenberg, messy ok, legacy, reposts, edited copies, tickets
+        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources) + len(long_ones) + len(tickets),
         "exact_duplicates": len(dup_sources),
         "near_duplicates": len(long_ones),
+        "pii_values": ["maria.jensen+support@mail.example.org", "7946 0958", "4111 1111 1111 1111",
+                       "GB82 WEST", "203.0.113.7", "hunter2hunter2", "AKIAIOSFODNN7EXAMPLE"],
         "rejects": {
             "malformed_json": 1, "missing_text": 1, "empty_text": 2, "not_an_object": 1, "text_not_string": 1,
             "undecodable": 1, "duplicate_id": 1, "oversize": 1, "unsupported_format": 1,

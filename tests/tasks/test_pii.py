@@ -1,0 +1,133 @@
+"""04_pii: Presidio offline on real labeled spans, adversarial formats, text without PII left
+byte for byte, merged overlaps, replacement strategies, and no PII outside the documents."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.ingest import Ingest
+from tasks.pii import (
+    Pii,
+    PiiConfig,
+    PiiModelError,
+    analyzer,
+    find_pii,
+    luhn_ok,
+    merge_spans,
+    replace_spans,
+    surrogate,
+)
+from tasks.shards import read_dir
+from tasks.stage import local_mapper, run_stage
+
+
+def _found(text: str, cfg: PiiConfig | None = None) -> list[tuple[str, str]]:
+    return [(text[s:e], t) for s, e, t, _ in find_pii([text], cfg or PiiConfig())[0]]
+
+
+def test_labeled_spans_of_the_presidio_research_set_are_found(shared):
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())[:400]
+    spans = find_pii([r["full_text"] for r in records], PiiConfig())
+    found, total = {}, {}
+    for record, doc in zip(records, spans):
+        for gold in record["spans"]:
+            t = gold["entity_type"]
+            total[t] = total.get(t, 0) + 1
+            hit = any(s < gold["end_position"] and gold["start_position"] < e for s, e, _, _ in doc)
+            found[t] = found.get(t, 0) + hit
+    for entity in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "US_SSN"):
+        if total.get(entity):
+            assert found[entity] / total[entity] >= 0.95, entity
+    assert found["PERSON"] / total["PERSON"] >= 0.6  # the small spaCy model's limit (see benchmarks/pii.py)
+
+
+@pytest.mark.parametrize("text,value,entity", [
+    ("write to john.doe+newsletter@mail.example.co.uk today", "john.doe+newsletter@mail.example.co.uk",
+     "EMAIL_ADDRESS"),
+    ("ops: first.last@sub.domain.example.org.", "first.last@sub.domain.example.org", "EMAIL_ADDRESS"),
+    ("call +44 20 7946 0958 now", "+44 20 7946 0958", "PHONE_NUMBER"),
+    ("Berlin office: +49 30 901820", "+49 30 901820", "PHONE_NUMBER"),
+    ("US line (415) 555-2671 ext. 12", "(415) 555-2671 ext. 12", "PHONE_NUMBER"),
+    ("card 4111 1111 1111 1111 on file", "4111 1111 1111 1111", "CREDIT_CARD"),
+    ("card 5500-0000-0000-0004 on file", "5500-0000-0000-0004", "CREDIT_CARD"),
+    ("IBAN GB82 WEST 1234 5698 7654 32 please", "GB82 WEST 1234 5698 7654 32", "IBAN_CODE"),
+    ("from 192.168.10.42 and 2001:db8::ff00:42:8329", "192.168.10.42", "IP_ADDRESS"),
+    ("ssn 536-80-4398 in the form", "536-80-4398", "US_SSN"),
+    ("key AKIAIOSFODNN7EXAMPLE in config", "AKIAIOSFODNN7EXAMPLE", "SECRET"),
+    ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789 leaked", "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+     "SECRET"),
+    ("db password = 'hunter2!x' in prod", "hunter2!x", "SECRET"),
+    ("ship to 1600 Pennsylvania Avenue NW, Washington", "1600 Pennsylvania Avenue", "STREET_ADDRESS"),
+])
+def test_adversarial_formats(text, value, entity):
+    found = _found(text)
+    assert any(value in v and t == entity for v, t in found), found
+
+
+def test_numbers_that_are_not_cards_are_left_alone():
+    text = "order 4111 1111 1111 1112 shipped (fails Luhn); total 1234.56 in 2024-05-01"
+    assert not any(t == "CREDIT_CARD" for _, t in _found(text))
+    assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
+
+
+def test_private_key_blocks_are_secrets():
+    block = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA7x\nabc\n-----END RSA PRIVATE KEY-----"
+    assert (block, "SECRET") in _found(f"the key:\n{block}\nend")
+
+
+def test_overlapping_spans_merge_so_nothing_survives_between_them():
+    spans = merge_spans([(0, 10, "PERSON", 0.85), (5, 20, "EMAIL_ADDRESS", 1.0), (20, 25, "PHONE_NUMBER", 0.4),
+                         (30, 35, "LOCATION", 0.85)])
+    assert spans == [(0, 25, "EMAIL_ADDRESS", 1.0), (30, 35, "LOCATION", 0.85)]
+    assert replace_spans("x" * 40, spans) == "<EMAIL>" + "x" * 5 + "<LOCATION>" + "x" * 5
+
+
+def test_strategies_are_consistent_within_a_run():
+    text = "Mail jane@example.com, then jane@example.com again."
+    spans = find_pii([text], PiiConfig())[0]
+    hashed = replace_spans(text, spans, "hash", salt="run1")
+    assert "jane@example.com" not in hashed and hashed.count(hashed.split()[1].rstrip(",")) == 2
+    assert replace_spans(text, spans, "hash", salt="run2") != hashed
+    fake = surrogate("EMAIL_ADDRESS", "jane@example.com", "run1")
+    assert fake == surrogate("EMAIL_ADDRESS", "jane@example.com", "run1") != surrogate(
+        "EMAIL_ADDRESS", "jane@example.com", "run2")
+    assert luhn_ok(surrogate("CREDIT_CARD", "4111 1111 1111 1111", "run1"))
+
+
+def _scrub(tmp_path, texts, **config):
+    with open(tmp_path / "in.jsonl", "w") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"d{i}", "text": t}) + "\n")
+    run_stage(Ingest(), run_id="t", stage_dir=tmp_path / "01", inputs=[str(tmp_path / "in.jsonl")],
+              mapper=local_mapper(1))
+    outcome = run_stage(Pii(**config), run_id="t", stage_dir=tmp_path / "04", inputs=[str(tmp_path / "01")],
+                        mapper=local_mapper(1))
+    return outcome.manifest, read_dir(tmp_path / "04")
+
+
+def test_stage_changes_only_pii_and_reports_only_counts(tmp_path):
+    clean = ["The kettle boiled at noon.\nTea was served in the garden; everyone agreed it was too hot.",
+             "Water freezes at zero degrees Celsius and boils at one hundred at sea level."]
+    secret_text = "Contact Maria Garcia at maria.garcia@example.com or +1 415 555 2671."
+    manifest, docs = _scrub(tmp_path, [*clean, secret_text])
+    rows = {r["id"]: r for r in docs.to_pylist()}
+    for i, text in enumerate(clean):  # no PII: byte for byte the same, and no counts
+        assert rows[f"d{i}"]["text"].encode() == text.encode() and rows[f"d{i}"]["pii_counts"] == []
+    scrubbed = rows["d2"]["text"]
+    assert "maria.garcia@example.com" not in scrubbed and "555 2671" not in scrubbed and "<EMAIL>" in scrubbed
+    assert dict(rows["d2"]["pii_counts"])["EMAIL_ADDRESS"] == 1
+    assert manifest.stats["documents_touched"] == 1 and manifest.stats["entities"]["EMAIL_ADDRESS"] == 1
+    assert 0 < manifest.stats["share_of_chars_replaced"] < 0.5
+    # the raw values appear nowhere but the input: not in the manifest or any other file written
+    for path in (tmp_path / "04").rglob("*"):
+        if path.is_file() and path.suffix != ".parquet":
+            body = path.read_text(errors="replace")
+            assert "maria.garcia" not in body and "2671" not in body, path
+    table = pq.read_table(next((tmp_path / "04").glob("part-*.parquet")))
+    assert "maria.garcia" not in str(table.column("text").to_pylist())
+
+
+def test_missing_model_is_a_clear_error():
+    with pytest.raises(PiiModelError, match="pip install"):
+        analyzer("en_core_web_not_installed")
