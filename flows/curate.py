@@ -140,10 +140,7 @@ def exact_dedup_flow(run: StageRun, config: ExactDedupConfig = ExactDedupConfig(
 @flow(name="near-dedup", flow_run_name="near-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
 def near_dedup_flow(run: StageRun, config: NearDedupConfig = NearDedupConfig()) -> dict:
     """03_near_dedup: MinHash LSH clusters of near duplicates; one document per cluster is kept."""
-    summary = _run_stage_flow(NearDedup(config), run)
-    _markdown_artifact(Path(summary["output"]) / REPORT_MD, artifact_key(run.run_id, "near-dedup-report"),
-                       f"Near-duplicate report of run {run.run_id}")
-    return summary
+    return _run_with_report(NearDedup(config), run, REPORT_MD, "near-dedup-report", "Near-duplicate report")
 
 
 @flow(name="pii", flow_run_name="pii-{run.run_id}", task_runner=ProcessPoolTaskRunner())
@@ -152,18 +149,20 @@ def pii_flow(run: StageRun, config: PiiConfig = PiiConfig()) -> dict:
     return _run_stage_flow(Pii(config), run)
 
 
-def _markdown_artifact(path: Path, key: str, description: str) -> None:
+def _run_with_report(stage: Stage, run: StageRun, report: str, key: str, what: str) -> dict:
+    """Run a stage flow, then publish the markdown report it wrote as a Prefect artifact."""
+    summary = _run_stage_flow(stage, run)
+    path = Path(summary["output"]) / report
     if path.exists():
-        create_markdown_artifact(markdown=path.read_text(), key=key, description=description)
+        create_markdown_artifact(markdown=path.read_text(), key=artifact_key(run.run_id, key),
+                                 description=f"{what} of run {run.run_id}")
+    return summary
 
 
 @flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=ProcessPoolTaskRunner())
 def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict:
     """06_publish: evenly sized final shards and the dataset card."""
-    summary = _run_stage_flow(Publish(config), run)
-    _markdown_artifact(Path(summary["output"]) / CARD_MD, artifact_key(run.run_id, "dataset-card"),
-                       f"Dataset card of run {run.run_id}")
-    return summary
+    return _run_with_report(Publish(config), run, CARD_MD, "dataset-card", "Dataset card")
 
 
 STAGE_FLOWS = {

@@ -107,47 +107,42 @@ def _range_hashes(values: np.ndarray, starts: np.ndarray, ends: np.ndarray, base
         return (prefix[ends] - prefix[starts]) * down[starts]
 
 
+def _windows(first_unit: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row's windows of n units (bytes or words), given each row's first unit index: a row
+    shorter than n is one window, an empty row has none. Returns window starts, window ends,
+    and each row's first window index."""
+    units = np.diff(first_unit)
+    counts = np.where(units > 0, np.maximum(1, units - n + 1), 0)
+    row = np.repeat(np.arange(len(units)), counts)
+    first = np.zeros(len(units) + 1, dtype=np.int64)
+    np.cumsum(counts, out=first[1:])
+    starts = first_unit[row] + (np.arange(len(row)) - first[row])
+    return starts, np.minimum(starts + n, first_unit[row + 1]), first
+
+
 def shingle_hashes(texts: pa.StringArray, n: int = 5, kind: str = "word") -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of every shingle of every text, and each text's [start, end) range in them."""
+    """32-bit hashes of every shingle of every text, and each text's first shingle index."""
     folded, offsets = fold_column(texts, _FOLD)
     data = np.frombuffer(folded, dtype=np.uint8)
-    docs = len(offsets) - 1
     if kind == "char":
-        lengths = np.diff(offsets)
-        counts = np.where(lengths > 0, np.maximum(1, lengths - n + 1), 0)
-        doc_of = np.repeat(np.arange(docs), counts)
-        first = np.zeros(docs + 1, dtype=np.int64)
-        np.cumsum(counts, out=first[1:])
-        starts = offsets[doc_of] + (np.arange(len(doc_of)) - first[doc_of])
-        ends = np.minimum(starts + n, offsets[doc_of + 1])
+        starts, ends, first = _windows(offsets, n)
         h = _range_hashes(np.where(data == 32, np.uint8(0), data), starts, ends, _P)
     else:
         space = data == 32
+        rows = offsets[:-1] < offsets[1:]
         # word boundaries: a word starts after a space or at a row start, ends at a space or row end
         is_start = ~space
         is_start[1:] &= space[:-1]
-        is_start[offsets[:-1][offsets[:-1] < offsets[1:]]] = ~space[offsets[:-1][offsets[:-1] < offsets[1:]]]
-        word_starts = np.flatnonzero(is_start)
+        is_start[offsets[:-1][rows]] = ~space[offsets[:-1][rows]]
         is_end = ~space
         is_end[:-1] &= space[1:]
-        nonempty_ends = offsets[1:][offsets[1:] > offsets[:-1]] - 1
-        is_end[nonempty_ends] = ~space[nonempty_ends]
-        word_ends = np.flatnonzero(is_end) + 1
-        words = _range_hashes(data, word_starts, word_ends, _P)
-        word_first = np.searchsorted(word_starts, offsets)  # each row's first word
-        wcount = np.diff(word_first)
-        counts = np.where(wcount > 0, np.maximum(1, wcount - n + 1), 0)
-        doc_of = np.repeat(np.arange(docs), counts)
-        first = np.zeros(docs + 1, dtype=np.int64)
-        np.cumsum(counts, out=first[1:])
-        s = word_first[doc_of] + (np.arange(len(doc_of)) - first[doc_of])
-        e = np.minimum(s + n, word_first[doc_of + 1])
-        h = _range_hashes(words, s, e, _Q)
+        is_end[offsets[1:][rows] - 1] = ~space[offsets[1:][rows] - 1]
+        word_starts = np.flatnonzero(is_start)
+        words = _range_hashes(data, word_starts, np.flatnonzero(is_end) + 1, _P)
+        starts, ends, first = _windows(np.searchsorted(word_starts, offsets), n)
+        h = _range_hashes(words, starts, ends, _Q)
     with np.errstate(over="ignore"):
-        folded32 = ((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    first = np.zeros(docs + 1, dtype=np.int64)
-    np.cumsum(counts, out=first[1:])
-    return folded32, first
+        return ((h ^ (h >> np.uint64(32))) & np.uint64(0xFFFFFFFF)).astype(np.uint32), first
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
