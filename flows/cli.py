@@ -1,6 +1,6 @@
 """The `loom` command line.
 
-    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact dedup -> near dedup -> pii -> publish
+    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact/near dedup -> pii -> bias -> publish
     loom step exact_dedup --run-id r1 --force         # rerun one stage; later stages become stale
     loom step ingest --input x.jsonl --output out/    # one stage on any input
     loom runs [r1]                                    # runs, or one run's stages
@@ -95,7 +95,7 @@ def curate(
     ray_address: str | None = RayOption,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
 ) -> None:
-    """Run the curate flow: ingest -> exact/near dedup -> pii -> publish, skipping stages already complete."""
+    """Run the curate flow: ingest -> exact/near dedup -> pii -> bias -> publish, skipping complete stages."""
     from flows.curate import curate_flow
     from flows.prefect_api import prefect_api
 
@@ -113,7 +113,7 @@ def curate(
 
 @app.command()
 def step(
-    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, near_dedup, pii or publish (or 01_ingest, ...)."),
+    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, near_dedup, pii, bias or publish (or 01_ingest, ...)."),
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
     inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
@@ -248,6 +248,43 @@ def runs(
                       f"{m.removed_total:,}" if m else "-", f"{m.rejected_total:,}" if m else "-",
                       m.finished_at if m else "-")
     console.print(table)
+
+
+bias_app = typer.Typer(help="The bias and toxicity filter (05_bias): train its classifier.", no_args_is_help=True)
+app.add_typer(bias_app, name="bias")
+
+
+@bias_app.command("train")
+def bias_train(
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="CSV with a text and a label column."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    label_column: str = typer.Option("label", "--label-column", help="Column holding the label."),
+    positive: list[str] = typer.Option(..., "--positive", help="Label value(s) that mean toxic (repeat the option)."),
+    output: Path = typer.Option(Path("bias-classifier.npz"), "--output", "-o", help="Where the model is saved."),
+    lexicon: list[str] | None = typer.Option(None, "--lexicon", help="Word lists the stage will also use "
+                                             "(the threshold is calibrated with them)."),
+    max_false_removal: float = typer.Option(0.10, "--max-false-removal", min=0.0, max=1.0,
+                                            help="Calibrate the threshold to remove at most this share of non-toxic rows."),
+) -> None:
+    """Train the hashed n-gram logistic regression the bias stage loads ([bias] classifier = PATH)."""
+    import csv
+
+    from tasks.bias import train_and_save
+
+    with open(data, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        missing = {text_column, label_column} - set(reader.fieldnames or [])
+        if missing:
+            _fail(f"{data} has no column(s) {', '.join(sorted(missing))}; columns: {', '.join(reader.fieldnames or [])}")
+        rows = [(r[text_column] or "", (r[label_column] or "").strip()) for r in reader]
+    labels = [int(label in set(positive)) for _, label in rows]
+    if not 0 < sum(labels) < len(labels):
+        _fail(f"--positive {positive} marks {sum(labels)} of {len(labels)} rows: need both classes")
+    console.print(f"training on {len(rows):,} rows ({sum(labels):,} toxic) ...")
+    meta = train_and_save([t for t, _ in rows], labels, output, max_false_removal=max_false_removal,
+                          lexicons=tuple(lexicon or ()))
+    console.print(f"saved {output} ({output.stat().st_size / 1e6:.1f} MB); calibrated threshold "
+                  f"{meta['threshold']:.3f}. Use it with:\n  [bias]\n  classifier = \"{output}\"")
 
 
 @app.command()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.bias import BiasConfig
 from tasks.exact_dedup import ExactDedupConfig
 from tasks.ingest import IngestConfig
 from tasks.manifest import write_json_atomic
@@ -49,6 +50,7 @@ class CurateConfig(BaseModel):
         default_factory=NearDedupConfig, description="03_near_dedup: MinHash LSH near-duplicate removal."
     )
     pii: PiiConfig = Field(default_factory=PiiConfig, description="04_pii: personal data and secrets replaced.")
+    bias: BiasConfig = Field(default_factory=BiasConfig, description="05_bias: toxic documents removed, audited.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     ray_address: str | None = Field(

@@ -9,6 +9,7 @@ with its counts. The stage logic lives in tasks/.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from flows.config import (
     save_run,
 )
 from flows.reporting import StageProgress, artifact_key, stage_summary, summary_rows
+from tasks.bias import REPORT_JSON as BIAS_REPORT_JSON
+from tasks.bias import REPORT_MD as BIAS_REPORT_MD
+from tasks.bias import Bias, BiasConfig
 from tasks.exact_dedup import ExactDedup, ExactDedupConfig
 from tasks.ingest import Ingest, IngestConfig
 from tasks.near_dedup import REPORT_MD, NearDedup, NearDedupConfig
@@ -39,7 +43,7 @@ from tasks.stage import Stage, run_stage
 # The stages that exist, in pipeline order; each reads the one before it.
 PIPELINE: dict[str, type[Stage]] = {
     "01_ingest": Ingest, "02_exact_dedup": ExactDedup, "03_near_dedup": NearDedup, "04_pii": Pii,
-    "06_publish": Publish,
+    "05_bias": Bias, "06_publish": Publish,
 }
 
 
@@ -149,6 +153,20 @@ def pii_flow(run: StageRun, config: PiiConfig = PiiConfig()) -> dict:
     return _run_stage_flow(Pii(config), run)
 
 
+@flow(name="bias", flow_run_name="bias-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+def bias_flow(run: StageRun, config: BiasConfig = BiasConfig()) -> dict:
+    """05_bias: remove toxic documents, keep those that only mention identities, audit removal by identity."""
+    summary = _run_with_report(Bias(config), run, BIAS_REPORT_MD, "bias-report", "Bias audit")
+    report = Path(summary["output"]) / BIAS_REPORT_JSON
+    if report.exists():
+        axes = json.loads(report.read_text())["axes"]
+        create_table_artifact(
+            table=[{"axis": axis, "documents": a["documents"], "disparity without guard": a["disparity_without_guard"],
+                    "disparity": a["disparity"]} for axis, a in axes.items()],
+            key=artifact_key(run.run_id, "bias-disparity"), description=f"Removal disparity by identity axis, run {run.run_id}")
+    return summary
+
+
 def _run_with_report(stage: Stage, run: StageRun, report: str, key: str, what: str) -> dict:
     """Run a stage flow, then publish the markdown report it wrote as a Prefect artifact."""
     summary = _run_stage_flow(stage, run)
@@ -167,7 +185,7 @@ def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict
 
 STAGE_FLOWS = {
     "01_ingest": ingest_flow, "02_exact_dedup": exact_dedup_flow, "03_near_dedup": near_dedup_flow,
-    "04_pii": pii_flow, "06_publish": publish_flow,
+    "04_pii": pii_flow, "05_bias": bias_flow, "06_publish": publish_flow,
 }
 
 

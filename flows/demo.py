@@ -2,7 +2,8 @@
 
 It mixes every supported input format and plants what the stages must catch: exact
 duplicates (with case, spacing and punctuation changes), near duplicates (a few words
-edited, boilerplate added), personal data and secrets, malformed JSON, undecodable bytes,
+edited, boilerplate added), personal data and secrets, toxic posts and posts that only
+mention identities, malformed JSON, undecodable bytes,
 missing and empty text, a legacy cp1252 line, an oversize line and a Project Gutenberg header.
 `plant_counts` says how many of each were planted, so the demo and its test can check them.
 """
@@ -95,6 +96,19 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
         for i, text in enumerate(tickets):
             f.write(json.dumps({"id": f"ticket-{i}", "text": text}) + "\n")
 
+    # Toxic posts for 05_bias to remove (two or more listed words each), and posts that only
+    # mention identities, which it must keep.
+    toxic = [
+        "Shut up, you stupid bitch, nobody asked for your shit opinion.",
+        "What the f*ck is wrong with you, dumbass? Go to hell.",
+        "This motherfucker keeps spamming the forum, what an asshole.",
+    ]
+    benign = ["I am a gay man and I love this community.", "My neighbor is a Muslim woman who teaches math.",
+              "As a Black disabled veteran, I found the docs on asyncio clear."]
+    with open(directory / "forum-posts.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(toxic + benign):
+            f.write(json.dumps({"id": f"post-{i}", "text": text}) + "\n")
+
     # Bad input, one of each kind, among good lines.
     bad = directory / "messy.jsonl"
     with open(bad, "wb") as f:
@@ -125,8 +139,10 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
     (notes / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # unsupported_format
 
     planted = {
-        # passages, notes, gutenberg, messy ok, legacy, reposts, edited copies, tickets
-        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources) + len(long_ones) + len(tickets),
+        # passages, notes, gutenberg, messy ok, legacy, reposts, edited copies, tickets, posts
+        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources) + len(long_ones) + len(tickets) + len(toxic) + len(benign),
+        "toxic": [f"post-{i}" for i in range(len(toxic))],
+        "identity_mentions": [f"post-{len(toxic) + i}" for i in range(len(benign))],
         "exact_duplicates": len(dup_sources),
         "near_duplicates": len(long_ones),
         "pii_values": ["maria.jensen+support@mail.example.org", "7946 0958", "4111 1111 1111 1111",

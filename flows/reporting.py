@@ -47,6 +47,9 @@ def stage_note(stage: str, stats: dict) -> str:
         return (f"{stats['documents_touched']:,} documents touched, "
                 f"{stats.get('share_of_chars_replaced', 0):.2%} of characters replaced"
                 + (f" ({entities})" if entities else ""))
+    if stage == "05_bias" and "kept_by_identity_guard" in stats:
+        return (f"{stats['kept_by_identity_guard']:,} documents over the threshold only through identity terms "
+                "kept by the guard (see bias_report.md)")
     return ""
 
 

@@ -192,12 +192,18 @@ def iter_batches(path: Path, batch_rows: int = 4096, columns: list[str] | None =
 
 
 def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None, reason: str,
-                 batch_rows: int = 4096) -> dict:
+                 batch_rows: int = 4096, add_columns: dict[str, pa.Array] | None = None) -> dict:
     """Copy shard `source` to `stage_dir/key.parquet` without the rows in `drops` (column
     "row", plus the columns each removed row carries, e.g. kept_id); those rows go to
-    `_removed/key.parquet` with `reason`. Streams batch by batch: memory is bounded by a
-    batch, not the shard. Returns the unit result (counts and outputs)."""
+    `_removed/key.parquet` with `reason`. `add_columns` are new columns of the kept rows,
+    in order. Streams batch by batch: memory is bounded by a batch, not the shard. Returns
+    the unit result (counts and outputs)."""
+    add_columns = add_columns or {}
     schema = pq.read_schema(source)
+    for name in add_columns:
+        if name in schema.names:  # a rerun over this stage's own output: replace the column
+            schema = schema.remove(schema.get_field_index(name))
+    out_schema = pa.schema([*schema, *(pa.field(n, a.type) for n, a in add_columns.items())])
     if drops is not None and drops.num_rows:
         drops = drops.sort_by("row")
         rows = drops.column("row").to_numpy().astype(np.int64)
@@ -206,12 +212,12 @@ def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None
         rows, extra = np.zeros(0, np.int64), pa.table({"kept_id": pa.array([], pa.string())})
     gone_schema = pa.schema([*schema, pa.field("reason", pa.string()),
                              *(f for f in extra.schema if f.name not in schema.names)])
-    writer = ShardWriter(stage_dir, key, schema, roll=False)
+    writer = ShardWriter(stage_dir, key, out_schema, roll=False)
     removed_writer = ShardWriter(stage_dir / REMOVED_DIR, key, gone_schema, kind="removed", roll=False,
                                  base_dir=stage_dir)
     offset = rows_out = text_bytes = 0
     for batch in iter_batches(source, batch_rows):
-        batch = pa.Table.from_batches([batch], schema)
+        batch = pa.Table.from_batches([batch]).select(schema.names)
         n = batch.num_rows
         lo, hi = np.searchsorted(rows, [offset, offset + n])
         local = rows[lo:hi] - offset
@@ -223,6 +229,8 @@ def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None
             mask = np.ones(n, dtype=bool)
             mask[local] = False
             batch = batch.filter(pa.array(mask))
+        for name, values in add_columns.items():
+            batch = batch.append_column(pa.field(name, values.type), values.slice(rows_out, batch.num_rows))
         writer.write(batch)  # a shard whose every row was dropped writes no file
         rows_out += batch.num_rows
         text_bytes += int(pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0)

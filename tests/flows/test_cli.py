@@ -54,7 +54,7 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     out = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--workers", "2")
     assert "curate run mix" in out and "06_publish" in out
     status = runs_json(wd, "mix")
-    assert [s["status"] for s in status.values()] == ["complete"] * 5
+    assert [s["status"] for s in status.values()] == ["complete"] * 6
     ingest = status["01_ingest"]
     # shakespeare + devil's dictionary (.txt) + 300 gsm8k + 35 planted; .htm and LICENSE are unsupported
     assert ingest["rows_out"] == 1 + 1 + 300 + 35
@@ -71,7 +71,7 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     assert card["stages"][2]["removed"] == {"near_duplicate": 10}
 
     again = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix")
-    assert again.count("│ skipped") == 5
+    assert again.count("│ skipped") == 6
     finished = {s: runs_json(wd, "mix")[s]["finished_at"] for s in ("01_ingest", "02_exact_dedup")}
 
     cfg = tmp_path / "strict.toml"
@@ -95,16 +95,16 @@ def test_step_reruns_one_stage_and_marks_later_stages_stale(prefect_server, mixe
     loom("curate", mixed_corpus / "gsm8k.jsonl", mixed_corpus / "zz-planted.jsonl", "--workdir", wd, "--run-id", "r")
     before = runs_json(wd, "r")
     out = loom("step", "exact_dedup", "--run-id", "r", "--workdir", wd, "--force")
-    assert "now stale: 03_near_dedup, 04_pii, 06_publish" in out
+    assert "now stale: 03_near_dedup, 04_pii, 05_bias, 06_publish" in out
     after = runs_json(wd, "r")
     assert after["01_ingest"]["finished_at"] == before["01_ingest"]["finished_at"]
     assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
     assert after["03_near_dedup"]["status"] == after["06_publish"]["status"] == "stale"
-    for stage in ("near_dedup", "pii", "publish"):
+    for stage in ("near_dedup", "pii", "bias", "publish"):
         loom("step", stage, "--run-id", "r", "--workdir", wd)
     assert runs_json(wd, "r")["06_publish"]["status"] == "complete"
     listing = json.loads(loom("runs", "--workdir", wd, "--json"))
-    assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 5
+    assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 6
 
 
 def test_step_on_any_input(prefect_server, shared, tmp_path):
@@ -144,14 +144,18 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     published = "\n".join(read_dir(tmp_path / "runs/demo/06_publish").column("text").to_pylist())
     assert not any(value in published for value in planted["pii_values"])
     assert status["04_pii"]["rows_out"] == status["03_near_dedup"]["rows_out"]
+    toxic = read_dir(tmp_path / "runs/demo/05_bias/_removed").column("id").to_pylist()
+    assert sorted(toxic) == planted["toxic"]
+    kept_ids = set(read_dir(tmp_path / "runs/demo/06_publish").column("id").to_pylist())
+    assert set(planted["identity_mentions"]) <= kept_ids
     assert "dataset card" in out
 
     response = httpx.post(f"{prefect_server}/artifacts/filter",
                           json={"artifacts": {"key": {"like_": "demo-"}}, "limit": 200, "offset": 0})
     response.raise_for_status()
     keys = {a["key"] for a in response.json()}
-    assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-04-pii", "demo-06-publish",
-            "demo-curate",
+    assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-04-pii", "demo-05-bias",
+            "demo-06-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity",
             "demo-dataset-card", "demo-near-dedup-report"} <= keys
 
 
