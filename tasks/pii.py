@@ -292,16 +292,15 @@ _NAME_LIKE = re.compile(r"[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*")
 def _name_length(span: str) -> int:
     """How much of an NER span looks like a person or place name (0: none of it). The span
     is cut at its first line break; what is left must be words of letters (with spaces,
-    hyphens, apostrophes, initials' dots between them), and a single lower-case word does
-    not count: that rules out `arg1`, `m_expr`, `x==y` and numbers tagged PERSON."""
+    hyphens, apostrophes, initials' dots between them), up to a space or punctuation; words
+    glued to digits or symbols are code (`arg1`, `m_expr`, `x==y`), and numbers tagged PERSON
+    (Presidio issue #1173) have no letters."""
     head = span.split("\n", 1)[0]
     m = _NAME_LIKE.match(head)
     if not m:
         return 0
-    name = m.group()
-    if not any(c.isupper() for c in name) and " " not in name:
-        return 0
-    if m.end() < len(head.rstrip(" .,;:!?'’\"")):  # letters, then digits or symbols: not a name
+    after = head[m.end(): m.end() + 1]
+    if after and not (after.isspace() or after in ",;:!?\"'’)"):  # glued to a digit or symbol: code, not a name
         return 0
     return m.end()
 
