@@ -24,7 +24,7 @@ def runs_json(workdir: Path, run_id: str) -> dict:
 
 
 def test_help_on_every_command():
-    for command in ([], ["curate"], ["step"], ["runs"], ["demo"]):
+    for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["bias"], ["bias", "train"]):
         assert "Usage" in loom(*command, "--help")
 
 
