@@ -4,6 +4,7 @@
     loom step exact_dedup --run-id r1 --force         # rerun one stage; later stages become stale
     loom step ingest --input x.jsonl --output out/    # one stage on any input
     loom runs [r1]                                    # runs, or one run's stages
+    loom tokenize --run-id r1                         # BPE tokenizer + token shards of the published data
     loom demo                                         # everything, on a corpus built on the spot
 """
 
@@ -250,6 +251,53 @@ def runs(
     console.print(table)
 
 
+@app.command()
+def tokenize(
+    run_id: str = typer.Option(..., "--run-id", "-r", help="The curated run whose published shards are encoded."),
+    workdir: str | None = WorkdirOption,
+    config: Path | None = ConfigOption,
+    workers: int | None = WorkersOption,
+    ray_address: str | None = RayOption,
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", exists=True, dir_okay=False,
+                                          help="Reuse this tokenizer.json instead of training one."),
+    vocab_size: int | None = typer.Option(None, "--vocab-size", min=300, help="BPE vocabulary size."),
+    force: bool = typer.Option(False, "--force", help="Rerun even if complete."),
+) -> None:
+    """Train a byte-level BPE tokenizer on a run's published shards and write train/val token shards."""
+    from flows.curate import StageRun, task_runner, tokenize_flow
+    from flows.prefect_api import prefect_api
+
+    wd = resolve_workdir(workdir)
+    try:
+        _inputs, run_cfg = load_run(wd, run_id)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if read_manifest(run_dir(wd, run_id) / "06_publish") is None:
+        _fail(f"run {run_id} has no published shards yet: run `loom curate ... --run-id {run_id}` first")
+    cfg = _config(config, workers, base=run_cfg, ray_address=ray_address)
+    if tokenizer:
+        cfg.tokenize.tokenizer = str(tokenizer.absolute())
+    if vocab_size:
+        cfg.tokenize.vocab_size = vocab_size
+    run = StageRun(run_id=run_id, workdir=str(wd), force=force, workers=cfg.workers, ray_address=cfg.ray_address)
+    with prefect_api():
+        summary = tokenize_flow.with_options(task_runner=task_runner(cfg.workers, cfg.ray_address))(
+            run=run, config=cfg.tokenize)
+    _print_tokens(summary)
+
+
+def _print_tokens(summary: dict) -> None:
+    index = json.loads((Path(summary["output"]) / "index.json").read_text())
+    table = Table(title=f"tokens ({summary['status']}): vocab {index['vocab_size']:,}, {index['dtype']}",
+                  title_justify="left")
+    for name in ("split", "documents", "tokens"):
+        table.add_column(name, justify="left" if name == "split" else "right")
+    for split, totals in index["totals"].items():
+        table.add_row(split, f"{totals['documents']:,}", f"{totals['tokens']:,}")
+    console.print(table)
+    console.print(f"output: [bold]{summary['output']}[/bold]")
+
+
 bias_app = typer.Typer(help="The bias and toxicity filter (05_bias): train its classifier.", no_args_is_help=True)
 app.add_typer(bias_app, name="bias")
 
@@ -293,7 +341,8 @@ def demo(
     workers: int | None = WorkersOption,
     ray_address: str | None = RayOption,
 ) -> None:
-    """Build a sample corpus from Python's own docs (with planted duplicates and bad records) and curate it."""
+    """Build a sample corpus from Python's own docs (with planted duplicates, PII, toxic posts and bad records),
+    curate it, and tokenize the result."""
     from flows.curate import curate_flow
     from flows.demo import make_demo_corpus
     from flows.prefect_api import prefect_api
@@ -308,7 +357,14 @@ def demo(
     cfg.ingest.max_doc_bytes = 1 << 20  # so the planted 2 MiB line shows the oversize check
     with prefect_api():
         summaries = curate_flow(inputs=[str(corpus)], run_id="demo", workdir=str(wd), config=cfg)
+        from flows.curate import StageRun, task_runner, tokenize_flow
+
+        cfg.tokenize.vocab_size = 2048  # a small corpus: a small vocabulary
+        tokens = tokenize_flow.with_options(task_runner=task_runner(cfg.workers, cfg.ray_address))(
+            run=StageRun(run_id="demo", workdir=str(wd), workers=cfg.workers, ray_address=cfg.ray_address),
+            config=cfg.tokenize)
     _print_outcome(summaries, "demo: curate")
+    _print_tokens(tokens)
     card = Path(summaries[-1]["output"]) / "dataset_card.md"
     console.print(f"dataset card: {card}")
     console.print(f"inspect it:   loom runs demo --workdir {wd}")

@@ -28,6 +28,7 @@ from tasks.manifest import write_json_atomic
 from tasks.near_dedup import NearDedupConfig
 from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
+from tasks.tokenize import TokenizeConfig
 
 DEFAULT_WORKDIR = "loom-work"
 RUN_FILE = "run.json"
@@ -52,6 +53,8 @@ class CurateConfig(BaseModel):
     pii: PiiConfig = Field(default_factory=PiiConfig, description="04_pii: personal data and secrets replaced.")
     bias: BiasConfig = Field(default_factory=BiasConfig, description="05_bias: toxic documents removed, audited.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig,
+                                     description="tokens: BPE tokenizer and token shards (`loom tokenize`).")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     ray_address: str | None = Field(
         default_factory=lambda: os.environ.get("LOOM_RAY_ADDRESS") or None,
@@ -60,7 +63,8 @@ class CurateConfig(BaseModel):
     )
 
     def for_stage(self, stage: str) -> BaseModel:
-        return getattr(self, stage.split("_", 1)[1])
+        name = stage.split("_", 1)[-1]
+        return getattr(self, {"tokens": "tokenize"}.get(name, name))
 
 
 def load_config(path: str | Path | None) -> CurateConfig:

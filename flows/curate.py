@@ -39,6 +39,7 @@ from tasks.near_dedup import REPORT_MD, NearDedup, NearDedupConfig
 from tasks.pii import Pii, PiiConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
 from tasks.stage import Stage, run_stage
+from tasks.tokenize import INDEX_FILE, Tokenize, TokenizeConfig
 
 # The stages that exist, in pipeline order; each reads the one before it.
 PIPELINE: dict[str, type[Stage]] = {
@@ -181,6 +182,23 @@ def _run_with_report(stage: Stage, run: StageRun, report: str, key: str, what: s
 def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict:
     """06_publish: evenly sized final shards and the dataset card."""
     return _run_with_report(Publish(config), run, CARD_MD, "dataset-card", "Dataset card")
+
+
+@flow(name="tokenize", flow_run_name="tokenize-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+def tokenize_flow(run: StageRun, config: TokenizeConfig = TokenizeConfig()) -> dict:
+    """tokens: train (or reuse) a byte-level BPE tokenizer on the published shards and encode them into
+    train/validation token shards for pretraining."""
+    if not run.input_dir:
+        run = run.model_copy(update={"input_dir": str(run_dir(resolve_workdir(run.workdir), run.run_id) / "06_publish")})
+    summary = _run_stage_flow(Tokenize(config), run)
+    index = Path(summary["output"]) / INDEX_FILE
+    if index.exists():
+        data = json.loads(index.read_text())
+        create_table_artifact(
+            table=[{"split": split, **totals} for split, totals in data["totals"].items()],
+            key=artifact_key(run.run_id, "tokens"),
+            description=f"Token shards of run {run.run_id} (vocab {data['vocab_size']:,}, {data['dtype']})")
+    return summary
 
 
 STAGE_FLOWS = {

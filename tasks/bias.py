@@ -195,7 +195,7 @@ def features(text: str, bits: int) -> np.ndarray:
     words = _TOKEN.findall(text.lower())
     grams = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
     mask = (1 << bits) - 1
-    return np.fromiter((xxhash.xxh32_intdigest(g) & mask for g in grams), dtype=np.int64, count=len(grams))
+    return np.fromiter((xxhash.xxh32_intdigest(g.encode()) & mask for g in grams), dtype=np.int64, count=len(grams))
 
 
 @dataclass

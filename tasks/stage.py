@@ -162,8 +162,10 @@ def _sum_into(total: dict, part: dict) -> None:
     for key, value in part.items():
         if isinstance(value, dict):  # nested counts (e.g. PII by entity type)
             _sum_into(total.setdefault(key, {}), value)
-        else:
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
+        else:  # a label (e.g. which tokenizer), not a count
+            total[key] = value
 
 
 def run_stage(

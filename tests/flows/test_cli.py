@@ -24,7 +24,7 @@ def runs_json(workdir: Path, run_id: str) -> dict:
 
 
 def test_help_on_every_command():
-    for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["bias"], ["bias", "train"]):
+    for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["tokenize"], ["bias"], ["bias", "train"]):
         assert "Usage" in loom(*command, "--help")
 
 
@@ -148,6 +148,9 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     assert sorted(toxic) == planted["toxic"]
     kept_ids = set(read_dir(tmp_path / "runs/demo/06_publish").column("id").to_pylist())
     assert set(planted["identity_mentions"]) <= kept_ids
+    index = json.loads((tmp_path / "runs/demo/tokens/index.json").read_text())  # the demo goes on to tokenize
+    assert index["totals"]["train"]["documents"] + index["totals"]["val"]["documents"] == len(kept_ids)
+    assert index["totals"]["train"]["tokens"] > 50_000 and index["dtype"] == "uint16"
     assert "dataset card" in out
 
     response = httpx.post(f"{prefect_server}/artifacts/filter",
@@ -155,7 +158,7 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     response.raise_for_status()
     keys = {a["key"] for a in response.json()}
     assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-04-pii", "demo-05-bias",
-            "demo-06-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity",
+            "demo-06-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity", "demo-tokens",
             "demo-dataset-card", "demo-near-dedup-report"} <= keys
 
 

@@ -1,0 +1,91 @@
+"""tokens: a byte-level BPE tokenizer and token shards, deterministic and independent of sharding."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tasks.ingest import Ingest
+from tasks.stage import local_mapper, run_stage
+from tasks.tokenize import (
+    EOT,
+    INDEX_FILE,
+    TOKENIZER_FILE,
+    Tokenize,
+    is_validation,
+    load_tokenizer,
+    read_tokens,
+    special_tokens,
+)
+
+
+def _shakespeare_docs(shared, tmp_path, n=400):
+    paragraphs = [p for p in (shared / "pretrain/tinyshakespeare.txt").read_text().split("\n\n") if p.strip()][:n]
+    path = tmp_path / "plays.jsonl"
+    with open(path, "w") as f:
+        for i, p in enumerate(paragraphs):
+            f.write(json.dumps({"id": f"p{i}", "text": p}) + "\n")
+    return path, paragraphs
+
+
+def _tokenize(tmp_path, source, workers=1, shard_bytes=256 << 20, **config):
+    ingest = tmp_path / "01_ingest"
+    run_stage(Ingest(shard_bytes=shard_bytes), run_id="t", stage_dir=ingest, inputs=[str(source)],
+              mapper=local_mapper(workers))
+    out = tmp_path / "tokens"
+    manifest = run_stage(Tokenize(**config), run_id="t", stage_dir=out, inputs=[str(ingest)],
+                         mapper=local_mapper(workers)).manifest
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def tokenized(shared, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tok")
+    source, paragraphs = _shakespeare_docs(shared, tmp)
+    out, manifest = _tokenize(tmp / "a", source, vocab_size=1000, val_fraction=0.1)
+    return source, paragraphs, out, manifest
+
+
+def test_tokens_decode_back_to_the_documents(tokenized):
+    _, paragraphs, out, manifest = tokenized
+    index = json.loads((out / INDEX_FILE).read_text())
+    tokenizer = load_tokenizer(out / TOKENIZER_FILE)
+    assert index["dtype"] == "uint16" and index["vocab_size"] == tokenizer.get_vocab_size() <= 1000
+    assert index["special_tokens"] == {t: tokenizer.token_to_id(t) for t in special_tokens()}
+    eot = index["eot_id"]
+    decoded = []
+    for split in ("train", "val"):
+        for tokens in read_tokens(out, split):
+            ends = np.flatnonzero(tokens == eot)
+            starts = np.concatenate([[0], ends[:-1] + 1])
+            decoded += [tokenizer.decode(tokens[s:e].tolist()) for s, e in zip(starts, ends)]
+    assert sorted(decoded) == sorted(paragraphs)  # every document, exactly, once
+    held = sum(s["documents"] for s in index["shards"] if s["split"] == "val")
+    assert 0.05 * len(paragraphs) < held < 0.2 * len(paragraphs)
+    assert manifest.stats["train_documents"] + manifest.stats["val_documents"] == len(paragraphs)
+    assert EOT in tokenizer.get_vocab()
+
+
+def test_same_bytes_whatever_the_sharding_and_workers(tokenized, tmp_path):
+    source, _, out, _ = tokenized
+    other, _ = _tokenize(tmp_path, source, workers=2, shard_bytes=20_000, vocab_size=1000, val_fraction=0.1)
+    assert (other / TOKENIZER_FILE).read_bytes() == (out / TOKENIZER_FILE).read_bytes()
+    for split in ("train", "val"):
+        joined = [np.concatenate([np.asarray(t) for t in read_tokens(d, split)]) for d in (out, other)]
+        assert np.array_equal(*joined)
+    assert len(list(other.glob("train-*.bin"))) > 1
+
+
+def test_a_given_tokenizer_is_reused(tokenized, tmp_path):
+    source, _, out, _ = tokenized
+    again, manifest = _tokenize(tmp_path, source, tokenizer=str(out / TOKENIZER_FILE), val_fraction=0.1)
+    assert manifest.stats["tokenizer"] == "given"
+    assert np.array_equal(np.concatenate(read_tokens(again, "train")), np.concatenate(read_tokens(out, "train")))
+
+
+def test_validation_split_is_a_seeded_hash_of_the_id():
+    ids = [f"doc-{i}" for i in range(20_000)]
+    held = is_validation(ids, 0.05, seed=0)
+    assert 0.04 < held.mean() < 0.06
+    assert np.array_equal(held[:100], is_validation(ids[:100], 0.05, seed=0))  # per id, not per batch
+    assert not np.array_equal(held, is_validation(ids, 0.05, seed=1))
