@@ -5,6 +5,7 @@
     loom step ingest --input x.jsonl --output out/    # one stage on any input
     loom runs [r1]                                    # runs, or one run's stages
     loom tokenize --run-id r1                         # BPE tokenizer + token shards of the published data
+    loom pretrain --run-id r1 --num-workers 2         # GPT on Ray Train + DeepSpeed, resumable
     loom demo                                         # everything, on a corpus built on the spot
 """
 
@@ -298,6 +299,53 @@ def _print_tokens(summary: dict) -> None:
     console.print(f"output: [bold]{summary['output']}[/bold]")
 
 
+@app.command()
+def pretrain(
+    run_id: str = typer.Option(..., "--run-id", "-r", help="The run whose token shards train the model."),
+    workdir: str | None = WorkdirOption,
+    config: Path | None = ConfigOption,
+    num_workers: int | None = typer.Option(None, "--num-workers", "-n", min=1, help="Ray Train workers."),
+    ray_address: str | None = RayOption,
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides [pretrain])."),
+    model: str | None = typer.Option(None, "--model", help="Named model size: tiny, small, gpt2, gpt2-medium."),
+) -> None:
+    """Pretrain a GPT on a run's token shards: Ray Train workers, each a DeepSpeed engine; resumes
+    from the last good checkpoint."""
+    from flows.prefect_api import prefect_api
+    from flows.train import pretrain_flow
+
+    wd = resolve_workdir(workdir)
+    try:
+        _inputs, run_cfg = load_run(wd, run_id)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    cfg = _config(config, None, base=run_cfg, ray_address=ray_address)
+    if num_workers:
+        cfg.pretrain.num_workers = num_workers
+    if steps:
+        cfg.pretrain.steps = steps
+    if model:
+        cfg.pretrain.model = model
+    with prefect_api():
+        try:
+            summary = pretrain_flow(run_id=run_id, workdir=str(wd), config=cfg.pretrain, ray_address=cfg.ray_address)
+        except FileNotFoundError as e:
+            _fail(str(e))
+    _print_pretrain(summary)
+
+
+def _print_pretrain(summary: dict) -> None:
+    table = Table(title=f"pretrain run {summary['run_id']}: {summary['step']} steps in {summary['seconds']:.0f} s",
+                  title_justify="left")
+    for name in ("checkpoint", "verified"):
+        table.add_column(name)
+    for c in summary["checkpoints"]:
+        table.add_row(c["checkpoint"], "sha256 manifest" if c["verified"] else "[red]incomplete[/red]")
+    console.print(table)
+    console.print(f"train loss {summary['loss']:.3f}, validation loss {summary['val_loss']:.3f}; "
+                  f"metrics, TensorBoard and loss.png in [bold]{summary['output']}[/bold]")
+
+
 bias_app = typer.Typer(help="The bias and toxicity filter (05_bias): train its classifier.", no_args_is_help=True)
 app.add_typer(bias_app, name="bias")
 
@@ -340,9 +388,10 @@ def demo(
     workdir: str | None = WorkdirOption,
     workers: int | None = WorkersOption,
     ray_address: str | None = RayOption,
+    pretrain_steps: int = typer.Option(100, "--pretrain-steps", min=0, help="Steps of the short pretrain (0: none)."),
 ) -> None:
     """Build a sample corpus from Python's own docs (with planted duplicates, PII, toxic posts and bad records),
-    curate it, and tokenize the result."""
+    curate it, tokenize the result and pretrain a tiny GPT on it for a few steps."""
     from flows.curate import curate_flow
     from flows.demo import make_demo_corpus
     from flows.prefect_api import prefect_api
@@ -363,8 +412,15 @@ def demo(
         tokens = tokenize_flow.with_options(task_runner=task_runner(cfg.workers, cfg.ray_address))(
             run=StageRun(run_id="demo", workdir=str(wd), workers=cfg.workers, ray_address=cfg.ray_address),
             config=cfg.tokenize)
-    _print_outcome(summaries, "demo: curate")
-    _print_tokens(tokens)
+        _print_outcome(summaries, "demo: curate")
+        _print_tokens(tokens)
+        if pretrain_steps:
+            from flows.train import pretrain_flow
+
+            cfg.pretrain.steps, cfg.pretrain.eval_every, cfg.pretrain.ckpt_every = pretrain_steps, 50, 50
+            cfg.pretrain.warmup_steps = min(cfg.pretrain.warmup_steps, pretrain_steps)
+            trained = pretrain_flow(run_id="demo", workdir=str(wd), config=cfg.pretrain, ray_address=cfg.ray_address)
+            _print_pretrain(trained)
     card = Path(summaries[-1]["output"]) / "dataset_card.md"
     console.print(f"dataset card: {card}")
     console.print(f"inspect it:   loom runs demo --workdir {wd}")

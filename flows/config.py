@@ -29,6 +29,7 @@ from tasks.near_dedup import NearDedupConfig
 from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
 from tasks.tokenize import TokenizeConfig
+from training.config import PretrainConfig
 
 DEFAULT_WORKDIR = "loom-work"
 RUN_FILE = "run.json"
@@ -55,6 +56,8 @@ class CurateConfig(BaseModel):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig,
                                      description="tokens: BPE tokenizer and token shards (`loom tokenize`).")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig,
+                                     description="train: GPT pretraining on Ray + DeepSpeed (`loom pretrain`).")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     ray_address: str | None = Field(
         default_factory=lambda: os.environ.get("LOOM_RAY_ADDRESS") or None,

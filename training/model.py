@@ -11,50 +11,13 @@ from.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-@dataclass
-class GPTConfig:
-    vocab_size: int = 8192
-    block_size: int = 256  # context length
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
-
-    def __post_init__(self):
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
-
-    def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters of the model this config builds (position embeddings count as non-embedding
-        ones, as in the scaling-law papers; the token embedding is shared with the head)."""
-        d, L, v = self.n_embd, self.n_layer, self.vocab_size
-        b = 1 if self.bias else 0
-        per_block = 2 * (d + d * b) + (3 * d * d + 3 * d * b) + (d * d + d * b) + (4 * d * d + 4 * d * b) \
-            + (4 * d * d + d * b)
-        total = v * d + self.block_size * d + L * per_block + d + d * b
-        return total - (v * d if non_embedding else 0)
-
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6 per parameter (forward + backward) plus attention
-        (12 * layers * width * sequence length), as in the PaLM paper's appendix."""
-        t = seq_len or self.block_size
-        return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * t
-
-
-NAMED_CONFIGS: dict[str, GPTConfig] = {
-    "tiny": GPTConfig(vocab_size=8192, block_size=128, n_layer=2, n_head=2, n_embd=64),
-    "small": GPTConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=128),
-    "gpt2": GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": GPTConfig(vocab_size=50304, block_size=1024, n_layer=24, n_head=16, n_embd=1024),  # 350M
-}
+from training.config import NAMED_CONFIGS, GPTConfig  # noqa: F401 (re-exported)
 
 
 class CausalSelfAttention(nn.Module):

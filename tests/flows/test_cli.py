@@ -24,7 +24,8 @@ def runs_json(workdir: Path, run_id: str) -> dict:
 
 
 def test_help_on_every_command():
-    for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["tokenize"], ["bias"], ["bias", "train"]):
+    for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["tokenize"], ["pretrain"], ["bias"],
+                    ["bias", "train"]):
         assert "Usage" in loom(*command, "--help")
 
 
@@ -151,6 +152,11 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     index = json.loads((tmp_path / "runs/demo/tokens/index.json").read_text())  # the demo goes on to tokenize
     assert index["totals"]["train"]["documents"] + index["totals"]["val"]["documents"] == len(kept_ids)
     assert index["totals"]["train"]["tokens"] > 50_000 and index["dtype"] == "uint16"
+    metrics = [json.loads(line) for line in (tmp_path / "runs/demo/train/metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 101))  # ... and pretrains a tiny GPT for 100 steps
+    assert metrics[-1]["val_loss"] < metrics[0]["loss"]
+    assert (tmp_path / "runs/demo/train/checkpoints/step-0000100/sha256.json").exists()
+    assert (tmp_path / "runs/demo/train/loss.png").exists()
     assert "dataset card" in out
 
     response = httpx.post(f"{prefect_server}/artifacts/filter",
@@ -159,6 +165,7 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     keys = {a["key"] for a in response.json()}
     assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-04-pii", "demo-05-bias",
             "demo-06-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity", "demo-tokens",
+            "demo-checkpoints", "demo-pretrain",
             "demo-dataset-card", "demo-near-dedup-report"} <= keys
 
 

@@ -1,0 +1,105 @@
+"""Pretraining: it learns, it resumes exactly, it skips a corrupt checkpoint, it runs on Ray."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.ingest import Ingest
+from tasks.stage import local_mapper, run_stage
+from tasks.tokenize import Tokenize, read_tokens
+from training.launch import PretrainConfig, pretrain, worker_config
+from training.train import latest_good_checkpoint, lr_at, write_checkpoint_manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tokens(shared, tmp_path_factory):
+    """tinyshakespeare, one document per paragraph, tokenized with a 1,024-token BPE."""
+    tmp = tmp_path_factory.mktemp("shakespeare")
+    paragraphs = [p for p in (shared / "pretrain/tinyshakespeare.txt").read_text().split("\n\n") if p.strip()]
+    with open(tmp / "plays.jsonl", "w") as f:
+        for i, p in enumerate(paragraphs):
+            f.write(json.dumps({"id": f"p{i}", "text": p}) + "\n")
+    run_stage(Ingest(), run_id="t", stage_dir=tmp / "01", inputs=[str(tmp / "plays.jsonl")], mapper=local_mapper(1))
+    run_stage(Tokenize(vocab_size=1024), run_id="t", stage_dir=tmp / "tokens", inputs=[str(tmp / "01")],
+              mapper=local_mapper(1))
+    return tmp / "tokens"
+
+
+def _run(tokens: Path, out: Path, stop_after=None, **overrides) -> None:
+    cfg = PretrainConfig(**{"steps": 40, "eval_every": 20, "ckpt_every": 20, "log_every": 10, **overrides})
+    vocab = json.loads((tokens / "index.json").read_text())["vocab_size"]
+    path = out.parent / f"{out.name}-{stop_after}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(worker_config(cfg, tokens, out, vocab, use_gpu=False, stop_after=stop_after)))
+    proc = subprocess.run([sys.executable, "-m", "training.train", str(path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.slow
+def test_it_learns_below_the_unigram_entropy(tokens, tmp_path):
+    train = np.concatenate([np.asarray(t) for t in read_tokens(tokens, "train")])
+    p = np.bincount(train) / len(train)
+    unigram = -(p[p > 0] * np.log(p[p > 0])).sum()  # nats per token
+    _run(tokens, tmp_path / "learn", steps=200, eval_every=100, ckpt_every=200)
+    metrics = [json.loads(line) for line in (tmp_path / "learn/metrics.jsonl").read_text().splitlines()]
+    val = [m["val_loss"] for m in metrics if "val_loss" in m]
+    assert val[-1] < unigram - 0.5, (val, unigram)
+    assert all(m.get("tokens_per_s", 1) > 0 for m in metrics)
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_exactly(tokens, tmp_path):
+    _run(tokens, tmp_path / "straight")
+    _run(tokens, tmp_path / "interrupted", stop_after=25)  # dies after step 25; last checkpoint at 20
+    _run(tokens, tmp_path / "interrupted")  # resumes from step 20
+    straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "interrupted")
+    assert sorted(straight) == sorted(resumed) == list(range(1, 41))
+    assert all(math.isclose(straight[s], resumed[s], rel_tol=1e-6) for s in straight)
+
+
+def test_a_corrupt_checkpoint_is_reported_and_skipped(tmp_path):
+    for step in (10, 20, 30):
+        tag = tmp_path / f"step-{step:07d}"
+        tag.mkdir()
+        (tag / "model.pt").write_bytes(bytes(range(256)) * 4)
+        write_checkpoint_manifest(tag)
+    (tmp_path / "step-0000030/model.pt").write_bytes(b"cut")  # truncated
+    (tmp_path / "step-0000020/model.pt").write_bytes(bytes(range(255, -1, -1)) * 4)  # same size, other bytes
+    messages = []
+    assert latest_good_checkpoint(tmp_path, log=messages.append).name == "step-0000010"
+    assert "truncated" in messages[0] and "sha256" in messages[1]
+
+
+def test_learning_rate_schedule():
+    cfg = {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 10, "steps": 110}
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_pretrain_on_ray_with_two_workers(tokens, tmp_path):
+    import ray
+
+    try:
+        result = pretrain(PretrainConfig(steps=20, eval_every=10, ckpt_every=10, log_every=5, num_workers=2,
+                                         micro_batch=8), tokens, tmp_path / "train")
+    finally:
+        ray.shutdown()
+    assert result.error is None
+    assert result.metrics["step"] == 20 and "val_loss" in result.metrics
+    assert result.checkpoint is not None
+    assert (tmp_path / "train/checkpoints/step-0000020/sha256.json").exists()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "train/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))  # rank 0 alone writes metrics

@@ -1,0 +1,80 @@
+"""Training configuration, importable without torch (the CLI and flows read it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 8192
+    block_size: int = 256  # context length
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters of the model this config builds (position embeddings count as non-embedding
+        ones, as in the scaling-law papers; the token embedding is shared with the head)."""
+        d, L, v = self.n_embd, self.n_layer, self.vocab_size
+        b = 1 if self.bias else 0
+        per_block = 2 * (d + d * b) + (3 * d * d + 3 * d * b) + (d * d + d * b) + (4 * d * d + 4 * d * b) \
+            + (4 * d * d + d * b)
+        total = v * d + self.block_size * d + L * per_block + d + d * b
+        return total - (v * d if non_embedding else 0)
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6 per parameter (forward + backward) plus attention
+        (12 * layers * width * sequence length), as in the PaLM paper's appendix."""
+        t = seq_len or self.block_size
+        return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * t
+
+
+NAMED_CONFIGS: dict[str, GPTConfig] = {
+    "tiny": GPTConfig(vocab_size=8192, block_size=128, n_layer=2, n_head=2, n_embd=64),
+    "small": GPTConfig(vocab_size=8192, block_size=256, n_layer=4, n_head=4, n_embd=128),
+    "gpt2": GPTConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(vocab_size=50304, block_size=1024, n_layer=24, n_head=16, n_embd=1024),  # 350M
+}
+
+
+class PretrainConfig(BaseModel):
+    """How a model is pretrained on a run's token shards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("tiny", description=f"Named model size: {', '.join(NAMED_CONFIGS)}.")
+    model_overrides: dict = Field(default_factory=dict, description="GPTConfig fields to change, e.g. block_size.")
+    steps: int = Field(300, ge=1, description="Optimizer steps.")
+    micro_batch: int = Field(16, ge=1, description="Sequences per worker per micro-step.")
+    grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    min_lr: float = Field(3e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_steps: int = Field(30, ge=1, description="Linear warmup steps.")
+    seed: int = Field(1337, description="Seed of initialization and data order.")
+    log_every: int = Field(10, ge=1, description="Steps between throughput lines.")
+    eval_every: int = Field(100, ge=1, description="Steps between validation losses.")
+    eval_batches: int = Field(8, ge=1, description="Micro-batches per validation loss.")
+    ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints (and one at the end).")
+    keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept on disk.")
+    deepspeed: str = Field("", description="DeepSpeed JSON (default: infra/deepspeed/cpu.json, or "
+                           "gpu-bf16-zero2.json on GPU).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="On CPU: fp32 or bf16 (GPU configs say bf16).")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers.")
+    max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (resuming).")
+    peak_flops: float | None = Field(None, description="Peak FLOP/s of one device, for MFU (H100 bf16: 989e12).")
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        base = NAMED_CONFIGS[self.model].__dict__ | {"vocab_size": vocab_size} | self.model_overrides
+        return GPTConfig(**base)
+
+

@@ -1,0 +1,37 @@
+"""Batches from token shards (`tasks.tokenize`), memory-mapped, chosen by a pure function of
+(seed, step, micro-step, rank): the data position of a run is its step, so a resumed run
+reads exactly what an uninterrupted one would have read, on any number of restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.tokenize import read_tokens
+
+
+class TokenData:
+    def __init__(self, tokens_dir: Path, split: str, block_size: int):
+        self.shards = [s for s in read_tokens(Path(tokens_dir), split) if len(s) > block_size + 1]
+        if not self.shards:
+            raise ValueError(f"no {split} token shard in {tokens_dir} is longer than block_size + 1 "
+                             f"({block_size + 1} tokens): use a smaller block_size or more data")
+        self.block_size = block_size
+        self.windows = np.array([len(s) - block_size - 1 for s in self.shards], dtype=np.int64)
+        self.cumulative = np.cumsum(self.windows)
+        self.tokens = int(sum(len(s) for s in self.shards))
+
+    def batch(self, batch_size: int, seed: int, step: int, micro: int = 0, rank: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) of shape (batch_size, block_size): windows drawn uniformly over
+        every shard, from a generator keyed by (seed, step, micro, rank)."""
+        rng = np.random.default_rng([seed, step, micro, rank])
+        picks = rng.integers(0, int(self.cumulative[-1]), size=batch_size)
+        shard = np.searchsorted(self.cumulative, picks, side="right")
+        offset = picks - np.concatenate([[0], self.cumulative[:-1]])[shard]
+        rows = np.stack([np.asarray(self.shards[s][o: o + self.block_size + 1], dtype=np.int64)
+                         for s, o in zip(shard.tolist(), offset.tolist())])
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1], rows[:, 1:]

@@ -1,0 +1,74 @@
+"""Launch pretraining with Ray Train: `TorchTrainer` runs `training.train.train_worker` on N
+workers (a local Ray instance unless an address is given), each with a DeepSpeed engine.
+
+    loom pretrain --run-id r1 [--num-workers 2] [--ray-address auto]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from training.config import PretrainConfig
+
+INFRA = Path(__file__).resolve().parents[1] / "infra" / "deepspeed"
+__all__ = ["PretrainConfig", "pretrain", "worker_config"]
+
+
+def worker_config(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, vocab_size: int,
+                  use_gpu: bool, stop_after: int | None = None) -> dict:
+    deepspeed = cfg.deepspeed or str(INFRA / ("gpu-bf16-zero2.json" if use_gpu else "cpu.json"))
+    return {
+        **cfg.model_dump(exclude={"model", "model_overrides", "deepspeed"}),
+        "model": cfg.gpt_config(vocab_size).__dict__, "deepspeed": deepspeed,
+        "tokens_dir": str(tokens_dir), "output_dir": str(output_dir), "stop_after": stop_after,
+    }
+
+
+def pretrain(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, ray_address: str | None = None,
+             stop_after: int | None = None):
+    """Run Ray Train's TorchTrainer over `cfg.num_workers` workers; returns Ray's Result."""
+    import json
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.train import train_worker
+
+    index = json.loads((Path(tokens_dir) / "index.json").read_text())
+    use_gpu = _has_gpu()
+    config = worker_config(cfg, Path(tokens_dir), Path(output_dir), index["vocab_size"], use_gpu, stop_after)
+    env = {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for var in ("PREFECT_API_URL", "OMP_NUM_THREADS"):
+        if os.environ.get(var):
+            env[var] = os.environ[var]
+    quiet = os.environ.get("LOOM_RAY_LOGS") != "1"  # progress comes from the metrics file; Ray's own logs on request
+    if not ray.is_initialized():
+        if ray_address and ray_address != "local":
+            ray.init(address=ray_address, runtime_env={"env_vars": env}, log_to_driver=not quiet)
+        else:
+            ray.init(num_cpus=max(cfg.num_workers, os.cpu_count() or 1), include_dashboard=False,
+                     runtime_env={"env_vars": env}, log_to_driver=not quiet)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name="pretrain", storage_path=str(Path(output_dir).absolute() / "ray"),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+        ),
+    )
+    return trainer.fit()
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False

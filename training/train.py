@@ -1,0 +1,286 @@
+"""Pretraining: the per-worker loop (a DeepSpeed engine), checkpoints that resume exactly, metrics.
+
+Each Ray Train worker runs `train_worker(config)`:
+
+- builds the GPT of `config["model"]` and a DeepSpeed engine from the JSON named by
+  `config["deepspeed"]` (infra/deepspeed/), with micro-batch and accumulation from config;
+- sets the learning rate every step (linear warmup, cosine decay to min_lr);
+- reads batches from token shards as a pure function of (seed, step, micro-step, rank);
+- every `ckpt_every` steps and at the end, **every rank** calls `save_checkpoint`, with
+  step, tokens seen and the Python/NumPy/torch RNG states in `client_state`; rank 0 then
+  writes a sha256 manifest of the checkpoint's files. On start, the newest checkpoint whose
+  manifest verifies is loaded (a corrupt or truncated one is reported and skipped);
+- rank 0 appends metrics (loss, lr, grad norm, tokens/s, MFU when the peak FLOPs are
+  known; validation loss and perplexity every `eval_every` steps) to metrics.jsonl and
+  TensorBoard, and reports them to Ray Train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT_MANIFEST = "sha256.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def lr_at(step: int, cfg: dict) -> float:
+    """Linear warmup to `lr`, then cosine decay to `min_lr` at `steps`."""
+    if step < cfg["warmup_steps"]:
+        return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
+    progress = min(1.0, (step - cfg["warmup_steps"]) / max(1, cfg["steps"] - cfg["warmup_steps"]))
+    return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["lr"] - cfg["min_lr"])
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checkpoint_manifest(tag_dir: Path) -> None:
+    files = {p.relative_to(tag_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(tag_dir.rglob("*")) if p.is_file() and p.name != CHECKPOINT_MANIFEST}
+    tmp = tag_dir / f".{CHECKPOINT_MANIFEST}.tmp"
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    tmp.replace(tag_dir / CHECKPOINT_MANIFEST)
+
+
+def verify_checkpoint(tag_dir: Path) -> str | None:
+    """None when every file matches the manifest, else what is wrong."""
+    manifest = tag_dir / CHECKPOINT_MANIFEST
+    if not manifest.exists():
+        return "no manifest (the save did not finish)"
+    for name, meta in json.loads(manifest.read_text())["files"].items():
+        path = tag_dir / name
+        if not path.exists():
+            return f"{name} is missing"
+        if path.stat().st_size != meta["bytes"]:
+            return f"{name} is truncated ({path.stat().st_size} of {meta['bytes']} bytes)"
+        if _sha256(path) != meta["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def checkpoint_tags(ckpt_dir: Path) -> list[Path]:
+    """Checkpoint directories, newest step first."""
+    return sorted((p for p in Path(ckpt_dir).glob("step-*") if p.is_dir()), reverse=True)
+
+
+def latest_good_checkpoint(ckpt_dir: Path, log=print) -> Path | None:
+    for tag in checkpoint_tags(ckpt_dir):
+        problem = verify_checkpoint(tag)
+        if problem is None:
+            return tag
+        log(f"checkpoint {tag.name} skipped: {problem}")
+    return None
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+# ---- the worker loop ------------------------------------------------------------------------------
+
+def deepspeed_config(cfg: dict) -> dict:
+    ds = json.loads(Path(cfg["deepspeed"]).read_text())
+    ds["train_micro_batch_size_per_gpu"] = cfg["micro_batch"]
+    ds["gradient_accumulation_steps"] = cfg["grad_accum"]
+    ds.pop("train_batch_size", None)
+    ds.setdefault("optimizer", {}).setdefault("params", {})["lr"] = cfg["lr"]
+    if not torch.cuda.is_available():
+        ds["bf16"] = {"enabled": cfg.get("precision") == "bf16"}
+        ds.pop("fp16", None)
+    return ds
+
+
+def train_worker(cfg: dict) -> None:
+    """One Ray Train worker (also runs alone, without Ray, for tests and debugging)."""
+    import deepspeed
+
+    from training.data import TokenData
+    from training.model import GPT, GPTConfig
+
+    try:
+        import ray.train as ray_train
+
+        context = ray_train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+    except Exception:  # not under Ray Train
+        ray_train, rank, world = None, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    out = Path(cfg["output_dir"])
+    ckpt_dir = out / "checkpoints"
+    torch.manual_seed(cfg["seed"])
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    model_cfg = GPTConfig(**cfg["model"])
+    model = GPT(model_cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                           config=deepspeed_config(cfg), dist_init_required=True)
+    device = engine.device
+    train = TokenData(cfg["tokens_dir"], "train", model_cfg.block_size)
+    val = TokenData(cfg["tokens_dir"], "val", model_cfg.block_size)
+
+    step, tokens_seen = 0, 0
+    resume = latest_good_checkpoint(ckpt_dir, log=lambda m: _log(rank, m)) if ckpt_dir.exists() else None
+    if resume is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume.name)
+        step, tokens_seen = client["step"], client["tokens_seen"]
+        _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
+        _log(rank, f"resumed from {resume.name} (step {step})")
+
+    writer = _tensorboard(out) if rank == 0 else None
+    tokens_per_step = cfg["micro_batch"] * cfg["grad_accum"] * world * model_cfg.block_size
+    flops_per_token = model_cfg.flops_per_token()
+    t_last = time.perf_counter()
+    while step < cfg["steps"]:
+        lr = lr_at(step, cfg)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        losses = []
+        for micro in range(cfg["grad_accum"]):
+            x, y = train.batch(cfg["micro_batch"], cfg["seed"], step, micro, rank)
+            _, loss = engine(x.to(device), y.to(device))
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach().float())
+        step += 1
+        tokens_seen += tokens_per_step
+        loss = _mean_across_ranks(torch.stack(losses).mean(), world)
+        metrics = {"step": step, "loss": loss, "lr": lr}
+        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+            now = time.perf_counter()
+            rate = tokens_per_step * cfg["log_every"] / max(now - t_last, 1e-9)
+            t_last = now
+            grad_norm = engine.get_global_grad_norm()
+            metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else None, tokens_per_s=rate,
+                           tokens_seen=tokens_seen,
+                           mfu=flops_per_token * rate / (cfg["peak_flops"] * world) if cfg.get("peak_flops") else None)
+        if math.isnan(loss):
+            raise FloatingPointError(f"loss is NaN at step {step}")
+        if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
+            val_loss = _evaluate(engine, val, cfg, rank, world, device)
+            metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50)))
+        if rank == 0:
+            _write_metrics(out, writer, metrics)
+        checkpoint = None
+        if step % cfg["ckpt_every"] == 0 or step == cfg["steps"]:
+            checkpoint = _save(engine, ckpt_dir, step, tokens_seen, rank, world, cfg)
+        if ray_train is not None and ("val_loss" in metrics or checkpoint is not None or "tokens_per_s" in metrics):
+            report = {k: v for k, v in metrics.items() if v is not None}
+            if checkpoint is not None and rank == 0:
+                ray_train.report(report, checkpoint=ray_train.Checkpoint.from_directory(str(checkpoint)))
+            else:
+                ray_train.report(report)
+        if cfg.get("stop_after") and step >= cfg["stop_after"]:  # tests: an interruption
+            raise SystemExit(f"stopped after step {step} (stop_after)")
+    if writer is not None:
+        writer.close()
+
+
+def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world: int, cfg: dict) -> Path:
+    import torch.distributed as dist
+
+    tag = f"step-{step:07d}"
+    states = [None] * world
+    if dist.is_initialized():
+        dist.all_gather_object(states, _rng_state())
+    else:
+        states = [_rng_state()]
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={
+        "step": step, "tokens_seen": tokens_seen, "rng": states, "model": cfg["model"]})
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        write_checkpoint_manifest(ckpt_dir / tag)
+        for old in checkpoint_tags(ckpt_dir)[cfg["keep_checkpoints"]:]:
+            shutil.rmtree(old, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return ckpt_dir / tag
+
+
+@torch.no_grad()
+def _evaluate(engine, val, cfg: dict, rank: int, world: int, device) -> float:
+    engine.eval()
+    losses = []
+    for i in range(cfg["eval_batches"]):
+        x, y = val.batch(cfg["micro_batch"], cfg["seed"] + 1, 0, i, rank)  # the same batches every time
+        losses.append(engine(x.to(device), y.to(device))[1].float())
+    engine.train()
+    return _mean_across_ranks(torch.stack(losses).mean(), world)
+
+
+def _mean_across_ranks(value: torch.Tensor, world: int) -> float:
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _write_metrics(out: Path, writer, metrics: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / METRICS_FILE, "a") as f:
+        f.write(json.dumps({**metrics, "time": time.time()}) + "\n")
+    if writer is not None:
+        for key, value in metrics.items():
+            if key != "step" and value is not None:
+                writer.add_scalar(key, value, metrics["step"])
+
+
+def _log(rank: int, message: str) -> None:
+    if rank == 0:
+        print(f"[loom train] {message}", flush=True)
+
+
+def main() -> None:
+    """`python -m training.train CONFIG.json`: one worker without Ray (debugging, tests)."""
+    import socket
+    import sys
+
+    cfg = json.loads(Path(sys.argv[1]).read_text())
+    with socket.socket() as s:  # a free port for the single-process gloo group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}.items():
+        os.environ.setdefault(key, value)
+    try:
+        train_worker(cfg)
+    except SystemExit as e:  # stop_after: an interruption on purpose
+        print(f"[loom train] {e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
