@@ -1,1 +1,1 @@
-"""Model, token-shard loader, DeepSpeed engine, Ray Train launcher, checkpoints (not built yet)."""
+"""Model, token-shard loader, DeepSpeed worker loop, Ray Train launcher, checkpoints."""

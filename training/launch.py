@@ -54,7 +54,9 @@ def pretrain(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, ray_addres
         train_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu),
+        # on CPU each worker gets its share of the cores (Ray sets OMP_NUM_THREADS from it)
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu
+                                     else {"CPU": max(1, (os.cpu_count() or 1) // cfg.num_workers)}),
         run_config=RunConfig(
             name="pretrain", storage_path=str(Path(output_dir).absolute() / "ray"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
