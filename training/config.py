@@ -72,6 +72,10 @@ class PretrainConfig(BaseModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers.")
     max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (resuming).")
     peak_flops: float | None = Field(None, description="Peak FLOP/s of one device, for MFU (H100 bf16: 989e12).")
+    spike_factor: float = Field(3.0, gt=1, description="A loss above this many times the recent mean is a spike: "
+                                "roll back to the last good checkpoint and skip that data.")
+    spike_window: int = Field(20, ge=2, description="Steps in the recent mean.")
+    max_spikes: int = Field(3, ge=0, description="Spikes (or NaNs) tolerated before the run stops.")
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         base = NAMED_CONFIGS[self.model].__dict__ | {"vocab_size": vocab_size} | self.model_overrides

@@ -26,8 +26,9 @@ def worker_config(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, vocab
 
 
 def pretrain(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, ray_address: str | None = None,
-             stop_after: int | None = None):
-    """Run Ray Train's TorchTrainer over `cfg.num_workers` workers; returns Ray's Result."""
+             stop_after: int | None = None, debug: dict | None = None):
+    """Run Ray Train's TorchTrainer over `cfg.num_workers` workers; returns Ray's Result.
+    `debug` adds fault-injection keys to the worker config (tests: debug_kill_at, debug_spike_at)."""
     import json
 
     import ray
@@ -39,6 +40,7 @@ def pretrain(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, ray_addres
     index = json.loads((Path(tokens_dir) / "index.json").read_text())
     use_gpu = _has_gpu()
     config = worker_config(cfg, Path(tokens_dir), Path(output_dir), index["vocab_size"], use_gpu, stop_after)
+    config.update(debug or {})
     env = {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for var in ("PREFECT_API_URL", "OMP_NUM_THREADS"):
         if os.environ.get(var):

@@ -141,13 +141,17 @@ def train_worker(cfg: dict) -> None:
     train = TokenData(cfg["tokens_dir"], "train", model_cfg.block_size)
     val = TokenData(cfg["tokens_dir"], "val", model_cfg.block_size)
 
-    step, tokens_seen = 0, 0
+    def restore(tag: Path) -> tuple[int, int, int]:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag.name)
+        _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
+        return client["step"], client["tokens_seen"], client.get("data_offset", 0)
+
+    step, tokens_seen, data_offset, spikes = 0, 0, 0, 0
     resume = latest_good_checkpoint(ckpt_dir, log=lambda m: _log(rank, m)) if ckpt_dir.exists() else None
     if resume is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=resume.name)
-        step, tokens_seen = client["step"], client["tokens_seen"]
-        _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
+        step, tokens_seen, data_offset = restore(resume)
         _log(rank, f"resumed from {resume.name} (step {step})")
+    recent: list[float] = []
 
     writer = _tensorboard(out) if rank == 0 else None
     tokens_per_step = cfg["micro_batch"] * cfg["grad_accum"] * world * model_cfg.block_size
@@ -159,7 +163,7 @@ def train_worker(cfg: dict) -> None:
             group["lr"] = lr
         losses = []
         for micro in range(cfg["grad_accum"]):
-            x, y = train.batch(cfg["micro_batch"], cfg["seed"], step, micro, rank)
+            x, y = train.batch(cfg["micro_batch"], cfg["seed"], step + data_offset, micro, rank)
             _, loss = engine(x.to(device), y.to(device))
             engine.backward(loss)
             engine.step()
@@ -176,8 +180,27 @@ def train_worker(cfg: dict) -> None:
             metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else None, tokens_per_s=rate,
                            tokens_seen=tokens_seen,
                            mfu=flops_per_token * rate / (cfg["peak_flops"] * world) if cfg.get("peak_flops") else None)
-        if math.isnan(loss):
-            raise FloatingPointError(f"loss is NaN at step {step}")
+        if _is_spike(loss, recent, cfg) or _debug_hook(cfg, "debug_spike_at", step, out):
+            # roll back to the last good checkpoint and skip the data since it (all ranks see the same loss)
+            spikes += 1
+            if spikes > cfg["max_spikes"]:
+                raise RuntimeError(f"loss spiked {spikes} time(s), more than max_spikes (last at step {step}: {loss:.4g}); "
+                                   "stopping. Lower the learning rate or inspect the data around these steps.")
+            good = latest_good_checkpoint(ckpt_dir, log=lambda m: _log(rank, m)) if ckpt_dir.exists() else None
+            if good is None:
+                raise RuntimeError(f"loss spiked at step {step} ({loss:.4g}) before any checkpoint to roll back to")
+            bad_step = step
+            step, tokens_seen, old_offset = restore(good)
+            data_offset = old_offset + (bad_step - step)  # the next batch is the one after the spike's
+            recent.clear()
+            if rank == 0:
+                _write_metrics(out, None, {"step": bad_step, "event": "rollback", "loss": loss, "to_step": step,
+                                           "data_offset": data_offset})
+            _log(rank, f"loss spike at step {bad_step} ({loss:.4g}): rolled back to {good.name}, "
+                       f"skipping {bad_step - step} steps of data")
+            continue
+        recent.append(loss)
+        _debug_hook(cfg, "debug_kill_at", step, out, rank=rank, kill=True)
         if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
             val_loss = _evaluate(engine, val, cfg, rank, world, device)
             metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50)))
@@ -185,7 +208,7 @@ def train_worker(cfg: dict) -> None:
             _write_metrics(out, writer, metrics)
         checkpoint = None
         if step % cfg["ckpt_every"] == 0 or step == cfg["steps"]:
-            checkpoint = _save(engine, ckpt_dir, step, tokens_seen, rank, world, cfg)
+            checkpoint = _save(engine, ckpt_dir, step, tokens_seen, rank, world, cfg, data_offset)
         if ray_train is not None and ("val_loss" in metrics or checkpoint is not None or "tokens_per_s" in metrics):
             report = {k: v for k, v in metrics.items() if v is not None}
             if checkpoint is not None and rank == 0:
@@ -198,7 +221,31 @@ def train_worker(cfg: dict) -> None:
         writer.close()
 
 
-def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world: int, cfg: dict) -> Path:
+def _is_spike(loss: float, recent: list[float], cfg: dict) -> bool:
+    """NaN or infinity, or more than `spike_factor` times the mean of the last `spike_window` losses."""
+    if not math.isfinite(loss):
+        return True
+    window = recent[-cfg["spike_window"]:]
+    return len(window) == cfg["spike_window"] and loss > cfg["spike_factor"] * (sum(window) / len(window))
+
+
+def _debug_hook(cfg: dict, name: str, step: int, out: Path, rank: int = 0, kill: bool = False) -> bool:
+    """Fault injection for tests: fires once per output directory at the configured step."""
+    if cfg.get(name) != step or rank != 0:
+        return False
+    marker = out / f".{name}"
+    if marker.exists():
+        return False
+    marker.touch()
+    if kill:  # a worker process dies mid-run, as on a lost node
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world: int, cfg: dict,
+          data_offset: int = 0) -> Path:
     import torch.distributed as dist
 
     tag = f"step-{step:07d}"
@@ -208,7 +255,7 @@ def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world:
     else:
         states = [_rng_state()]
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={
-        "step": step, "tokens_seen": tokens_seen, "rng": states, "model": cfg["model"]})
+        "step": step, "tokens_seen": tokens_seen, "data_offset": data_offset, "rng": states, "model": cfg["model"]})
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:

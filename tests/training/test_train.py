@@ -32,15 +32,19 @@ def tokens(shared, tmp_path_factory):
     return tmp / "tokens"
 
 
-def _run(tokens: Path, out: Path, stop_after=None, **overrides) -> None:
+def _run(tokens: Path, out: Path, stop_after=None, debug: dict | None = None, expect_ok: bool = True,
+         **overrides) -> subprocess.CompletedProcess:
     cfg = PretrainConfig(**{"steps": 40, "eval_every": 20, "ckpt_every": 20, "log_every": 10, **overrides})
     vocab = json.loads((tokens / "index.json").read_text())["vocab_size"]
     path = out.parent / f"{out.name}-{stop_after}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(worker_config(cfg, tokens, out, vocab, use_gpu=False, stop_after=stop_after)))
+    config = worker_config(cfg, tokens, out, vocab, use_gpu=False, stop_after=stop_after) | (debug or {})
+    path.write_text(json.dumps(config))
     proc = subprocess.run([sys.executable, "-m", "training.train", str(path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if expect_ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def _losses(out: Path) -> dict[int, float]:
@@ -103,3 +107,33 @@ def test_pretrain_on_ray_with_two_workers(tokens, tmp_path):
     assert (tmp_path / "train/checkpoints/step-0000020/sha256.json").exists()
     steps = [json.loads(line)["step"] for line in (tmp_path / "train/metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 21))  # rank 0 alone writes metrics
+
+
+@pytest.mark.slow
+def test_a_loss_spike_rolls_back_and_skips_the_data_and_repeated_spikes_stop(tokens, tmp_path):
+    _run(tokens, tmp_path / "spike", steps=30, ckpt_every=10, eval_every=30, debug={"debug_spike_at": 15})
+    lines = [json.loads(line) for line in (tmp_path / "spike/metrics.jsonl").read_text().splitlines()]
+    events = [m for m in lines if m.get("event") == "rollback"]
+    assert events == [{**events[0], "step": 15, "to_step": 10, "data_offset": 5}]
+    assert max(m["step"] for m in lines) == 30 and "val_loss" in lines[-1]
+    failed = _run(tokens, tmp_path / "spiky", steps=30, ckpt_every=5, max_spikes=0, expect_ok=False,
+                  debug={"debug_spike_at": 12})
+    assert failed.returncode != 0 and "loss spiked 1 time(s), more than max_spikes" in failed.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_by_ray_and_resumes(tokens, tmp_path):
+    import ray
+
+    try:
+        result = pretrain(PretrainConfig(steps=30, eval_every=10, ckpt_every=10, log_every=5, num_workers=2,
+                                         micro_batch=8, max_failures=1), tokens, tmp_path / "train",
+                          debug={"debug_kill_at": 15})
+    finally:
+        ray.shutdown()
+    assert result.error is None and result.metrics["step"] == 30
+    assert (tmp_path / "train/.debug_kill_at").exists()  # the worker really died at step 15
+    lines = [json.loads(line) for line in (tmp_path / "train/metrics.jsonl").read_text().splitlines()]
+    steps = [m["step"] for m in lines]
+    assert steps[:14] == list(range(1, 15)) and steps[14:] == list(range(11, 31))  # died in step 15; resumed at 10
+    assert [m["loss"] for m in lines[10:14]] == [m["loss"] for m in lines[14:18]]  # and exactly as before
