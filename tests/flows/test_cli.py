@@ -188,3 +188,14 @@ def test_shard_work_runs_on_ray_with_the_same_result(prefect_server, shared, tmp
     assert outputs["ray"] == outputs["local"]
     session = Path("/tmp/ray/session_latest")
     assert session.exists() and session.lstat().st_mtime >= started  # a Ray instance ran for it
+
+
+def test_the_readme_config_example_is_a_valid_config(tmp_path):
+    """README.md's TOML example loads (unknown keys would be errors), so the README stays true."""
+    from flows.config import load_config
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("```toml\n") + len("```toml\n")
+    (tmp_path / "loom.toml").write_text(readme[start: readme.index("```", start)])
+    config = load_config(tmp_path / "loom.toml")
+    assert config.workers == 2 and config.near_dedup.lsh_params() == (16, 8)
