@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import files_fingerprint, write_json_atomic
+from tasks.sft import InvalidExample, to_messages
 from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
 from tasks.text_cleaning import DecodeError, clean_text, decode_bytes, normalize_unicode, strip_gutenberg
@@ -54,6 +55,10 @@ class IngestConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text_field: str = Field("text", description="Field (JSON key or Parquet column) holding the document text.")
+    record_format: Literal["text", "instruction"] = Field(
+        "text", description="instruction: records are fine-tuning examples (chat messages, Alpaca, question/answer; "
+        "see tasks/sft.py), stored as {\"messages\": [...]} JSON text; other shapes are rejected."
+    )
     id_field: str | None = Field(
         "id", description="Field holding the record's own id; records without one get a stable derived id."
     )
@@ -358,6 +363,8 @@ class Ingest(Stage):
         """The hot loop: one orjson call per line; records of the common shape (text and a
         string id, nothing else) go straight to the batch, everything else through the checks."""
         text_field, id_field = self.config.text_field, self.config.id_field
+        if self.config.record_format != "text":
+            text_field = "\0no fast path"  # every record goes through _add_record's shape checks
         loads, decode_error = orjson.loads, orjson.JSONDecodeError
         texts, ids, positions, extras, raws = batch.texts, batch.ids, batch.positions, batch.extras, batch.raws
         for start, lines, oversize in _line_blocks(fh, self.config.max_doc_bytes):
@@ -414,6 +421,12 @@ class Ingest(Stage):
         if not isinstance(record, dict):
             rejects.add(f.source, position, "not_an_object", raw=_raw(raw))
             return
+        if cfg.record_format == "instruction":
+            try:
+                record = _instruction_record(record, cfg.text_field, cfg.id_field)
+            except InvalidExample as e:
+                rejects.add(f.source, position, e.reason, raw=_raw(raw), detail=str(e))
+                return
         text = record.get(cfg.text_field)
         if text is None:
             reason = "missing_text" if cfg.text_field not in record else "empty_text"
@@ -540,6 +553,14 @@ def _dirty_rows(texts: pa.StringArray, ascii_rows: np.ndarray) -> np.ndarray:
         wide = np.flatnonzero(~ascii_rows)
         dirty[wide] = pc.match_substring_regex(texts.take(pa.array(wide)), _DIRTY_RE2).to_numpy(zero_copy_only=False)
     return dirty
+
+
+def _instruction_record(record: dict, text_field: str, id_field: str | None) -> dict:
+    """A fine-tuning example as a document: its conversation as JSON text, its id kept."""
+    out = {text_field: orjson.dumps({"messages": to_messages(record)}).decode()}
+    if id_field and id_field in record:
+        out[id_field] = record[id_field]
+    return out
 
 
 def _has_surrogates(text: str) -> bool:

@@ -82,3 +82,50 @@ class PretrainConfig(BaseModel):
         return GPTConfig(**base)
 
 
+
+
+FINETUNE_MODE_FIELDS = ("mode", "trainable_blocks", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+
+
+class FinetuneConfig(PretrainConfig):
+    """How a checkpoint is fine-tuned on instruction data (same launcher and checkpoints as pretraining;
+    the model comes from the checkpoint, so `model` and `model_overrides` are not used)."""
+
+    steps: int = Field(200, ge=1, description="Optimizer steps.")
+    micro_batch: int = Field(8, ge=1, description="Packed sequences per worker per micro-step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (LoRA likes it higher, e.g. 3e-3).")
+    min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of the cosine decay.")
+    warmup_steps: int = Field(20, ge=1, description="Linear warmup steps.")
+    eval_every: int = Field(50, ge=1, description="Steps between held-out losses.")
+    mode: Literal["full", "frozen", "lora"] = Field("full", description="full: every weight; frozen: the last "
+                                                    "trainable_blocks blocks and the head; lora: low-rank adapters.")
+    trainable_blocks: int = Field(1, ge=0, description="frozen mode: blocks (from the top) that train.")
+    lora_rank: int = Field(8, ge=1, description="lora mode: rank of the adapters.")
+    lora_alpha: float = Field(16.0, gt=0, description="lora mode: the update is scaled by alpha / rank.")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="lora mode: dropout on the adapters' input.")
+    lora_targets: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
+                                    description="lora mode: Linear layers adapted (name suffixes).")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of examples held out for evaluation.")
+    system_prompt: str | None = Field(None, description="System message put before examples that have none.")
+
+    def mode_spec(self) -> dict:
+        return {k: getattr(self, k) for k in FINETUNE_MODE_FIELDS}
+
+
+class EvaluateConfig(BaseModel):
+    """What `loom evaluate` measures (everything that applies to the checkpoint)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_dir: str | None = Field(None, description="Token shards whose validation split gives the perplexity "
+                                   "(default: the checkpoint's own pretraining tokens).")
+    max_tokens: int = Field(200_000, ge=1, description="At most this many validation tokens for the perplexity.")
+    examples: int = Field(50, ge=0, description="Held-out fine-tuning examples answered for BLEU/ROUGE/exact match.")
+    max_new_tokens: int = Field(96, ge=1, description="Longest generated response.")
+    num_beams: int = Field(1, ge=1, description="Beam search width for evaluation responses (1: greedy).")
+    no_repeat_ngram_size: int = Field(0, ge=0, description="Ban repeated n-grams in responses (0: off).")
+    system_prompt: str | None = Field(None, description="System message of the evaluation prompts.")
+    gsm8k: str | None = Field(None, description="A GSM8K JSONL file (question/answer) for exact match.")
+    gsm8k_examples: int = Field(50, ge=1, description="Problems of that file evaluated.")
+    crows_pairs: str | None = Field(None, description="CrowS-Pairs CSV (or its directory) for the stereotype score.")
+    crows_pairs_limit: int | None = Field(None, ge=1, description="Only the first N pairs (default: all).")

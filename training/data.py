@@ -35,3 +35,36 @@ class TokenData:
                          for s, o in zip(shard.tolist(), offset.tolist())])
         rows = torch.from_numpy(rows)
         return rows[:, :-1], rows[:, 1:]
+
+
+class SftData:
+    """Packed, loss-masked fine-tuning rows (`tasks.sft`): the same batch API as TokenData, with
+    targets set to -1 (ignored by the loss) wherever the mask says the token is not a response's."""
+
+    def __init__(self, sft_dir: Path, split: str, block_size: int):
+        from tasks.sft import read_rows
+
+        self.rows, self.masks, row_len = read_rows(Path(sft_dir), split)
+        if row_len != block_size + 1:
+            raise ValueError(f"rows in {sft_dir} hold {row_len} tokens; this model needs block_size + 1 = "
+                             f"{block_size + 1}: rerun the data preparation for this checkpoint")
+        if not self.rows:
+            raise ValueError(f"no {split} rows in {sft_dir}: too few examples (or val_fraction 0)")
+        self.cumulative = np.cumsum([len(r) for r in self.rows])
+        self.tokens = int(self.cumulative[-1]) * row_len
+
+    def __len__(self) -> int:
+        return int(self.cumulative[-1])
+
+    def batch(self, batch_size: int, seed: int, step: int, micro: int = 0, rank: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([seed, step, micro, rank])
+        return self.rows_at(rng.integers(0, len(self), size=batch_size))
+
+    def rows_at(self, picks) -> tuple[torch.Tensor, torch.Tensor]:
+        shard = np.searchsorted(self.cumulative, picks, side="right")
+        offset = picks - np.concatenate([[0], self.cumulative[:-1]])[shard]
+        tokens = np.stack([np.asarray(self.rows[s][o], dtype=np.int64) for s, o in zip(shard, offset)])
+        masks = np.stack([np.asarray(self.masks[s][o]) for s, o in zip(shard, offset)])
+        targets = np.where(masks[:, 1:] > 0, tokens[:, 1:], -1)
+        return torch.from_numpy(tokens[:, :-1]), torch.from_numpy(targets)

@@ -28,12 +28,23 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: dict | None = None) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if kv is not None:  # generation: this layer's keys and values so far, extended in place
+            if "k" in kv:
+                k, v = torch.cat([kv["k"], k], dim=2), torch.cat([kv["v"], v], dim=2)
+            kv["k"], kv["v"] = k, v
+        past = k.shape[2] - t
+        dropout = self.dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif t == 1:  # one new token attends to everything cached
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        else:  # several new tokens after a cache: causal mask aligned to the bottom right
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c)))
 
 
@@ -56,8 +67,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))  # pre-LayerNorm residual blocks
+    def forward(self, x: torch.Tensor, kv: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv)  # pre-LayerNorm residual blocks
         return x + self.mlp(self.ln_2(x))
 
 
@@ -88,34 +99,27 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: list[dict] | None = None):
+        """Logits for every position, and the mean cross-entropy against `targets` when given
+        (target -1 is ignored: fine-tuning masks prompts that way). `cache` (one dict per layer,
+        from `new_cache`) makes generation feed only the new tokens."""
         t = idx.shape[1]
-        if t > self.config.block_size:
-            raise ValueError(f"sequence of {t} tokens exceeds block_size {self.config.block_size}")
-        pos = torch.arange(t, device=idx.device)
+        past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+        if past + t > self.config.block_size:
+            raise ValueError(f"sequence of {past + t} tokens exceeds block_size {self.config.block_size}")
+        pos = torch.arange(past, past + t, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache[i] if cache is not None else None)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, eos_id: int | None = None) -> torch.Tensor:
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size:])
-            logits = logits[:, -1, :] / max(temperature, 1e-6)
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                logits[logits < kth] = -float("inf")
-            nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat([idx, nxt], dim=1)
-            if eos_id is not None and bool((nxt == eos_id).all()):
-                break
-        return idx
+    def new_cache(self) -> list[dict]:
+        """An empty key/value cache for `forward(..., cache=...)`."""
+        return [{} for _ in self.transformer.h]
 
     def hf_gpt2_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights under Hugging Face GPT2LMHeadModel's names and layouts (Conv1D: transposed)."""

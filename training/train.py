@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 CHECKPOINT_MANIFEST = "sha256.json"
+CHECKPOINT_INFO = "loom.json"  # what the checkpoint is: model config, fine-tuning mode, step (no torch needed)
 METRICS_FILE = "metrics.jsonl"
+RUN_INFO = "run_info.json"
 
 
 def lr_at(step: int, cfg: dict) -> float:
@@ -117,7 +119,8 @@ def train_worker(cfg: dict) -> None:
     """One Ray Train worker (also runs alone, without Ray, for tests and debugging)."""
     import deepspeed
 
-    from training.data import TokenData
+    from training.data import SftData, TokenData
+    from training.finetune import prepare
     from training.model import GPT, GPTConfig
 
     try:
@@ -135,11 +138,24 @@ def train_worker(cfg: dict) -> None:
     np.random.seed(cfg["seed"])
     model_cfg = GPTConfig(**cfg["model"])
     model = GPT(model_cfg)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=deepspeed_config(cfg), dist_init_required=True)
+    if cfg.get("init_from"):  # fine-tuning starts from a pretrained checkpoint's weights
+        from training.checkpoint import load_model
+
+        model.load_state_dict(load_model(cfg["init_from"])[0].state_dict())  # LoRA of a fine-tune merged
+    trainable = prepare(model, cfg.get("finetune"))  # fine-tuning modes freeze or adapt parts of it
+    engine, _, _, _ = deepspeed.initialize(model=model, config=deepspeed_config(cfg), dist_init_required=True,
+                                           model_parameters=[p for p in model.parameters() if p.requires_grad])
     device = engine.device
-    train = TokenData(cfg["tokens_dir"], "train", model_cfg.block_size)
-    val = TokenData(cfg["tokens_dir"], "val", model_cfg.block_size)
+    if cfg.get("sft_dir"):
+        train = SftData(cfg["sft_dir"], "train", model_cfg.block_size)
+        val = SftData(cfg["sft_dir"], "val", model_cfg.block_size)
+    else:
+        train = TokenData(cfg["tokens_dir"], "train", model_cfg.block_size)
+        val = TokenData(cfg["tokens_dir"], "val", model_cfg.block_size)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_INFO).write_text(json.dumps({**trainable, "world_size": world, "train_tokens": train.tokens,
+                                                "model": cfg["model"]}, indent=1))
 
     def restore(tag: Path) -> tuple[int, int, int]:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag.name)
@@ -259,6 +275,13 @@ def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world:
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
+        # self-describing: generate, evaluate and export need only this directory
+        if cfg.get("tokenizer"):
+            shutil.copyfile(cfg["tokenizer"], ckpt_dir / tag / "tokenizer.json")
+        (ckpt_dir / tag / CHECKPOINT_INFO).write_text(json.dumps({
+            "step": step, "tokens_seen": tokens_seen, "model": cfg["model"], "finetune": cfg.get("finetune"),
+            "kind": "finetune" if cfg.get("finetune") else "pretrain", "tokens_dir": cfg.get("tokens_dir"),
+            "sft_dir": cfg.get("sft_dir"), "init_from": cfg.get("init_from"), "seed": cfg["seed"]}, indent=1))
         write_checkpoint_manifest(ckpt_dir / tag)
         for old in checkpoint_tags(ckpt_dir)[cfg["keep_checkpoints"]:]:
             shutil.rmtree(old, ignore_errors=True)

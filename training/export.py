@@ -1,0 +1,79 @@
+"""Export a checkpoint: Hugging Face GPT-2 format, or one consolidated fp32 state dict.
+
+    loom export --checkpoint loom-work/runs/r1/finetune --format hf --output gpt-hf/
+    loom export --checkpoint loom-work/runs/r1/train --format pt --output model.pt
+
+`hf` writes config.json, model.safetensors, generation_config.json and the tokenizer
+(tokenizer.json, tokenizer_config.json, special_tokens_map.json), which `transformers` loads
+as `GPT2LMHeadModel` and `PreTrainedTokenizerFast`. LoRA adapters are merged first. `pt`
+writes `{"model": GPTConfig fields, "state_dict": ...}` in fp32, from the optimizer's fp32
+master weights where DeepSpeed keeps them (DeepSpeed's zero_to_fp32), loadable with
+`GPT(GPTConfig(**d["model"])).load_state_dict(d["state_dict"])`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from tasks.tokenize import CHAT_TOKENS, EOT
+
+
+def hf_config(model_cfg: dict, eot_id: int | None) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": model_cfg["vocab_size"], "n_positions": model_cfg["block_size"], "n_ctx": model_cfg["block_size"],
+        "n_embd": model_cfg["n_embd"], "n_layer": model_cfg["n_layer"], "n_head": model_cfg["n_head"],
+        "n_inner": None, "activation_function": "gelu_new",  # GELU, tanh approximation, as training.model.MLP
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True, "tie_word_embeddings": True,
+        "bos_token_id": eot_id, "eos_token_id": eot_id, "torch_dtype": "float32",
+    }
+
+
+def export_hf(checkpoint: str | Path, output: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from training.checkpoint import load_model
+
+    model, info, tokenizer = load_model(checkpoint, merge=True)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    state = model.hf_gpt2_state_dict()
+    if not model.config.bias:  # HF GPT-2 always has biases: zeros are the same function
+        for name, p in model.named_parameters():
+            if name.endswith(".weight") and name.replace(".weight", ".bias") not in state and "ln" not in name \
+                    and "wte" not in name and "wpe" not in name and "lm_head" not in name:
+                state[name.replace(".weight", ".bias")] = torch.zeros(p.shape[0])
+    state.pop("lm_head.weight", None)  # tied to transformer.wte.weight; safetensors stores a tensor once
+    save_file({k: v.contiguous().float() for k, v in state.items()}, str(output / "model.safetensors"),
+              metadata={"format": "pt"})
+    eot = tokenizer.token_to_id(EOT) if tokenizer is not None else None
+    (output / "config.json").write_text(json.dumps(hf_config(info["model"], eot), indent=1))
+    (output / "generation_config.json").write_text(json.dumps({"bos_token_id": eot, "eos_token_id": eot}, indent=1))
+    if tokenizer is not None:
+        shutil.copyfile(Path(info["checkpoint"]) / "tokenizer.json", output / "tokenizer.json")
+        special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT,
+                   "additional_special_tokens": list(CHAT_TOKENS)}
+        (output / "special_tokens_map.json").write_text(json.dumps(special, indent=1))
+        (output / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": info["model"]["block_size"],
+            "clean_up_tokenization_spaces": False, **special}, indent=1))
+    (output / "loom_export.json").write_text(json.dumps({"from": info["checkpoint"], "step": info["step"],
+                                                          "kind": info["kind"], "finetune": info.get("finetune")},
+                                                         indent=1))
+    return output
+
+
+def export_pt(checkpoint: str | Path, output: Path) -> Path:
+    from training.checkpoint import load_model
+
+    model, info, _ = load_model(checkpoint, merge=True, fp32_master=True)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": info["model"], "state_dict": {k: v.float() for k, v in model.state_dict().items()},
+                "step": info["step"], "from": info["checkpoint"]}, output)
+    return output
