@@ -6,6 +6,11 @@
     loom runs [r1]                                    # runs, or one run's stages
     loom tokenize --run-id r1                         # BPE tokenizer + token shards of the published data
     loom pretrain --run-id r1 --num-workers 2         # GPT on Ray Train + DeepSpeed, resumable
+    loom finetune --run-id r1 --data sft.jsonl        # supervised fine-tuning: full, frozen or LoRA
+    loom generate --checkpoint CKPT --prompt "Hi" --chat   # sampling or beam search, KV cache
+    loom evaluate --checkpoint CKPT                   # perplexity, BLEU/ROUGE, exact match, CrowS-Pairs
+    loom export --checkpoint CKPT --format hf -o out/ # Hugging Face GPT-2, or one fp32 state dict
+    loom pipeline corpus/ --sft-data sft.jsonl        # curate -> tokenize -> pretrain -> finetune -> evaluate
     loom demo                                         # everything, on a corpus built on the spot
 """
 
@@ -335,8 +340,12 @@ def pretrain(
 
 
 def _print_pretrain(summary: dict) -> None:
-    table = Table(title=f"pretrain run {summary['run_id']}: {summary['step']} steps in {summary['seconds']:.0f} s",
-                  title_justify="left")
+    kind = summary.get("kind", "pretrain")
+    done = "already done" if summary.get("skipped") else f"{summary['seconds']:.0f} s"
+    trains = (f", {summary['mode']} mode: {summary['trainable_params']:,} of {summary['total_params']:,} "
+              "parameters trained") if kind == "finetune" and "mode" in summary else ""
+    console.print(f"[bold]{kind}[/bold] of run {summary['run_id']}: {summary['step']} steps ({done}){trains}")
+    table = Table()
     for name in ("checkpoint", "verified"):
         table.add_column(name)
     for c in summary["checkpoints"]:
@@ -383,47 +392,279 @@ def bias_train(
                   f"{meta['threshold']:.3f}. Use it with:\n  [bias]\n  classifier = \"{output}\"")
 
 
+CheckpointOption = typer.Option(..., "--checkpoint", "--from", help="A checkpoint (step-* directory), or a training "
+                                "output (runs/R/train, runs/R/finetune): its newest good checkpoint.")
+
+
+def _checkpoint(path: str):
+    from training.checkpoint import CheckpointError, resolve_checkpoint
+
+    try:
+        return resolve_checkpoint(path)
+    except CheckpointError as e:
+        _fail(str(e))
+
+
+def _run_of(tag: Path) -> tuple[Path, str] | None:
+    """(workdir, run id) of a checkpoint under <workdir>/runs/<run>/<train|finetune>/checkpoints/."""
+    parts = tag.resolve().parts
+    if len(parts) >= 6 and parts[-2] == "checkpoints" and parts[-5] == "runs":
+        return Path(*parts[:-5]), parts[-4]
+    return None
+
+
+@app.command()
+def finetune(
+    data: list[str] = typer.Option(..., "--data", "-d", help="Instruction data: chat `messages`, Alpaca "
+                                   "instruction/input/output or question/answer records (JSONL, JSON, Parquet)."),
+    checkpoint: str | None = typer.Option(None, "--from", "--checkpoint", help="Checkpoint to start from (default: "
+                                          "the run's pretrained model, runs/R/train)."),
+    run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run whose pretrained model is fine-tuned; "
+                                      "output goes to runs/R/finetune."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output directory (default runs/R/finetune)."),
+    workdir: str | None = WorkdirOption,
+    config: Path | None = ConfigOption,
+    mode: str | None = typer.Option(None, "--mode", help="full, frozen or lora."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides [finetune])."),
+    num_workers: int | None = typer.Option(None, "--num-workers", "-n", min=1, help="Ray Train workers."),
+    ray_address: str | None = RayOption,
+) -> None:
+    """Fine-tune a checkpoint on instruction data (loss on responses only, packed sequences) with the
+    same Ray + DeepSpeed launcher, checkpoints and monitoring as pretraining."""
+    from flows.prefect_api import prefect_api
+    from flows.train import finetune_flow
+
+    wd = resolve_workdir(workdir)
+    if checkpoint is None:
+        if not run_id:
+            _fail("give --from CHECKPOINT or --run-id R (whose runs/R/train is fine-tuned)")
+        checkpoint = str(run_dir(wd, run_id) / "train")
+    tag = _checkpoint(checkpoint)
+    located = _run_of(tag)
+    if run_id is None:
+        run_id = located[1] if located else tag.parents[1].name
+    if output is None:
+        output = (run_dir(located[0], located[1]) if located else tag.parents[2]) / "finetune"
+    cfg = _config(config, None, ray_address=ray_address)
+    if mode:
+        if mode not in ("full", "frozen", "lora"):
+            _fail(f"--mode must be full, frozen or lora, not {mode!r}")
+        cfg.finetune.mode = mode
+    if steps:
+        cfg.finetune.steps = steps
+    if num_workers:
+        cfg.finetune.num_workers = num_workers
+    with prefect_api():
+        try:
+            summary = finetune_flow(checkpoint=str(tag), data=[str(Path(d).absolute()) for d in data], run_id=run_id,
+                                    output_dir=str(output.absolute()), config=cfg.finetune,
+                                    ray_address=cfg.ray_address, ingest=cfg.ingest)
+        except FileNotFoundError as e:
+            _fail(str(e))
+    _print_outcome(summary["data"], "finetune data")
+    _print_pretrain(summary)
+
+
+@app.command()
+def generate(
+    checkpoint: str = CheckpointOption,
+    prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue (with --chat: the user's message)."),
+    chat: bool = typer.Option(False, "--chat", help="Chat template: the prompt is a user turn; stop at <|end|>."),
+    system: str | None = typer.Option(None, "--system", help="With --chat: a system message."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1),
+    top_p: float | None = typer.Option(None, "--top-p", min=0.0, max=1.0),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam search width (1: greedy or sampling)."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam scores: log p / length ** this."),
+    early_stopping: bool = typer.Option(False, "--early-stopping", help="Stop when num_beams hypotheses finish."),
+    no_repeat_ngram_size: int = typer.Option(0, "--no-repeat-ngram-size", min=0, help="Never repeat an n-gram."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for sampling."),
+) -> None:
+    """Generate text from a checkpoint: greedy, sampling (streamed), or beam search."""
+    from training.checkpoint import load_model
+    from training.generate import GenerationConfig, beam_search, decode, prompt_ids, stop_ids, stream
+
+    model, info, tokenizer = load_model(_checkpoint(checkpoint))
+    if tokenizer is None:
+        _fail(f"{info['checkpoint']} has no tokenizer.json")
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+                           no_repeat_ngram_size=no_repeat_ngram_size, seed=seed)
+    ids = prompt_ids(tokenizer, prompt, chat, system)
+    room = model.config.block_size - 1
+    ids = ids[-room:]
+    stop = stop_ids(tokenizer, chat)
+    if not chat:
+        console.print(prompt, end="", highlight=False, markup=False)
+    if num_beams > 1:
+        tokens, score = beam_search(model, ids, cfg, stop)
+        console.print(decode(tokenizer, tokens, stop), highlight=False, markup=False)
+        console.print(f"[dim](beam score {score:.3f})[/dim]")
+        return
+    shown, tokens = "", []
+    for token in stream(model, ids, cfg, stop):  # streamed: print each piece as it decodes
+        tokens.append(token)
+        text = decode(tokenizer, tokens, stop)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            console.print(text[len(shown):], end="", highlight=False, markup=False, soft_wrap=True)
+            shown = text
+    console.print()
+
+
+@app.command()
+def evaluate(
+    checkpoint: str = CheckpointOption,
+    config: Path | None = ConfigOption,
+    gsm8k: Path | None = typer.Option(None, "--gsm8k", exists=True, help="GSM8K JSONL for final-answer exact match."),
+    crows_pairs: Path | None = typer.Option(None, "--crows-pairs", exists=True,
+                                            help="CrowS-Pairs CSV (or directory) for the stereotype score."),
+    examples: int | None = typer.Option(None, "--examples", min=0, help="Held-out examples answered (BLEU/ROUGE)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Directory of evaluation.json "
+                                       "(default: the training output the checkpoint is in)."),
+) -> None:
+    """Evaluate a checkpoint: perplexity; for fine-tuned ones held-out loss, BLEU/ROUGE and exact match;
+    the CrowS-Pairs stereotype score. A table, a JSON file and a Prefect artifact."""
+    from flows.prefect_api import prefect_api
+    from flows.train import evaluate_flow
+
+    tag = _checkpoint(checkpoint)
+    cfg = _config(config, None).evaluate
+    if gsm8k:
+        cfg.gsm8k = str(gsm8k.absolute())
+    if crows_pairs:
+        cfg.crows_pairs = str(crows_pairs.absolute())
+    if examples is not None:
+        cfg.examples = examples
+    located = _run_of(tag)
+    with prefect_api():
+        results = evaluate_flow(checkpoint=str(tag), run_id=located[1] if located else tag.name, config=cfg,
+                                output_dir=str(output.absolute()) if output else None)
+    _print_evaluation(results)
+
+
+def _print_evaluation(results: dict) -> None:
+    console.print(f"[bold]evaluation[/bold] of the {results['kind']} checkpoint {results['checkpoint']}")
+    table = Table()
+    for name in ("metric", "value", "n", "data"):
+        table.add_column(name, justify="right" if name in ("value", "n") else "left")
+    for row in results["rows"]:
+        table.add_row(row["metric"], f"{row['value']:,.3f}", f"{row['n']:,}", row["data"])
+    console.print(table)
+    console.print(f"results: [bold]{results['output']}[/bold]")
+
+
+@app.command()
+def export(
+    checkpoint: str = CheckpointOption,
+    format: str = typer.Option("hf", "--format", "-f", help="hf: Hugging Face GPT-2 directory; pt: one fp32 "
+                               "state dict file (consolidated from DeepSpeed's ZeRO shards)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Directory (hf) or file (pt)."),
+) -> None:
+    """Export a checkpoint to Hugging Face format (LoRA merged) or to a single fp32 state dict."""
+    from training.export import export_hf, export_pt
+
+    tag = _checkpoint(checkpoint)
+    if format == "hf":
+        path = export_hf(tag, output)
+        console.print(f"exported {tag} to [bold]{path}[/bold]; load it with\n"
+                      f"  GPT2LMHeadModel.from_pretrained({str(path)!r})\n"
+                      f"  PreTrainedTokenizerFast.from_pretrained({str(path)!r})")
+    elif format == "pt":
+        path = export_pt(tag, output)
+        console.print(f"wrote the fp32 state dict of {tag} to [bold]{path}[/bold]")
+    else:
+        _fail(f"--format must be hf or pt, not {format!r}")
+
+
+@app.command()
+def pipeline(
+    inputs: list[str] = typer.Argument(..., help="Corpus files, directories or globs."),
+    sft_data: list[str] | None = typer.Option(None, "--sft-data", help="Instruction data for fine-tuning "
+                                              "(repeat; none: the pretrained model is evaluated)."),
+    run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
+    workdir: str | None = WorkdirOption,
+    config: Path | None = ConfigOption,
+    workers: int | None = WorkersOption,
+    ray_address: str | None = RayOption,
+) -> None:
+    """Curate -> tokenize -> pretrain -> finetune -> evaluate, each a subflow; a rerun resumes where it stopped."""
+    from flows.pipeline import pipeline_flow
+    from flows.prefect_api import prefect_api
+
+    cfg = _config(config, workers, ray_address=ray_address)
+    try:
+        from tasks.ingest import expand_inputs
+
+        expand_inputs(inputs)
+        expand_inputs(sft_data or [])
+    except FileNotFoundError as e:
+        _fail(str(e))
+    with prefect_api():
+        out = pipeline_flow(inputs=[str(Path(i).absolute()) for i in inputs],
+                            sft_data=[str(Path(d).absolute()) for d in sft_data or []], run_id=run_id,
+                            workdir=str(resolve_workdir(workdir)), config=cfg)
+    _print_pipeline(out)
+
+
+def _print_pipeline(out: dict) -> None:
+    _print_outcome(out["curate"], f"pipeline {out['run_id']}: curate")
+    _print_tokens(out["tokenize"])
+    _print_pretrain(out["pretrain"])
+    if "finetune" in out:
+        _print_outcome(out["finetune"]["data"], "finetune data")
+        _print_pretrain(out["finetune"])
+    _print_evaluation(out["evaluate"])
+
+
 @app.command()
 def demo(
     workdir: str | None = WorkdirOption,
     workers: int | None = WorkersOption,
     ray_address: str | None = RayOption,
-    pretrain_steps: int = typer.Option(100, "--pretrain-steps", min=0, help="Steps of the short pretrain (0: none)."),
+    pretrain_steps: int = typer.Option(150, "--pretrain-steps", min=1, help="Steps of the short pretrain."),
+    finetune_steps: int = typer.Option(150, "--finetune-steps", min=1, help="Steps of the short fine-tune."),
 ) -> None:
-    """Build a sample corpus from Python's own docs (with planted duplicates, PII, toxic posts and bad records),
-    curate it, tokenize the result and pretrain a tiny GPT on it for a few steps."""
-    from flows.curate import curate_flow
-    from flows.demo import make_demo_corpus
+    """Build a sample corpus from Python's own docs (with planted duplicates, PII, toxic posts and bad records)
+    and instruction data, then run the whole pipeline: curate, tokenize, pretrain a tiny GPT, fine-tune it,
+    evaluate it, and answer a question with it."""
+    from flows.demo import DEMO_QUESTION, make_demo_corpus, make_demo_instructions
+    from flows.pipeline import pipeline_flow
     from flows.prefect_api import prefect_api
 
     wd = resolve_workdir(workdir)
     corpus = wd / "demo-corpus"
     planted = make_demo_corpus(corpus)
+    sft = make_demo_instructions(wd / "demo-instructions")
     console.print(f"demo corpus: {corpus} ({planted['good_records']:,} good records, "
                   f"{planted['exact_duplicates']} planted exact and {planted['near_duplicates']} near duplicates, "
                   f"{sum(planted['rejects'].values())} planted bad records)")
+    console.print(f"demo instructions: {sft['path']} ({sft['examples']:,} examples, {sft['bad']} malformed)")
     cfg = _config(None, workers, ray_address=ray_address)
     cfg.ingest.max_doc_bytes = 1 << 20  # so the planted 2 MiB line shows the oversize check
+    cfg.tokenize.vocab_size = 2048  # a small corpus: a small vocabulary
+    cfg.pretrain.steps, cfg.pretrain.eval_every, cfg.pretrain.ckpt_every = pretrain_steps, 50, 50
+    cfg.pretrain.warmup_steps = min(cfg.pretrain.warmup_steps, pretrain_steps)
+    cfg.finetune.steps, cfg.finetune.eval_every, cfg.finetune.ckpt_every = finetune_steps, 50, 50
+    cfg.finetune.warmup_steps = min(cfg.finetune.warmup_steps, finetune_steps)
+    cfg.evaluate.examples, cfg.evaluate.max_new_tokens = 20, 32
     with prefect_api():
-        summaries = curate_flow(inputs=[str(corpus)], run_id="demo", workdir=str(wd), config=cfg)
-        from flows.curate import StageRun, task_runner, tokenize_flow
+        out = pipeline_flow(inputs=[str(corpus)], sft_data=[str(sft["path"])], run_id="demo", workdir=str(wd),
+                            config=cfg)
+    _print_pipeline(out)
+    from training.checkpoint import load_model
+    from training.generate import GenerationConfig, decode, generate, prompt_ids, stop_ids
 
-        cfg.tokenize.vocab_size = 2048  # a small corpus: a small vocabulary
-        tokens = tokenize_flow.with_options(task_runner=task_runner(cfg.workers, cfg.ray_address))(
-            run=StageRun(run_id="demo", workdir=str(wd), workers=cfg.workers, ray_address=cfg.ray_address),
-            config=cfg.tokenize)
-        _print_outcome(summaries, "demo: curate")
-        _print_tokens(tokens)
-        if pretrain_steps:
-            from flows.train import pretrain_flow
-
-            cfg.pretrain.steps, cfg.pretrain.eval_every, cfg.pretrain.ckpt_every = pretrain_steps, 50, 50
-            cfg.pretrain.warmup_steps = min(cfg.pretrain.warmup_steps, pretrain_steps)
-            trained = pretrain_flow(run_id="demo", workdir=str(wd), config=cfg.pretrain, ray_address=cfg.ray_address)
-            _print_pretrain(trained)
-    card = Path(summaries[-1]["output"]) / "dataset_card.md"
+    model, _info, tokenizer = load_model(out["checkpoint"])
+    stop = stop_ids(tokenizer, chat=True)
+    answer = decode(tokenizer, generate(model, prompt_ids(tokenizer, DEMO_QUESTION, chat=True),
+                                        GenerationConfig(max_new_tokens=40, num_beams=3), stop), stop)
+    console.print(f"[bold]user:[/bold] {DEMO_QUESTION}\n[bold]fine-tuned model:[/bold] {answer.strip()}",
+                  highlight=False)
+    card = Path(out["curate"][-1]["output"]) / "dataset_card.md"
     console.print(f"dataset card: {card}")
     console.print(f"inspect it:   loom runs demo --workdir {wd}")
+    console.print(f"talk to it:   loom generate --checkpoint {out['checkpoint']} --chat --prompt \"...\"")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from tasks.near_dedup import NearDedupConfig
 from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
 from tasks.tokenize import TokenizeConfig
-from training.config import PretrainConfig
+from training.config import EvaluateConfig, FinetuneConfig, PretrainConfig
 
 DEFAULT_WORKDIR = "loom-work"
 RUN_FILE = "run.json"
@@ -58,6 +58,10 @@ class CurateConfig(BaseModel):
                                      description="tokens: BPE tokenizer and token shards (`loom tokenize`).")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig,
                                      description="train: GPT pretraining on Ray + DeepSpeed (`loom pretrain`).")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig,
+                                     description="finetune: supervised fine-tuning (`loom finetune`).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
+                                     description="evaluation of a checkpoint (`loom evaluate`).")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     ray_address: str | None = Field(
         default_factory=lambda: os.environ.get("LOOM_RAY_ADDRESS") or None,

@@ -153,3 +153,39 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
         },
     }
     return planted
+
+
+DEMO_QUESTION = "What is 12 plus 7?"
+
+
+def make_demo_instructions(directory: Path, arithmetic: int = 400, seed: int = 0) -> dict:
+    """Instruction data for the demo's fine-tune, in all three supported shapes: question/answer
+    arithmetic with GSM8K-style `#### answer` lines (so exact match is measured), chat questions
+    about Python statements (answers from pydoc_data.topics), Alpaca-style copy tasks; plus two
+    malformed records the ingest reader must reject."""
+    import random
+    from pydoc_data.topics import topics
+
+    rng = random.Random(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    records = []
+    for _ in range(arithmetic):
+        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        records.append({"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
+    for topic in sorted(topics):
+        first = topics[topic].strip().split("\n\n")[0].replace("\n", " ").strip()
+        if 20 <= len(first) <= 300:
+            records.append({"messages": [{"role": "user", "content": f"What is the Python topic '{topic}' about?"},
+                                         {"role": "assistant", "content": first}]})
+    words = sorted({w for text in list(topics.values())[:20] for w in text.split() if w.isalpha() and len(w) > 3})
+    for word in rng.sample(words, min(150, len(words))):
+        records.append({"instruction": "Repeat the word three times.", "input": word, "output": f"{word} {word} {word}"})
+    rng.shuffle(records)
+    path = directory / "instructions.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i, r in enumerate(records):
+            f.write(json.dumps({"id": f"sft-{i:04d}", **r}) + "\n")
+        f.write(json.dumps({"id": "sft-bad-0", "note": "no instruction fields at all"}) + "\n")  # not_instruction
+        f.write(json.dumps({"id": "sft-bad-1", "messages": [{"role": "robot", "content": "beep"}]}) + "\n")  # bad_messages
+    return {"path": path, "examples": len(records), "bad": 2}

@@ -1,6 +1,9 @@
-"""The pretrain flow: hand a run's token shards to Ray Train + DeepSpeed, stream progress back.
+"""Training flows: pretrain, finetune and evaluate. Pretraining and fine-tuning hand off to
+Ray Train + DeepSpeed (`training.launch`) and stream progress back.
 
     loom pretrain --run-id r1 [--num-workers 2] [--ray-address auto]
+    loom finetune --from loom-work/runs/r1/train --data sft.jsonl --mode lora
+    loom evaluate --checkpoint loom-work/runs/r1/finetune --crows-pairs crows_pairs.csv
 
 While Ray trains, a watcher follows the metrics file: a live line on the terminal and a
 Prefect progress artifact. At the end: a table artifact of checkpoints and the last metrics,
@@ -24,9 +27,14 @@ from prefect.artifacts import (
 )
 
 from flows.config import resolve_workdir, run_dir
+from flows.curate import StageRun
 from flows.reporting import artifact_key, console
-from training.launch import PretrainConfig, pretrain
-from training.train import CHECKPOINT_MANIFEST, METRICS_FILE, checkpoint_tags
+from tasks.ingest import IngestConfig
+from tasks.sft import SftConfig, SftTokenize
+from training.checkpoint import checkpoint_info, resolve_checkpoint
+from training.config import EvaluateConfig
+from training.launch import FinetuneConfig, PretrainConfig, finetune, pretrain
+from training.train import CHECKPOINT_INFO, CHECKPOINT_MANIFEST, METRICS_FILE, RUN_INFO, checkpoint_tags
 
 TRAIN_DIR = "train"
 LOSS_PNG = "loss.png"
@@ -35,9 +43,9 @@ LOSS_PNG = "loss.png"
 class _Watcher(threading.Thread):
     """Follows metrics.jsonl: a progress artifact and a terminal line, every few seconds."""
 
-    def __init__(self, metrics: Path, steps: int, run_id: str):
+    def __init__(self, metrics: Path, steps: int, run_id: str, kind: str = "pretrain"):
         super().__init__(daemon=True)
-        self.metrics, self.steps, self.run_id = metrics, steps, run_id
+        self.metrics, self.steps, self.run_id, self.kind = metrics, steps, run_id, kind
         self.done = threading.Event()
         self.artifact = None
         self.shown = 0
@@ -55,7 +63,7 @@ class _Watcher(threading.Thread):
             with contextlib.suppress(Exception):  # progress is a courtesy; never fail training over it
                 update_progress_artifact(self.artifact, progress=100.0 * last["step"] / self.steps)
         rate = f"{last['tokens_per_s']:,.0f} tok/s" if last.get("tokens_per_s") else ""
-        console.print(f"pretrain step {last['step']}/{self.steps}  loss {last['loss']:.3f}  {rate}", highlight=False)
+        console.print(f"{self.kind} step {last['step']}/{self.steps}  loss {last['loss']:.3f}  {rate}", highlight=False)
 
 
 def _last_metrics(path: Path) -> dict | None:
@@ -89,45 +97,122 @@ def loss_curve(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-@flow(name="pretrain", flow_run_name="pretrain-{run_id}")
-def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfig = PretrainConfig(),
-                  ray_address: str | None = None) -> dict:
-    """Pretrain a GPT on the run's token shards with Ray Train + DeepSpeed; resumes from the last good checkpoint."""
+def _final_checkpoint(out: Path, steps: int) -> Path | None:
+    """The run's last checkpoint when training already reached `steps` (a rerun skips the work)."""
+    from training.train import latest_good_checkpoint
+
+    ckpts = out / "checkpoints"
+    tag = latest_good_checkpoint(ckpts, log=lambda m: None) if ckpts.exists() else None
+    if tag is not None and (tag / CHECKPOINT_INFO).exists() and json.loads((tag / CHECKPOINT_INFO).read_text())["step"] >= steps:
+        return tag
+    return None
+
+
+def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
+    """Launch training with a progress watcher; then the loss curve, the checkpoint table and the summary."""
     logger = get_run_logger()
-    base = run_dir(resolve_workdir(workdir), run_id)
-    tokens, out = base / "tokens", base / TRAIN_DIR
-    if not (tokens / "index.json").exists():
-        raise FileNotFoundError(f"run {run_id} has no token shards: run `loom tokenize --run-id {run_id}` first")
     out.mkdir(parents=True, exist_ok=True)
-    watcher = _Watcher(out / METRICS_FILE, config.steps, run_id)
-    watcher.artifact = create_progress_artifact(progress=0.0, key=artifact_key(run_id, "pretrain", "progress"),
-                                                description=f"Pretraining of run {run_id}")
-    watcher.start()
     t0 = time.perf_counter()
-    try:
-        result = pretrain(config, tokens, out, ray_address=ray_address)
-    finally:
-        watcher.done.set()
-        watcher.join()
-        watcher.poll()
-    if result.error is not None:
-        raise RuntimeError(f"pretraining failed: {result.error}")
+    done = _final_checkpoint(out, steps)
+    if done is not None:
+        logger.info("%s of run %s already reached step %s (%s): skipped", kind, run_id, steps, done.name)
+    else:
+        watcher = _Watcher(out / METRICS_FILE, steps, run_id, kind)
+        watcher.artifact = create_progress_artifact(progress=0.0, key=artifact_key(run_id, kind, "progress"),
+                                                    description=f"{kind.capitalize()} of run {run_id}")
+        watcher.start()
+        try:
+            result = launch()
+        finally:
+            watcher.done.set()
+            watcher.join()
+            watcher.poll()
+        if result.error is not None:
+            raise RuntimeError(f"{kind} failed: {result.error}")
     loss_curve(out / METRICS_FILE, out / LOSS_PNG)
     last = _last_metrics(out / METRICS_FILE) or {}
     checkpoints = [{"checkpoint": tag.name, "verified": (tag / CHECKPOINT_MANIFEST).exists(),
                     "path": str(tag)} for tag in checkpoint_tags(out / "checkpoints")]
-    summary = {"run_id": run_id, "output": str(out), "seconds": round(time.perf_counter() - t0, 1),
+    summary = {"run_id": run_id, "kind": kind, "output": str(out), "seconds": round(time.perf_counter() - t0, 1),
                "step": last.get("step"), "loss": last.get("loss"), "val_loss": _last_val(out / METRICS_FILE),
-               "checkpoints": checkpoints}
-    create_table_artifact(table=checkpoints or [{"checkpoint": "none"}], key=artifact_key(run_id, "checkpoints"),
-                          description=f"Checkpoints of run {run_id}")
+               "checkpoints": checkpoints, "skipped": done is not None}
+    run_info = out / RUN_INFO
+    if run_info.exists():
+        info = json.loads(run_info.read_text())
+        summary |= {"mode": info["mode"], "trainable_params": info["trainable_params"],
+                    "total_params": info["total_params"]}
+    create_table_artifact(table=checkpoints or [{"checkpoint": "none"}], key=artifact_key(run_id, kind, "checkpoints"),
+                          description=f"Checkpoints of the {kind} of run {run_id}")
     create_markdown_artifact(
-        markdown=f"# Pretraining, run {run_id}\n\nstep {summary['step']}, train loss {summary['loss']:.4f}, "
+        markdown=f"# {kind.capitalize()}, run {run_id}\n\nstep {summary['step']}, train loss {summary['loss']:.4f}, "
                  f"validation loss {summary['val_loss']:.4f}\n\nloss curve: `{out / LOSS_PNG}`\n",
-        key=artifact_key(run_id, "pretrain"), description=f"Pretraining of run {run_id}")
-    logger.info("pretrained %s steps in %.0f s: loss %.3f, validation loss %.3f -> %s", summary["step"],
+        key=artifact_key(run_id, kind), description=f"{kind.capitalize()} of run {run_id}")
+    logger.info("%s: %s steps in %.0f s: loss %.3f, validation loss %.3f -> %s", kind, summary["step"],
                 summary["seconds"], summary["loss"], summary["val_loss"], out)
     return summary
+
+
+@flow(name="pretrain", flow_run_name="pretrain-{run_id}")
+def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfig = PretrainConfig(),
+                  ray_address: str | None = None) -> dict:
+    """Pretrain a GPT on the run's token shards with Ray Train + DeepSpeed; resumes from the last good checkpoint."""
+    base = run_dir(resolve_workdir(workdir), run_id)
+    tokens, out = base / "tokens", base / TRAIN_DIR
+    if not (tokens / "index.json").exists():
+        raise FileNotFoundError(f"run {run_id} has no token shards: run `loom tokenize --run-id {run_id}` first")
+    return _train("pretrain", run_id, out, config.steps, lambda: pretrain(config, tokens, out, ray_address=ray_address))
+
+
+@flow(name="finetune", flow_run_name="finetune-{run_id}")
+def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str,
+                  config: FinetuneConfig = FinetuneConfig(), ray_address: str | None = None,
+                  ingest: IngestConfig | None = None) -> dict:
+    """Fine-tune a checkpoint on instruction data (chat, Alpaca or question/answer records): read
+    through the ingest reader with its rejects, rendered with the chat template, loss-masked to
+    the responses and packed; then the same Ray + DeepSpeed launcher as pretraining."""
+    from flows.curate import run_one_stage
+
+    tag = resolve_checkpoint(checkpoint)
+    out = Path(output_dir)
+    info = checkpoint_info(tag)
+    ingest_cfg = (ingest or IngestConfig()).model_copy(update={"record_format": "instruction"})
+    data_dir = out / "data"
+    summaries = [run_one_stage("01_ingest", StageRun(run_id=run_id, output_dir=str(data_dir / "01_ingest"), workers=1),
+                               ingest_cfg, [str(Path(d).absolute()) for d in data])]
+    sft = SftConfig(tokenizer=str(tag / "tokenizer.json"), block_size=info["model"]["block_size"],
+                    val_fraction=config.val_fraction, seed=config.seed, system_prompt=config.system_prompt)
+    summaries.append(sft_flow(sft, StageRun(run_id=run_id, input_dir=str(data_dir / "01_ingest"),
+                                            output_dir=str(data_dir / "sft_tokens"), workers=1)))
+    summary = _train("finetune", run_id, out, config.steps,
+                     lambda: finetune(config, tag, data_dir / "sft_tokens", out, ray_address=ray_address))
+    return summary | {"data": summaries, "from": str(tag)}
+
+
+@flow(name="sft-data", flow_run_name="sft-data-{run.run_id}")
+def sft_flow(config: SftConfig, run: StageRun) -> dict:
+    """sft_tokens: render, loss-mask and pack instruction examples."""
+    from flows.curate import _run_stage_flow
+
+    return _run_stage_flow(SftTokenize(config), run)
+
+
+@flow(name="evaluate", flow_run_name="evaluate-{run_id}")
+def evaluate_flow(checkpoint: str, run_id: str, config: EvaluateConfig = EvaluateConfig(),
+                  output_dir: str | None = None) -> dict:
+    """Perplexity, held-out loss, BLEU/ROUGE, exact match and the CrowS-Pairs score of a checkpoint;
+    a JSON file next to the training run and a Prefect table artifact."""
+    from training.evaluate import evaluate_checkpoint, write_results
+
+    logger = get_run_logger()
+    tag = resolve_checkpoint(checkpoint)
+    results = evaluate_checkpoint(tag, config)
+    directory = Path(output_dir) if output_dir else (tag.parents[1] if tag.parent.name == "checkpoints" else tag)
+    results["output"] = str(write_results(results, directory))
+    create_table_artifact(table=results["rows"], key=artifact_key(run_id, "evaluation"),
+                          description=f"Evaluation of {tag}")
+    for row in results["rows"]:
+        logger.info("%s: %s (n=%s)", row["metric"].strip(), row["value"], row["n"])
+    return results
 
 
 def _last_val(path: Path) -> float | None:

@@ -25,7 +25,7 @@ def runs_json(workdir: Path, run_id: str) -> dict:
 
 def test_help_on_every_command():
     for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["tokenize"], ["pretrain"], ["bias"],
-                    ["bias", "train"]):
+                    ["bias", "train"], ["finetune"], ["generate"], ["evaluate"], ["export"], ["pipeline"]):
         assert "Usage" in loom(*command, "--help")
 
 
@@ -126,12 +126,14 @@ def _config(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_server, tmp_path):
+def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefect_server, shared, tmp_path):
+    """`loom demo` runs the whole pipeline; then generate, evaluate and export work on what it trained,
+    and a rerun of the pipeline skips every finished step."""
     import httpx
 
     from flows.demo import make_demo_corpus
 
-    out = loom("demo", "--workdir", tmp_path)
+    out = loom("demo", "--workdir", tmp_path, "--pretrain-steps", 100, "--finetune-steps", 50)
     planted = make_demo_corpus(tmp_path / "check")
     status = runs_json(tmp_path, "demo")
     assert status["01_ingest"]["rejected"] == planted["rejects"]
@@ -153,11 +155,36 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     assert index["totals"]["train"]["documents"] + index["totals"]["val"]["documents"] == len(kept_ids)
     assert index["totals"]["train"]["tokens"] > 50_000 and index["dtype"] == "uint16"
     metrics = [json.loads(line) for line in (tmp_path / "runs/demo/train/metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, 101))  # ... and pretrains a tiny GPT for 100 steps
+    assert [m["step"] for m in metrics] == list(range(1, 101))  # ... pretrains a tiny GPT for 100 steps
     assert metrics[-1]["val_loss"] < metrics[0]["loss"]
     assert (tmp_path / "runs/demo/train/checkpoints/step-0000100/sha256.json").exists()
     assert (tmp_path / "runs/demo/train/loss.png").exists()
-    assert "dataset card" in out
+    tuned = [json.loads(line) for line in (tmp_path / "runs/demo/finetune/metrics.jsonl").read_text().splitlines()]
+    assert tuned[-1]["step"] == 50 and tuned[-1]["val_loss"] < tuned[0]["loss"]  # ... fine-tunes it
+    sft_rejects = read_dir(tmp_path / "runs/demo/finetune/data/01_ingest/_rejects").column("reason").to_pylist()
+    assert sorted(sft_rejects) == ["bad_messages", "not_instruction"]
+    results = json.loads((tmp_path / "runs/demo/finetune/evaluation.json").read_text())  # ... evaluates it
+    metrics_shown = {r["metric"] for r in results["rows"]}
+    assert {"validation perplexity", "held-out loss", "BLEU", "ROUGE-L", "exact match (final answer)"} <= metrics_shown
+    assert "fine-tuned model:" in out and "dataset card" in out  # ... and answers a question
+
+    checkpoint = tmp_path / "runs/demo/finetune"
+    said = loom("generate", "--checkpoint", checkpoint, "--chat", "--prompt", "What is 3 plus 4?",
+                "--num-beams", 3, "--no-repeat-ngram-size", 3)
+    assert "beam score" in said
+    sampled = loom("generate", "--checkpoint", tmp_path / "runs/demo/train", "--prompt", "The", "--temperature",
+                   0.8, "--top-p", 0.9, "--seed", 1, "--max-new-tokens", 10)
+    assert sampled.startswith("The")
+    evaluated = loom("evaluate", "--checkpoint", checkpoint, "--crows-pairs", shared / "bias/crows_pairs",
+                     "--examples", 0, "--output", tmp_path / "eval")
+    crows = json.loads((tmp_path / "eval/evaluation.json").read_text())["crows_pairs"]
+    assert crows["pairs"] == 1508 and 0 < crows["score"] < 100 and len(crows["by_type"]) == 9
+    assert "CrowS-Pairs" in evaluated
+    loom("export", "--checkpoint", checkpoint, "--format", "hf", "--output", tmp_path / "hf")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+
+    again = loom("demo", "--workdir", tmp_path, "--pretrain-steps", 100, "--finetune-steps", 50)
+    assert again.count("already done") == 2  # a rerun resumes: every finished step is skipped
 
     response = httpx.post(f"{prefect_server}/artifacts/filter",
                           json={"artifacts": {"key": {"like_": "demo-"}}, "limit": 200, "offset": 0})
@@ -165,8 +192,8 @@ def test_demo_catches_everything_it_planted_and_publishes_artifacts(prefect_serv
     keys = {a["key"] for a in response.json()}
     assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-04-pii", "demo-05-bias",
             "demo-06-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity", "demo-tokens",
-            "demo-checkpoints", "demo-pretrain",
-            "demo-dataset-card", "demo-near-dedup-report"} <= keys
+            "demo-pretrain-checkpoints", "demo-pretrain", "demo-finetune", "demo-finetune-checkpoints",
+            "demo-evaluation", "demo-pipeline", "demo-dataset-card", "demo-near-dedup-report"} <= keys
 
 
 @pytest.mark.slow

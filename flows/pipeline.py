@@ -1,0 +1,59 @@
+"""The whole pipeline as one flow: curate -> tokenize -> pretrain -> finetune -> evaluate.
+
+Each step is its own subflow and skips what is already done (stage manifests, a final
+checkpoint), so rerunning a failed pipeline resumes from the step that failed; a killed
+training step resumes from its last good checkpoint.
+
+    loom pipeline corpus/ --sft-data instructions.jsonl --run-id r1 [--config loom.toml]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.config import CurateConfig, default_run_id, resolve_workdir, run_dir
+from flows.curate import StageRun, curate_flow, task_runner, tokenize_flow
+from flows.reporting import artifact_key
+from flows.train import TRAIN_DIR, evaluate_flow, finetune_flow, pretrain_flow
+
+FINETUNE_DIR = "finetune"
+
+
+@flow(name="pipeline", flow_run_name="pipeline-{run_id}")
+def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = None, workdir: str | None = None,
+                  config: CurateConfig = CurateConfig()) -> dict:
+    """Curate a corpus, tokenize it, pretrain a GPT, fine-tune it on instruction data and evaluate it."""
+    logger = get_run_logger()
+    run_id = run_id or default_run_id(inputs)
+    wd = resolve_workdir(workdir)
+    base = run_dir(wd, run_id)
+    out: dict = {"run_id": run_id}
+    out["curate"] = curate_flow(inputs=inputs, run_id=run_id, workdir=str(wd), config=config)
+    out["tokenize"] = tokenize_flow.with_options(task_runner=task_runner(config.workers, config.ray_address))(
+        run=StageRun(run_id=run_id, workdir=str(wd), workers=config.workers, ray_address=config.ray_address),
+        config=config.tokenize)
+    out["pretrain"] = pretrain_flow(run_id=run_id, workdir=str(wd), config=config.pretrain,
+                                    ray_address=config.ray_address)
+    checkpoint = str(base / TRAIN_DIR)
+    if sft_data:
+        out["finetune"] = finetune_flow(checkpoint=checkpoint, data=sft_data, run_id=run_id,
+                                        output_dir=str(base / FINETUNE_DIR), config=config.finetune,
+                                        ray_address=config.ray_address, ingest=config.ingest)
+        checkpoint = str(base / FINETUNE_DIR)
+    else:
+        logger.info("no instruction data given: fine-tuning skipped, the pretrained model is evaluated")
+    out["evaluate"] = evaluate_flow(checkpoint=checkpoint, run_id=run_id, config=config.evaluate)
+    out["checkpoint"] = checkpoint
+    create_table_artifact(table=[
+        {"step": "curate", "result": f"{out['curate'][-1]['rows_out']:,} documents", "output": out["curate"][-1]["output"]},
+        {"step": "tokenize", "result": out["tokenize"]["status"], "output": out["tokenize"]["output"]},
+        {"step": "pretrain", "result": f"val loss {out['pretrain']['val_loss']:.3f}", "output": out["pretrain"]["output"]},
+        *([{"step": "finetune", "result": f"val loss {out['finetune']['val_loss']:.3f}",
+            "output": out["finetune"]["output"]}] if sft_data else []),
+        {"step": "evaluate", "result": f"{len(out['evaluate']['rows'])} metrics", "output": out["evaluate"]["output"]},
+    ], key=artifact_key(run_id, "pipeline"), description=f"Pipeline run {run_id}")
+    logger.info("pipeline %s done: %s", run_id, Path(checkpoint))
+    return out
