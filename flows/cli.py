@@ -459,7 +459,7 @@ def finetune(
             summary = finetune_flow(checkpoint=str(tag), data=[str(Path(d).absolute()) for d in data], run_id=run_id,
                                     output_dir=str(output.absolute()), config=cfg.finetune,
                                     ray_address=cfg.ray_address, ingest=cfg.ingest)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             _fail(str(e))
     _print_outcome(summary["data"], "finetune data")
     _print_pretrain(summary)

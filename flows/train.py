@@ -176,6 +176,7 @@ def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str
     out = Path(output_dir)
     info = checkpoint_info(tag)
     ingest_cfg = (ingest or IngestConfig()).model_copy(update={"record_format": "instruction"})
+    _check_same_finetune(out, config, tag)
     data_dir = out / "data"
     summaries = [run_one_stage("01_ingest", StageRun(run_id=run_id, output_dir=str(data_dir / "01_ingest"), workers=1),
                                ingest_cfg, [str(Path(d).absolute()) for d in data])]
@@ -186,6 +187,21 @@ def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str
     summary = _train("finetune", run_id, out, config.steps,
                      lambda: finetune(config, tag, data_dir / "sft_tokens", out, ray_address=ray_address))
     return summary | {"data": summaries, "from": str(tag)}
+
+
+def _check_same_finetune(out: Path, config: FinetuneConfig, start: Path) -> None:
+    """Checkpoints already in `out` are resumed; refuse when they are of another mode or start point."""
+    from training.train import checkpoint_tags
+
+    for tag in checkpoint_tags(out / "checkpoints"):
+        if (tag / CHECKPOINT_INFO).exists():
+            info = json.loads((tag / CHECKPOINT_INFO).read_text())
+            if info.get("finetune") != config.mode_spec() or Path(info.get("init_from") or "") != Path(start):
+                raise ValueError(
+                    f"{out} holds a fine-tune from {info.get('init_from')} in mode {(info.get('finetune') or {}).get('mode')} "
+                    f"({tag.name}); this one starts from {start} in mode {config.mode}. Use another --output, or "
+                    "remove that directory to start over.")
+            return
 
 
 @flow(name="sft-data", flow_run_name="sft-data-{run.run_id}")

@@ -344,7 +344,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port), "DS_ACCELERATOR": "cpu"}.items():
+                       "MASTER_PORT": str(port), "DS_ACCELERATOR": "cuda" if torch.cuda.is_available() else "cpu"}.items():
         os.environ.setdefault(key, value)
     try:
         train_worker(cfg)
