@@ -70,6 +70,13 @@ def _config(path: Path | None, workers: int | None, base: CurateConfig | None = 
     return config
 
 
+def _override(section, **options) -> None:
+    """Command-line options win over the config file's section; options not given leave it alone."""
+    for key, value in options.items():
+        if value is not None:
+            setattr(section, key, value)
+
+
 def _print_outcome(summaries: list[dict], title: str) -> None:
     console.print(summary_table(summaries, title))
     reasons = reasons_table(summaries)
@@ -325,12 +332,7 @@ def pretrain(
     except FileNotFoundError as e:
         _fail(str(e))
     cfg = _config(config, None, base=run_cfg, ray_address=ray_address)
-    if num_workers:
-        cfg.pretrain.num_workers = num_workers
-    if steps:
-        cfg.pretrain.steps = steps
-    if model:
-        cfg.pretrain.model = model
+    _override(cfg.pretrain, num_workers=num_workers, steps=steps, model=model)
     with prefect_api():
         try:
             summary = pretrain_flow(run_id=run_id, workdir=str(wd), config=cfg.pretrain, ray_address=cfg.ray_address)
@@ -446,14 +448,9 @@ def finetune(
     if output is None:
         output = (run_dir(located[0], located[1]) if located else tag.parents[2]) / "finetune"
     cfg = _config(config, None, ray_address=ray_address)
-    if mode:
-        if mode not in ("full", "frozen", "lora"):
-            _fail(f"--mode must be full, frozen or lora, not {mode!r}")
-        cfg.finetune.mode = mode
-    if steps:
-        cfg.finetune.steps = steps
-    if num_workers:
-        cfg.finetune.num_workers = num_workers
+    if mode not in (None, "full", "frozen", "lora"):
+        _fail(f"--mode must be full, frozen or lora, not {mode!r}")
+    _override(cfg.finetune, mode=mode, steps=steps, num_workers=num_workers)
     with prefect_api():
         try:
             summary = finetune_flow(checkpoint=str(tag), data=[str(Path(d).absolute()) for d in data], run_id=run_id,

@@ -183,6 +183,14 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
     loom("export", "--checkpoint", checkpoint, "--format", "hf", "--output", tmp_path / "hf")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
 
+    instructions = tmp_path / "demo-instructions/instructions.jsonl"
+    lora = loom("finetune", "--workdir", tmp_path, "--run-id", "demo", "--data", instructions, "--mode", "lora",
+                "--steps", 4, "--output", tmp_path / "lora")
+    assert "lora mode" in lora and json.loads((tmp_path / "lora/run_info.json").read_text())["mode"] == "lora"
+    other_mode = runner.invoke(app, ["finetune", "--workdir", str(tmp_path), "--run-id", "demo", "--data",
+                                     str(instructions), "--mode", "full", "--output", str(tmp_path / "lora")])
+    assert other_mode.exit_code == 2 and "in mode lora" in other_mode.output  # never resumes another mode's weights
+
     again = loom("demo", "--workdir", tmp_path, "--pretrain-steps", 100, "--finetune-steps", 50)
     assert again.count("already done") == 2  # a rerun resumes: every finished step is skipped
 
