@@ -262,6 +262,42 @@ def runs(
                       f"{m.removed_total:,}" if m else "-", f"{m.rejected_total:,}" if m else "-",
                       m.finished_at if m else "-")
     console.print(table)
+    training = _training_table(d)
+    if training is not None:
+        console.print(training)
+
+
+def _training_table(d: Path) -> Table | None:
+    """Tokens, pretraining, fine-tuning and evaluation of a run, where they exist."""
+    from training.train import METRICS_FILE, latest_good_checkpoint
+
+    rows = []
+    tokens = read_manifest(d / "tokens")
+    if tokens is not None:
+        rows.append(("tokens", "complete", f"{tokens.stats.get('train_tokens', 0):,} train / "
+                                           f"{tokens.stats.get('val_tokens', 0):,} val tokens", str(d / "tokens")))
+    for kind, name in (("pretrain", "train"), ("finetune", "finetune")):
+        out = d / name
+        if not (out / "checkpoints").exists():
+            continue
+        tag = latest_good_checkpoint(out / "checkpoints", log=lambda m: None)
+        vals = [json.loads(line).get("val_loss") for line in (out / METRICS_FILE).read_text().splitlines()] \
+            if (out / METRICS_FILE).exists() else []
+        vals = [v for v in vals if v is not None]
+        what = f"{tag.name}" if tag else "no verified checkpoint"
+        rows.append((kind, "checkpoint" if tag else "[red]none[/red]",
+                     what + (f", validation loss {vals[-1]:.3f}" if vals else ""), str(out)))
+        if (out / "evaluation.json").exists():
+            results = json.loads((out / "evaluation.json").read_text())
+            rows.append((f"evaluate {kind}", "complete", f"{len(results['rows'])} metrics", str(out / "evaluation.json")))
+    if not rows:
+        return None
+    table = Table(title="training", title_justify="left")
+    for col in ("step", "status", "result", "where"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @app.command()

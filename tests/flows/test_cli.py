@@ -168,6 +168,9 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
     assert {"validation perplexity", "held-out loss", "BLEU", "ROUGE-L", "exact match (final answer)"} <= metrics_shown
     assert "fine-tuned model:" in out and "dataset card" in out  # ... and answers a question
 
+    shown = loom("runs", "demo", "--workdir", tmp_path)
+    assert "step-0000100" in shown and "step-0000050" in shown and "evaluate finetune" in shown
+
     checkpoint = tmp_path / "runs/demo/finetune"
     said = loom("generate", "--checkpoint", checkpoint, "--chat", "--prompt", "What is 3 plus 4?",
                 "--num-beams", 3, "--no-repeat-ngram-size", 3)
