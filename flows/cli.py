@@ -620,11 +620,15 @@ def pipeline(
     config: Path | None = ConfigOption,
     workers: int | None = WorkersOption,
     ray_address: str | None = RayOption,
+    start_at: str = typer.Option("curate", "--start-at", help="First step: curate, tokenize, pretrain, finetune "
+                                 "or evaluate (the steps before it must be done)."),
 ) -> None:
     """Curate -> tokenize -> pretrain -> finetune -> evaluate, each a subflow; a rerun resumes where it stopped."""
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import STEPS, pipeline_flow
     from flows.prefect_api import prefect_api
 
+    if start_at not in STEPS:
+        _fail(f"--start-at must be one of {', '.join(STEPS)}, not {start_at!r}")
     cfg = _config(config, workers, ray_address=ray_address)
     try:
         from tasks.ingest import expand_inputs
@@ -636,18 +640,57 @@ def pipeline(
     with prefect_api():
         out = pipeline_flow(inputs=[str(Path(i).absolute()) for i in inputs],
                             sft_data=[str(Path(d).absolute()) for d in sft_data or []], run_id=run_id,
-                            workdir=str(resolve_workdir(workdir)), config=cfg)
+                            workdir=str(resolve_workdir(workdir)), config=cfg, start_at=start_at)
     _print_pipeline(out)
 
 
 def _print_pipeline(out: dict) -> None:
-    _print_outcome(out["curate"], f"pipeline {out['run_id']}: curate")
-    _print_tokens(out["tokenize"])
-    _print_pretrain(out["pretrain"])
+    if "curate" in out:
+        _print_outcome(out["curate"], f"pipeline {out['run_id']}: curate")
+    if "tokenize" in out:
+        _print_tokens(out["tokenize"])
+    if "pretrain" in out:
+        _print_pretrain(out["pretrain"])
     if "finetune" in out:
         _print_outcome(out["finetune"]["data"], "finetune data")
         _print_pretrain(out["finetune"])
     _print_evaluation(out["evaluate"])
+
+
+@app.command()
+def serve(
+    workdir: str | None = WorkdirOption,
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Flow runs at the same time (default: no limit)."),
+) -> None:
+    """Serve a deployment of every Loom flow from this process, for the Prefect UI (no work pool needed).
+    Uses the server in PREFECT_API_URL, or starts a local one for as long as this runs."""
+    import os
+
+    from flows.deployments import DEPLOYMENTS, serve_all
+    from flows.prefect_api import prefect_api
+
+    os.environ["LOOM_WORKDIR"] = str(resolve_workdir(workdir))  # the flow runs this starts inherit it
+    with prefect_api() as url:
+        console.print(f"serving {len(DEPLOYMENTS)} deployments on {url} (workdir {os.environ['LOOM_WORKDIR']}); "
+                      "Ctrl-C stops")
+        serve_all(limit=limit)
+
+
+@app.command()
+def deploy(
+    work_pool: str = typer.Option("loom", "--work-pool", help="Process work pool (created if missing); start a "
+                                  "worker with `prefect worker start --pool NAME`."),
+) -> None:
+    """Register a deployment of every Loom flow with the Prefect server in PREFECT_API_URL. Schedules are
+    declared inactive and only on first deployment: redeploying never touches schedules set in the UI."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.deployments import deploy_all
+
+    if not PREFECT_API_URL.value():
+        _fail("set PREFECT_API_URL to the server to deploy to (or use `loom serve`, which needs none)")
+    ids = deploy_all(work_pool)
+    console.print(f"{len(ids)} deployments registered for work pool [bold]{work_pool}[/bold]")
 
 
 @app.command()

@@ -10,6 +10,7 @@ training step resumes from its last good checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
@@ -20,40 +21,50 @@ from flows.reporting import artifact_key
 from flows.train import TRAIN_DIR, evaluate_flow, finetune_flow, pretrain_flow
 
 FINETUNE_DIR = "finetune"
+STEPS = ("curate", "tokenize", "pretrain", "finetune", "evaluate")
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{run_id}")
 def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = None, workdir: str | None = None,
-                  config: CurateConfig = CurateConfig()) -> dict:
-    """Curate a corpus, tokenize it, pretrain a GPT, fine-tune it on instruction data and evaluate it."""
+                  config: CurateConfig = CurateConfig(),
+                  start_at: Literal["curate", "tokenize", "pretrain", "finetune", "evaluate"] = "curate") -> dict:
+    """Curate a corpus, tokenize it, pretrain a GPT, fine-tune it on instruction data and evaluate it.
+    Finished steps are skipped anyway; `start_at` does not even look at the steps before it."""
     logger = get_run_logger()
     run_id = run_id or default_run_id(inputs)
     wd = resolve_workdir(workdir)
     base = run_dir(wd, run_id)
-    out: dict = {"run_id": run_id}
-    out["curate"] = curate_flow(inputs=inputs, run_id=run_id, workdir=str(wd), config=config)
-    out["tokenize"] = tokenize_flow.with_options(task_runner=task_runner(config.workers, config.ray_address))(
-        run=StageRun(run_id=run_id, workdir=str(wd), workers=config.workers, ray_address=config.ray_address),
-        config=config.tokenize)
-    out["pretrain"] = pretrain_flow(run_id=run_id, workdir=str(wd), config=config.pretrain,
-                                    ray_address=config.ray_address)
+    first = STEPS.index(start_at)
+    out: dict = {"run_id": run_id, "start_at": start_at}
+    if first <= 0:
+        out["curate"] = curate_flow(inputs=inputs, run_id=run_id, workdir=str(wd), config=config)
+    if first <= 1:
+        out["tokenize"] = tokenize_flow.with_options(task_runner=task_runner(config.workers, config.ray_address))(
+            run=StageRun(run_id=run_id, workdir=str(wd), workers=config.workers, ray_address=config.ray_address),
+            config=config.tokenize)
+    if first <= 2:
+        out["pretrain"] = pretrain_flow(run_id=run_id, workdir=str(wd), config=config.pretrain,
+                                        ray_address=config.ray_address)
     checkpoint = str(base / TRAIN_DIR)
-    if sft_data:
+    if sft_data and first <= 3:
         out["finetune"] = finetune_flow(checkpoint=checkpoint, data=sft_data, run_id=run_id,
                                         output_dir=str(base / FINETUNE_DIR), config=config.finetune,
                                         ray_address=config.ray_address, ingest=config.ingest)
+    if sft_data:
         checkpoint = str(base / FINETUNE_DIR)
     else:
         logger.info("no instruction data given: fine-tuning skipped, the pretrained model is evaluated")
     out["evaluate"] = evaluate_flow(checkpoint=checkpoint, run_id=run_id, config=config.evaluate)
     out["checkpoint"] = checkpoint
-    create_table_artifact(table=[
-        {"step": "curate", "result": f"{out['curate'][-1]['rows_out']:,} documents", "output": out["curate"][-1]["output"]},
-        {"step": "tokenize", "result": out["tokenize"]["status"], "output": out["tokenize"]["output"]},
-        {"step": "pretrain", "result": f"val loss {out['pretrain']['val_loss']:.3f}", "output": out["pretrain"]["output"]},
-        *([{"step": "finetune", "result": f"val loss {out['finetune']['val_loss']:.3f}",
-            "output": out["finetune"]["output"]}] if sft_data else []),
-        {"step": "evaluate", "result": f"{len(out['evaluate']['rows'])} metrics", "output": out["evaluate"]["output"]},
-    ], key=artifact_key(run_id, "pipeline"), description=f"Pipeline run {run_id}")
+    done = {
+        "curate": lambda r: (f"{r[-1]['rows_out']:,} documents", r[-1]["output"]),
+        "tokenize": lambda r: (r["status"], r["output"]),
+        "pretrain": lambda r: (f"val loss {r['val_loss']:.3f}", r["output"]),
+        "finetune": lambda r: (f"val loss {r['val_loss']:.3f}", r["output"]),
+        "evaluate": lambda r: (f"{len(r['rows'])} metrics", r["output"]),
+    }
+    create_table_artifact(table=[{"step": step, "result": done[step](out[step])[0], "output": done[step](out[step])[1]}
+                                 for step in STEPS if step in out],
+                          key=artifact_key(run_id, "pipeline"), description=f"Pipeline run {run_id}")
     logger.info("pipeline %s done: %s", run_id, Path(checkpoint))
     return out

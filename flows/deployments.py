@@ -1,0 +1,123 @@
+"""Prefect deployments of every Loom flow, for the UI: run, rerun one step, schedule.
+
+    loom serve                          # all deployments, served from this process (no work pool)
+    loom deploy --work-pool loom        # register them with the server for a process work pool
+
+The same deployments are declared in `infra/prefect.yaml` for `prefect deploy --all`.
+Declared schedules are created inactive, and only when a deployment is first created: on
+every later `loom serve` / `loom deploy` the schedules are left out of the update, so a
+schedule a person created, edited or paused in the UI is never overwritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flows.curate import (
+    bias_flow,
+    curate_flow,
+    exact_dedup_flow,
+    ingest_flow,
+    near_dedup_flow,
+    pii_flow,
+    publish_flow,
+    tokenize_flow,
+)
+from flows.pipeline import pipeline_flow
+from flows.train import evaluate_flow, finetune_flow, pretrain_flow
+
+TAGS = ["loom"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class LoomDeployment:
+    flow: object
+    name: str
+    description: str
+    schedules: list = field(default_factory=list)  # created inactive, on first deployment only
+
+
+def _nightly(slug: str):
+    from prefect.schedules import Cron
+
+    return Cron("0 2 * * *", active=False, slug=slug)  # people switch it on in the UI
+
+
+DEPLOYMENTS = [
+    LoomDeployment(pipeline_flow, "loom-pipeline", "Curate -> tokenize -> pretrain -> finetune -> evaluate; "
+                   "start_at resumes from a step.", [_nightly("nightly")]),
+    LoomDeployment(curate_flow, "loom-curate", "Every curate stage, each skipped when complete."),
+    LoomDeployment(ingest_flow, "loom-ingest", "01_ingest of a run (its inputs from run.json unless given)."),
+    LoomDeployment(exact_dedup_flow, "loom-exact-dedup", "02_exact_dedup of a run; force reruns it."),
+    LoomDeployment(near_dedup_flow, "loom-near-dedup", "03_near_dedup of a run; force reruns it."),
+    LoomDeployment(pii_flow, "loom-pii", "04_pii of a run; force reruns it."),
+    LoomDeployment(bias_flow, "loom-bias", "05_bias of a run; force reruns it."),
+    LoomDeployment(publish_flow, "loom-publish", "06_publish of a run; force reruns it."),
+    LoomDeployment(tokenize_flow, "loom-tokenize", "BPE tokenizer and token shards of a run's published data."),
+    LoomDeployment(pretrain_flow, "loom-pretrain", "Pretrain on Ray Train + DeepSpeed; resumes from the last good "
+                   "checkpoint."),
+    LoomDeployment(finetune_flow, "loom-finetune", "Fine-tune a checkpoint on instruction data."),
+    LoomDeployment(evaluate_flow, "loom-evaluate", "Evaluate a checkpoint."),
+]
+
+
+def existing_deployments() -> set[str]:
+    """'flow/deployment' names of ours the server already has."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    found = set()
+    with get_client(sync_client=True) as client:
+        for d in DEPLOYMENTS:
+            name = f"{d.flow.name}/{d.name}"
+            try:
+                client.read_deployment_by_name(name)
+                found.add(name)
+            except ObjectNotFound:
+                pass
+    return found
+
+
+def runner_deployments(existing: set[str] | None = None, job_variables: dict | None = None) -> list:
+    """RunnerDeployments of every flow; schedules only on those the server does not have yet."""
+    existing = existing_deployments() if existing is None else existing
+    out = []
+    for d in DEPLOYMENTS:
+        first_time = f"{d.flow.name}/{d.name}" not in existing
+        deployment = d.flow.to_deployment(name=d.name, description=d.description, tags=TAGS,
+                                          schedules=d.schedules if first_time else None,
+                                          job_variables=job_variables)
+        if not first_time:
+            # Prefect sends `schedules: []` for a deployment built without schedules, and the server
+            # then deletes the ones people made in the UI: leave the field out of the update instead.
+            deployment.schedules = None
+            deployment.__pydantic_fields_set__.discard("schedules")
+        out.append(deployment)
+    return out
+
+
+def serve_all(limit: int | None = None) -> None:
+    """Serve every deployment from this process (Ctrl-C stops); the UI's state is left alone on exit."""
+    from prefect import serve
+
+    serve(*runner_deployments(), pause_on_shutdown=False, limit=limit)
+
+
+def deploy_all(work_pool: str) -> list[str]:
+    """Register every deployment for a process work pool on the configured server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(work_pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
+    ids = []
+    # the worker runs flows from this checkout, whatever directory it was started in
+    for deployment in runner_deployments(job_variables={"working_dir": str(REPO_ROOT)}):
+        ids.append(str(deployment.apply(work_pool_name=work_pool)))
+    return ids

@@ -1,0 +1,171 @@
+"""Deployments against a real Prefect server: `loom serve` registers every flow, runs started
+through the API complete with their artifacts, one stage reruns alone, and serving again never
+overwrites schedules changed through the API (as the UI changes them)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flows.deployments import DEPLOYMENTS
+from tasks.exact_dedup import ExactDedup
+from tasks.ingest import Ingest
+from tasks.near_dedup import NearDedup
+from tasks.stage import local_mapper, run_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _serve(api_url: str, workdir: Path) -> subprocess.Popen:
+    """`loom serve` in its own process; returns once its deployments are being served."""
+    env = {**os.environ, "PREFECT_API_URL": api_url}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(workdir)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError("loom serve exited:\n" + "".join(seen))
+        seen.append(line)
+        if "being served" in line.lower():
+            return proc
+    proc.kill()
+    raise AssertionError("loom serve did not start:\n" + "".join(seen))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def served(prefect_server, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("served")
+    proc = _serve(prefect_server, workdir)
+    yield prefect_server, workdir, proc
+    _stop(proc)
+
+
+def _client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _deployment(client, name: str):
+    flow = next(d.flow.name for d in DEPLOYMENTS if d.name == name)
+    return client.read_deployment_by_name(f"{flow}/{name}")
+
+
+def test_serve_registers_every_flow_with_forms_and_inactive_schedules(served):
+    with _client() as client:
+        for d in DEPLOYMENTS:
+            deployment = _deployment(client, d.name)
+            assert deployment.parameter_openapi_schema["properties"]  # the UI renders these as a form
+        pipeline = _deployment(client, "loom-pipeline")
+        assert [(s.slug, s.active) for s in pipeline.schedules] == [("nightly", False)]
+        assert "start_at" in pipeline.parameter_openapi_schema["properties"]
+        stage = _deployment(client, "loom-exact-dedup")
+        assert "run" in stage.parameter_openapi_schema["properties"]
+
+
+def test_a_run_started_through_the_api_completes_with_its_artifacts(served, shared):
+    import httpx
+    from prefect.deployments import run_deployment
+
+    api_url, workdir, _ = served
+    flow_run = run_deployment("ingest/loom-ingest", timeout=300, parameters={
+        "run": {"run_id": "api-run", "workers": 1},
+        "inputs": [str(shared / "pretrain/tinyshakespeare.txt")]})
+    assert flow_run.state.is_completed(), flow_run.state
+    assert flow_run.name == "ingest-api-run"  # runs are named after what they work on
+    manifest = json.loads((workdir / "runs/api-run/01_ingest/_manifest.json").read_text())
+    assert manifest["rows_out"] == 1
+    artifacts = httpx.post(f"{api_url}/artifacts/filter", json={"artifacts": {"key": {"any_": ["api-run-01-ingest"]}}})
+    assert artifacts.json(), "the stage's table artifact"
+
+
+def test_one_stage_reruns_through_its_deployment_and_later_stages_become_stale(served, shared):
+    from prefect.deployments import run_deployment
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    _, workdir, _ = served
+    run = workdir / "runs/rerun"
+    text = shared / "sft/gsm8k/test.jsonl"
+    run_stage(Ingest(text_field="question", id_field=None), run_id="rerun", stage_dir=run / "01_ingest",
+              inputs=[str(text)], mapper=local_mapper(1))
+    run_stage(ExactDedup(), run_id="rerun", stage_dir=run / "02_exact_dedup", inputs=[str(run / "01_ingest")])
+    run_stage(NearDedup(), run_id="rerun", stage_dir=run / "03_near_dedup", inputs=[str(run / "02_exact_dedup")])
+    before = {s: json.loads((run / s / "_manifest.json").read_text()) for s in ("01_ingest", "02_exact_dedup")}
+    flow_run = run_deployment("exact-dedup/loom-exact-dedup", timeout=300, parameters={
+        "run": {"run_id": "rerun", "force": True, "workers": 1}, "config": {"strip_punctuation": False}})
+    assert flow_run.state.is_completed(), flow_run.state
+    after = {s: json.loads((run / s / "_manifest.json").read_text()) for s in ("01_ingest", "02_exact_dedup")}
+    assert after["01_ingest"] == before["01_ingest"]  # only that stage ran
+    assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
+    assert after["02_exact_dedup"]["config"]["strip_punctuation"] is False
+    status = json.loads(CliRunner().invoke(app, ["runs", "rerun", "--workdir", str(workdir), "--json"]).output)
+    assert {s["stage"]: s["status"] for s in status}["03_near_dedup"] == "stale"
+
+
+def test_serving_again_keeps_schedules_changed_in_the_ui(served):
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    api_url, workdir, proc = served
+    with _client() as client:
+        pipeline = _deployment(client, "loom-pipeline")
+        client.update_deployment_schedule(pipeline.id, pipeline.schedules[0].id, active=True)  # switched on
+        ingest = _deployment(client, "loom-ingest")
+        client.create_deployment_schedules(ingest.id, [(IntervalSchedule(interval=timedelta(hours=6)), False)])
+    _stop(proc)
+    again = _serve(api_url, workdir)  # redeploys every flow
+    try:
+        with _client() as client:
+            assert [(s.slug, s.active) for s in _deployment(client, "loom-pipeline").schedules] == [("nightly", True)]
+            kept = _deployment(client, "loom-ingest").schedules
+            assert [(s.schedule.interval, s.active) for s in kept] == [(timedelta(hours=6), False)]
+    finally:
+        _stop(again)
+
+
+def test_infra_prefect_yaml_declares_every_deployment():
+    import importlib
+
+    import yaml
+
+    declared = yaml.safe_load((ROOT / "infra/prefect.yaml").read_text())["deployments"]
+    assert [d["name"] for d in declared] == [d.name for d in DEPLOYMENTS]
+    for entry, ours in zip(declared, DEPLOYMENTS):
+        path, name = entry["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert getattr(module, name) is ours.flow  # the entrypoint is the flow `loom serve` serves
+        assert entry["work_pool"]["name"] == "loom"
+        for schedule in entry.get("schedules", []):
+            assert schedule["active"] is False and schedule["slug"]
+
+
+def test_deploy_registers_every_flow_for_a_process_work_pool(served):
+    """`loom deploy` (last in this module: it turns the served deployments into work-pool ones)."""
+    from flows.deployments import deploy_all
+
+    with _client() as client:
+        before = {d.name: [(s.slug, s.active) for s in _deployment(client, d.name).schedules] for d in DEPLOYMENTS}
+    assert len(deploy_all("loom-test")) == len(DEPLOYMENTS)
+    with _client() as client:
+        assert client.read_work_pool("loom-test").type == "process"
+        for d in DEPLOYMENTS:
+            deployment = _deployment(client, d.name)
+            assert deployment.work_pool_name == "loom-test"
+            assert deployment.job_variables["working_dir"] == str(ROOT)
+            assert [(s.slug, s.active) for s in deployment.schedules] == before[d.name]  # untouched
