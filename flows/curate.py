@@ -124,7 +124,8 @@ def task_runner(workers: int, ray_address: str | None = None):
     from prefect_ray import RayTaskRunner
 
     if ray_address == "local":
-        return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False})
+        # address "local": a new instance even when `ray start` runs a cluster on this machine
+        return RayTaskRunner(init_kwargs={"address": "local", "num_cpus": workers, "include_dashboard": False})
     return RayTaskRunner(address=ray_address)
 
 

@@ -78,7 +78,8 @@ def fit(cfg: PretrainConfig, config: dict, output_dir: Path, ray_address: str | 
         if ray_address and ray_address != "local":
             ray.init(address=ray_address, runtime_env={"env_vars": env}, log_to_driver=not quiet)
         else:
-            ray.init(num_cpus=max(cfg.num_workers, os.cpu_count() or 1), include_dashboard=False,
+            # address "local": a new instance, even when `ray start` runs a cluster on this machine
+            ray.init(address="local", num_cpus=max(cfg.num_workers, os.cpu_count() or 1), include_dashboard=False,
                      runtime_env={"env_vars": env}, log_to_driver=not quiet)
     trainer = TorchTrainer(
         train_worker,

@@ -152,10 +152,11 @@ def train_worker(cfg: dict) -> None:
     else:
         train = TokenData(cfg["tokens_dir"], "train", model_cfg.block_size)
         val = TokenData(cfg["tokens_dir"], "val", model_cfg.block_size)
+    nodes = _gather(_node_id(ray_train), world)  # where each rank ran (Ray node ids; hostnames without Ray)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_INFO).write_text(json.dumps({**trainable, "world_size": world, "train_tokens": train.tokens,
-                                                "model": cfg["model"]}, indent=1))
+                                                "nodes": nodes, "model": cfg["model"]}, indent=1))
 
     def restore(tag: Path) -> tuple[int, int, int]:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag.name)
@@ -235,6 +236,29 @@ def train_worker(cfg: dict) -> None:
             raise SystemExit(f"stopped after step {step} (stop_after)")
     if writer is not None:
         writer.close()
+
+
+def _node_id(ray_train) -> str:
+    if ray_train is not None:
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id()
+        except Exception:
+            pass
+    import socket
+
+    return socket.gethostname()
+
+
+def _gather(value, world: int) -> list:
+    import torch.distributed as dist
+
+    if world > 1 and dist.is_initialized():
+        out = [None] * world
+        dist.all_gather_object(out, value)
+        return out
+    return [value]
 
 
 def _is_spike(loss: float, recent: list[float], cfg: dict) -> bool:

@@ -1,0 +1,88 @@
+"""Scale-out on a real two-node Ray cluster on this machine (`ray start --head` plus a second
+`ray start --address` node with its own resources): curate runs its shard work there, a
+2-worker pretrain spreads across both nodes, and both give what a local run gives."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.shards import read_dir
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster():
+    import ray
+
+    ray.shutdown()  # earlier tests may have left this process connected to a local instance
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the drivers this test starts must match the cluster
+    port = _free_port()
+    head = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard",
+                           "false", "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        node = subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources",
+                               '{"second_node": 1}', "--disable-usage-stats"], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert node.returncode == 0, node.stderr[-2000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.environ.pop("RAY_AUTH_MODE", None)
+
+
+@pytest.mark.slow
+def test_curate_and_a_two_worker_pretrain_across_two_nodes_match_a_local_run(
+        two_node_cluster, prefect_server, shared, tmp_path):
+    import ray
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    questions = (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()
+    for part in range(2):  # two files: two units of shard work
+        with open(corpus / f"part-{part}.jsonl", "w") as f:
+            for i, line in enumerate(questions[part * 300:(part + 1) * 300]):
+                q = json.loads(line)
+                f.write(json.dumps({"id": f"q{part}-{i}", "text": q["question"] + "\n" + q["answer"]}) + "\n")
+    shutil.copy(corpus / "part-0.jsonl", corpus / "part-2-copy.jsonl")  # duplicates for the dedup stages
+
+    runner = CliRunner()
+    for name, address in (("cluster", two_node_cluster), ("local", None)):
+        args = ["curate", str(corpus), "--run-id", "r", "--workdir", str(tmp_path / name), "--workers", "2"]
+        result = runner.invoke(app, args + (["--ray-address", address] if address else []), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    published = {name: read_dir(tmp_path / name / "runs/r/06_publish").sort_by("id") for name in ("cluster", "local")}
+    assert published["cluster"].num_rows > 0
+    assert published["cluster"].column("text").to_pylist() == published["local"].column("text").to_pylist()
+
+    losses, nodes = {}, {}
+    for name, address in (("cluster", two_node_cluster), ("local", None)):
+        ray.shutdown()
+        workdir = tmp_path / name
+        for command in (["tokenize", "--run-id", "r", "--vocab-size", "512"],
+                        ["pretrain", "--run-id", "r", "--num-workers", "2", "--steps", "6"]):
+            result = runner.invoke(app, command + ["--workdir", str(workdir)]
+                                   + (["--ray-address", address] if address else []), catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+        out = workdir / "runs/r/train"
+        losses[name] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        nodes[name] = json.loads((out / "run_info.json").read_text())["nodes"]
+    assert len(set(nodes["cluster"])) == 2  # one worker on each node
+    assert losses["cluster"] == pytest.approx(losses["local"], rel=1e-5)
