@@ -1,9 +1,12 @@
-"""Deployments against a real Prefect server: `loom serve` registers every flow, runs started
-through the API complete with their artifacts, one stage reruns alone, and serving again never
-overwrites schedules changed through the API (as the UI changes them)."""
+"""Deployments against a real Prefect server (`prefect server start` on loopback, SQLite, with
+its UI): `loom serve` registers every flow, runs started through the API complete with their
+artifacts, one stage reruns alone, the UI shows them in headless Chromium, and serving again
+never overwrites schedules changed through the API (as the UI changes them)."""
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -48,10 +51,56 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(prefect_server, tmp_path_factory):
+def prefect_server_process(tmp_path_factory):
+    """`prefect server start` in its own process and Prefect home; this module's clients use it."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": url}  # where the UI in the browser finds the API
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+        time.sleep(1)
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def served(prefect_server_process, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("served")
-    proc = _serve(prefect_server, workdir)
-    yield prefect_server, workdir, proc
+    proc = _serve(prefect_server_process, workdir)
+    yield prefect_server_process, workdir, proc
     _stop(proc)
 
 
@@ -117,6 +166,46 @@ def test_one_stage_reruns_through_its_deployment_and_later_stages_become_stale(s
     assert after["02_exact_dedup"]["config"]["strip_punctuation"] is False
     status = json.loads(CliRunner().invoke(app, ["runs", "rerun", "--workdir", str(workdir), "--json"]).output)
     assert {s["stage"]: s["status"] for s in status}["03_near_dedup"] == "stale"
+
+
+@pytest.mark.slow
+def test_the_prefect_ui_shows_the_deployments_and_a_runs_artifacts(served, tmp_path):
+    """Headless Chromium (Debian's chromium + chromium-driver, driven by Selenium) on the server's UI.
+    Runs after the API run above, whose artifact it looks for; screenshots land in tmp_path."""
+    pytest.importorskip("selenium")
+    chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.binary_location = chromium
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    base = served[0].removesuffix("/api")
+
+    def page_shows(path: str, texts: list[str], shot: str) -> str:
+        browser.get(base + path)
+        body = ""
+        for _ in range(60):  # a single-page app: wait for it to fetch and render
+            body = browser.find_element("tag name", "body").text
+            if all(t in body for t in texts):
+                break
+            time.sleep(1)
+        browser.save_screenshot(str(tmp_path / shot))
+        return body
+
+    try:
+        body = page_shows("/deployments", ["loom-pipeline", "loom-ingest"], "deployments.png")
+        assert "loom-pipeline" in body and "loom-ingest" in body, body[:2000]
+        body = page_shows("/artifacts", ["api-run-01-ingest"], "artifacts.png")
+        assert "api-run-01-ingest" in body, body[:2000]
+    finally:
+        browser.quit()
+    assert (tmp_path / "deployments.png").stat().st_size > 10_000
 
 
 def test_serving_again_keeps_schedules_changed_in_the_ui(served):
