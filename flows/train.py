@@ -12,6 +12,7 @@ and a loss-curve PNG in the run's train/ directory (also a markdown artifact).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
@@ -143,9 +144,11 @@ def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
                     "total_params": info["total_params"]}
     create_table_artifact(table=checkpoints or [{"checkpoint": "none"}], key=artifact_key(run_id, kind, "checkpoints"),
                           description=f"Checkpoints of the {kind} of run {run_id}")
+    png = base64.b64encode((out / LOSS_PNG).read_bytes()).decode()  # inline: the UI shows it, no file server needed
     create_markdown_artifact(
         markdown=f"# {kind.capitalize()}, run {run_id}\n\nstep {summary['step']}, train loss {summary['loss']:.4f}, "
-                 f"validation loss {summary['val_loss']:.4f}\n\nloss curve: `{out / LOSS_PNG}`\n",
+                 f"validation loss {summary['val_loss']:.4f}\n\n![loss curve](data:image/png;base64,{png})\n\n"
+                 f"`{out / LOSS_PNG}`\n",
         key=artifact_key(run_id, kind), description=f"{kind.capitalize()} of run {run_id}")
     logger.info("%s: %s steps in %.0f s: loss %.3f, validation loss %.3f -> %s", kind, summary["step"],
                 summary["seconds"], summary["loss"], summary["val_loss"], out)

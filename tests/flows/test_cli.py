@@ -201,6 +201,8 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
                           json={"artifacts": {"key": {"like_": "demo-"}}, "limit": 200, "offset": 0})
     response.raise_for_status()
     keys = {a["key"] for a in response.json()}
+    curve = next(a for a in response.json() if a["key"] == "demo-pretrain")
+    assert "](data:image/png;base64," in curve["data"]  # the loss curve shows in the UI itself
     assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-04-pii", "demo-05-bias",
             "demo-06-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity", "demo-tokens",
             "demo-pretrain-checkpoints", "demo-pretrain", "demo-finetune", "demo-finetune-checkpoints",
