@@ -17,12 +17,14 @@ Each Ray Train worker runs `train_worker(config)`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -143,8 +145,9 @@ def train_worker(cfg: dict) -> None:
 
         model.load_state_dict(load_model(cfg["init_from"])[0].state_dict())  # LoRA of a fine-tune merged
     trainable = prepare(model, cfg.get("finetune"))  # fine-tuning modes freeze or adapt parts of it
-    engine, _, _, _ = deepspeed.initialize(model=model, config=deepspeed_config(cfg), dist_init_required=True,
-                                           model_parameters=[p for p in model.parameters() if p.requires_grad])
+    with _stale_build_lock_guard(lambda m: _log(rank, m)):  # DeepSpeed may JIT-build an op here
+        engine, _, _, _ = deepspeed.initialize(model=model, config=deepspeed_config(cfg), dist_init_required=True,
+                                               model_parameters=[p for p in model.parameters() if p.requires_grad])
     device = engine.device
     if cfg.get("sft_dir"):
         train = SftData(cfg["sft_dir"], "train", model_cfg.block_size)
@@ -236,6 +239,33 @@ def train_worker(cfg: dict) -> None:
             raise SystemExit(f"stopped after step {step} (stop_after)")
     if writer is not None:
         writer.close()
+
+
+STALE_BUILD_LOCK_S = 600
+
+
+@contextlib.contextmanager
+def _stale_build_lock_guard(log, max_age_s: float = STALE_BUILD_LOCK_S):
+    """PyTorch's JIT extension builds (DeepSpeed's ops) wait forever on a `lock` file that a killed
+    build left behind. While the engine starts, a lock older than `max_age_s` (a build takes
+    minutes) is removed, so the waiting process goes on."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(5.0):
+            for lock in root.glob("**/lock"):
+                with contextlib.suppress(OSError):
+                    if time.time() - lock.stat().st_mtime > max_age_s:
+                        lock.unlink()
+                        log(f"removed {lock}: a build lock {max_age_s:.0f}+ s old, left by a killed build")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _node_id(ray_train) -> str:

@@ -173,3 +173,23 @@ def test_gpt2_124m_bf16_on_one_gpu_reports_throughput_and_mfu(tokens, tmp_path):
     assert last["step"] == 30 and last["loss"] < metrics[0]["loss"]
     assert last["tokens_per_s"] > 0 and 0 < last["mfu"] < 1
     print(f"GPT-2 124M bf16, 1 GPU: {last['tokens_per_s']:,.0f} tokens/s, MFU {last['mfu']:.1%}")
+
+
+def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tmp_path, monkeypatch):
+    """PyTorch's JIT builds wait forever on a stale `lock`; while an engine starts, old ones are removed."""
+    import os
+    import time
+
+    from training.train import _stale_build_lock_guard
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    stale, fresh = tmp_path / "py311_cpu/deepspeed_shm_comm/lock", tmp_path / "py311_cpu/other_op/lock"
+    for lock in (stale, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    said = []
+    with _stale_build_lock_guard(said.append):
+        time.sleep(6)
+    assert not stale.exists() and fresh.exists()  # a build in progress keeps its lock
+    assert "killed build" in said[0]
