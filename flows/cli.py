@@ -269,6 +269,7 @@ def runs(
 
 def _training_table(d: Path) -> Table | None:
     """Tokens, pretraining, fine-tuning and evaluation of a run, where they exist."""
+    from flows.train import last_val_loss
     from training.train import METRICS_FILE, latest_good_checkpoint
 
     rows = []
@@ -281,12 +282,10 @@ def _training_table(d: Path) -> Table | None:
         if not (out / "checkpoints").exists():
             continue
         tag = latest_good_checkpoint(out / "checkpoints", log=lambda m: None)
-        vals = [json.loads(line).get("val_loss") for line in (out / METRICS_FILE).read_text().splitlines()] \
-            if (out / METRICS_FILE).exists() else []
-        vals = [v for v in vals if v is not None]
+        val = last_val_loss(out / METRICS_FILE) if (out / METRICS_FILE).exists() else None
         what = f"{tag.name}" if tag else "no verified checkpoint"
         rows.append((kind, "checkpoint" if tag else "[red]none[/red]",
-                     what + (f", validation loss {vals[-1]:.3f}" if vals else ""), str(out)))
+                     what + (f", validation loss {val:.3f}" if val is not None else ""), str(out)))
         if (out / "evaluation.json").exists():
             results = json.loads((out / "evaluation.json").read_text())
             rows.append((f"evaluate {kind}", "complete", f"{len(results['rows'])} metrics", str(out / "evaluation.json")))

@@ -104,7 +104,7 @@ def _final_checkpoint(out: Path, steps: int) -> Path | None:
 
     ckpts = out / "checkpoints"
     tag = latest_good_checkpoint(ckpts, log=lambda m: None) if ckpts.exists() else None
-    if tag is not None and (tag / CHECKPOINT_INFO).exists() and json.loads((tag / CHECKPOINT_INFO).read_text())["step"] >= steps:
+    if tag is not None and (tag / CHECKPOINT_INFO).exists() and checkpoint_info(tag)["step"] >= steps:
         return tag
     return None
 
@@ -135,7 +135,7 @@ def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
     checkpoints = [{"checkpoint": tag.name, "verified": (tag / CHECKPOINT_MANIFEST).exists(),
                     "path": str(tag)} for tag in checkpoint_tags(out / "checkpoints")]
     summary = {"run_id": run_id, "kind": kind, "output": str(out), "seconds": round(time.perf_counter() - t0, 1),
-               "step": last.get("step"), "loss": last.get("loss"), "val_loss": _last_val(out / METRICS_FILE),
+               "step": last.get("step"), "loss": last.get("loss"), "val_loss": last_val_loss(out / METRICS_FILE),
                "checkpoints": checkpoints, "skipped": done is not None}
     run_info = out / RUN_INFO
     if run_info.exists():
@@ -198,7 +198,7 @@ def _check_same_finetune(out: Path, config: FinetuneConfig, start: Path) -> None
 
     for tag in checkpoint_tags(out / "checkpoints"):
         if (tag / CHECKPOINT_INFO).exists():
-            info = json.loads((tag / CHECKPOINT_INFO).read_text())
+            info = checkpoint_info(tag)
             if info.get("finetune") != config.mode_spec() or Path(info.get("init_from") or "") != Path(start):
                 raise ValueError(
                     f"{out} holds a fine-tune from {info.get('init_from')} in mode {(info.get('finetune') or {}).get('mode')} "
@@ -234,7 +234,8 @@ def evaluate_flow(checkpoint: str, run_id: str, config: EvaluateConfig = Evaluat
     return results
 
 
-def _last_val(path: Path) -> float | None:
+def last_val_loss(path: Path) -> float | None:
+    """The newest validation loss in a metrics file."""
     vals = [json.loads(line).get("val_loss") for line in path.read_text().splitlines()]
     vals = [v for v in vals if v is not None]
     return vals[-1] if vals else None

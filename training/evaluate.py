@@ -236,9 +236,10 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvaluateConfig = EvaluateCo
 
 def _tokens_of(info: dict) -> str | None:
     """A fine-tune's pretraining tokens: those of the checkpoint it started from."""
+    from training.checkpoint import CHECKPOINT_INFO, checkpoint_info
+
     start = info.get("init_from")
-    path = Path(start) / "loom.json" if start else None
-    return json.loads(path.read_text()).get("tokens_dir") if path and path.exists() else None
+    return checkpoint_info(Path(start)).get("tokens_dir") if start and (Path(start) / CHECKPOINT_INFO).exists() else None
 
 
 def write_results(results: dict, directory: Path) -> Path:

@@ -18,12 +18,15 @@ INFRA = Path(__file__).resolve().parents[1] / "infra" / "deepspeed"
 __all__ = ["FinetuneConfig", "PretrainConfig", "finetune", "pretrain", "worker_config"]
 
 
+def _deepspeed_json(cfg: PretrainConfig, use_gpu: bool) -> str:
+    return cfg.deepspeed or str(INFRA / ("gpu-bf16-zero2.json" if use_gpu else "cpu.json"))
+
+
 def worker_config(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, vocab_size: int,
                   use_gpu: bool, stop_after: int | None = None) -> dict:
-    deepspeed = cfg.deepspeed or str(INFRA / ("gpu-bf16-zero2.json" if use_gpu else "cpu.json"))
     return {
         **cfg.model_dump(exclude={"model", "model_overrides", "deepspeed"}),
-        "model": cfg.gpt_config(vocab_size).__dict__, "deepspeed": deepspeed,
+        "model": cfg.gpt_config(vocab_size).__dict__, "deepspeed": _deepspeed_json(cfg, use_gpu),
         "tokens_dir": str(tokens_dir), "output_dir": str(output_dir), "stop_after": stop_after,
         "tokenizer": str(Path(tokens_dir) / "tokenizer.json"),
     }
@@ -34,10 +37,9 @@ def finetune_worker_config(cfg: FinetuneConfig, checkpoint: Path, sft_dir: Path,
     """Worker config of a fine-tune: the model and tokenizer come from `checkpoint` (a verified step-* dir)."""
     info = json.loads((Path(checkpoint) / "loom.json").read_text())
     use_gpu = _has_gpu() if use_gpu is None else use_gpu
-    deepspeed = cfg.deepspeed or str(INFRA / ("gpu-bf16-zero2.json" if use_gpu else "cpu.json"))
     skip = {"model", "model_overrides", "deepspeed", "val_fraction", "system_prompt", *FINETUNE_MODE_FIELDS}
     return {
-        **cfg.model_dump(exclude=skip), "model": info["model"], "deepspeed": deepspeed,
+        **cfg.model_dump(exclude=skip), "model": info["model"], "deepspeed": _deepspeed_json(cfg, use_gpu),
         "finetune": cfg.mode_spec(), "init_from": str(checkpoint), "sft_dir": str(sft_dir),
         "output_dir": str(output_dir), "tokenizer": str(Path(checkpoint) / "tokenizer.json"), "stop_after": None,
     }

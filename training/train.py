@@ -319,11 +319,7 @@ def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world:
     import torch.distributed as dist
 
     tag = f"step-{step:07d}"
-    states = [None] * world
-    if dist.is_initialized():
-        dist.all_gather_object(states, _rng_state())
-    else:
-        states = [_rng_state()]
+    states = _gather(_rng_state(), world)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={
         "step": step, "tokens_seen": tokens_seen, "data_offset": data_offset, "rng": states, "model": cfg["model"]})
     if dist.is_initialized():
