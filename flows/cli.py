@@ -48,6 +48,10 @@ WorkdirOption = typer.Option(None, "--workdir", "-w", envvar="LOOM_WORKDIR",
 ConfigOption = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
                             help="TOML, YAML or JSON file with one section per stage.")
 WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Local processes for shard work (default: all cores).")
+DeepSpeedOption = typer.Option(None, "--deepspeed", help="DeepSpeed config: zero0, zero1, zero2, zero3, "
+                               "zero3-offload (infra/deepspeed/) or a JSON file; default zero2 on GPUs, zero1 on CPU.")
+GpuOption = typer.Option(None, "--gpu/--no-gpu", help="Train on GPUs, one per worker (default: when the Ray "
+                         "cluster has GPUs).")
 RayOption = typer.Option(None, "--ray-address", envvar="LOOM_RAY_ADDRESS",
                          help="Run shard work on Ray: 'auto', 'ray://host:10001', or 'local' (start one).")
 
@@ -353,8 +357,10 @@ def pretrain(
     config: Path | None = ConfigOption,
     num_workers: int | None = typer.Option(None, "--num-workers", "-n", min=1, help="Ray Train workers."),
     ray_address: str | None = RayOption,
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides [pretrain])."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides \\[pretrain])."),
     model: str | None = typer.Option(None, "--model", help="Named model size: tiny, small, gpt2, gpt2-medium."),
+    deepspeed: str | None = DeepSpeedOption,
+    gpu: bool | None = GpuOption,
 ) -> None:
     """Pretrain a GPT on a run's token shards: Ray Train workers, each a DeepSpeed engine; resumes
     from the last good checkpoint."""
@@ -367,11 +373,11 @@ def pretrain(
     except FileNotFoundError as e:
         _fail(str(e))
     cfg = _config(config, None, base=run_cfg, ray_address=ray_address)
-    _override(cfg.pretrain, num_workers=num_workers, steps=steps, model=model)
+    _override(cfg.pretrain, num_workers=num_workers, steps=steps, model=model, deepspeed=deepspeed, use_gpu=gpu)
     with prefect_api():
         try:
             summary = pretrain_flow(run_id=run_id, workdir=str(wd), config=cfg.pretrain, ray_address=cfg.ray_address)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             _fail(str(e))
     _print_pretrain(summary)
 
@@ -462,9 +468,11 @@ def finetune(
     workdir: str | None = WorkdirOption,
     config: Path | None = ConfigOption,
     mode: str | None = typer.Option(None, "--mode", help="full, frozen or lora."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides [finetune])."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides \\[finetune])."),
     num_workers: int | None = typer.Option(None, "--num-workers", "-n", min=1, help="Ray Train workers."),
     ray_address: str | None = RayOption,
+    deepspeed: str | None = DeepSpeedOption,
+    gpu: bool | None = GpuOption,
 ) -> None:
     """Fine-tune a checkpoint on instruction data (loss on responses only, packed sequences) with the
     same Ray + DeepSpeed launcher, checkpoints and monitoring as pretraining."""
@@ -485,7 +493,7 @@ def finetune(
     cfg = _config(config, None, ray_address=ray_address)
     if mode not in (None, "full", "frozen", "lora"):
         _fail(f"--mode must be full, frozen or lora, not {mode!r}")
-    _override(cfg.finetune, mode=mode, steps=steps, num_workers=num_workers)
+    _override(cfg.finetune, mode=mode, steps=steps, num_workers=num_workers, deepspeed=deepspeed, use_gpu=gpu)
     with prefect_api():
         try:
             summary = finetune_flow(checkpoint=str(tag), data=[str(Path(d).absolute()) for d in data], run_id=run_id,

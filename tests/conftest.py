@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,3 +45,56 @@ def prefect_server():
 
     with prefect_api() as url:
         yield url
+
+
+@contextmanager
+def _prefect_server_process(home: Path, extra_env: dict | None = None) -> Iterator[str]:
+    """`prefect server start` on loopback in its own process and Prefect home (its database: SQLite in
+    `home`, or what PREFECT_API_DATABASE_CONNECTION_URL in `extra_env` names). While it runs, this process
+    and the ones it starts use it (PREFECT_API_URL); yields the API URL."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_UI_API_URL": url, **(extra_env or {})}  # UI_API_URL: where the UI in a browser finds the API
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+        time.sleep(1)
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield url
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def start_prefect_server():
+    """A context manager: `with start_prefect_server(home, env) as api_url:` runs `prefect server start`."""
+    return _prefect_server_process

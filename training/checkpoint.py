@@ -54,9 +54,14 @@ def load_weights(tag: Path, fp32_master: bool = False) -> dict[str, torch.Tensor
     `fp32_master`: the optimizer's fp32 master weights where DeepSpeed keeps them (bf16 or ZeRO-3
     runs), consolidated across ranks with DeepSpeed's zero_to_fp32."""
     tag = Path(tag)
-    states = torch.load(tag / MODEL_STATES, map_location="cpu", weights_only=False)  # ours, sha256-verified
-    module = states["module"]
-    partitioned = any(t.numel() == 0 for t in module.values())  # ZeRO-3 keeps placeholders here
+    if (tag / MODEL_STATES).exists():
+        states = torch.load(tag / MODEL_STATES, map_location="cpu", weights_only=False)  # ours, sha256-verified
+        module = states["module"]
+        partitioned = any(t.numel() == 0 for t in module.values())  # ZeRO-3 keeps placeholders here
+    elif any(tag.glob("zero_pp_rank_*_model_states.pt")):  # ZeRO-3: parameters live only in the rank shards
+        module, partitioned = {}, True
+    else:
+        raise CheckpointError(f"{tag} holds no DeepSpeed model states ({MODEL_STATES} or zero_pp_rank_*)")
     if fp32_master or partitioned:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -66,10 +66,12 @@ class PretrainConfig(BaseModel):
     eval_batches: int = Field(8, ge=1, description="Micro-batches per validation loss.")
     ckpt_every: int = Field(100, ge=1, description="Steps between checkpoints (and one at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="Newest checkpoints kept on disk.")
-    deepspeed: str = Field("", description="DeepSpeed JSON (default: infra/deepspeed/cpu.json, or "
-                           "gpu-bf16-zero2.json on GPU).")
+    deepspeed: str = Field("", description="DeepSpeed JSON file, or a config of infra/deepspeed/ by name: zero0, "
+                           "zero1, zero2, zero3, zero3-offload (default zero2 on GPUs, zero1 on CPU).")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="On CPU: fp32 or bf16 (GPU configs say bf16).")
     num_workers: int = Field(1, ge=1, description="Ray Train workers.")
+    use_gpu: bool | None = Field(None, description="Train on GPUs (one per worker); default: when the Ray cluster "
+                                 "has GPUs.")
     max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (resuming).")
     peak_flops: float | None = Field(None, description="Peak FLOP/s of one device, for MFU (H100 bf16: 989e12).")
     spike_factor: float = Field(3.0, gt=1, description="A loss above this many times the recent mean is a spike: "

@@ -18,29 +18,40 @@ INFRA = Path(__file__).resolve().parents[1] / "infra" / "deepspeed"
 __all__ = ["FinetuneConfig", "PretrainConfig", "finetune", "pretrain", "worker_config"]
 
 
-def _deepspeed_json(cfg: PretrainConfig, use_gpu: bool) -> str:
-    return cfg.deepspeed or str(INFRA / ("gpu-bf16-zero2.json" if use_gpu else "cpu.json"))
+def deepspeed_json(name: str, use_gpu: bool) -> dict:
+    """The DeepSpeed config a run trains with: a file, or the name of one in infra/deepspeed/ (zero0..zero3,
+    zero3-offload); by default ZeRO-2 on GPUs and ZeRO-1 on CPU. Read here, on the driver, so workers on other
+    nodes get its content rather than a path they may not have."""
+    name = name or ("zero2" if use_gpu else "zero1")
+    path = INFRA / f"{name}.json" if (INFRA / f"{name}.json").exists() else Path(name)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in INFRA.glob("*.json")))
+        raise ValueError(f"DeepSpeed config {name!r}: no such file, and not one of {known}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"DeepSpeed config {path}: not JSON ({e})") from None
 
 
 def worker_config(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, vocab_size: int,
                   use_gpu: bool, stop_after: int | None = None) -> dict:
     return {
-        **cfg.model_dump(exclude={"model", "model_overrides", "deepspeed"}),
-        "model": cfg.gpt_config(vocab_size).__dict__, "deepspeed": _deepspeed_json(cfg, use_gpu),
-        "tokens_dir": str(tokens_dir), "output_dir": str(output_dir), "stop_after": stop_after,
+        **cfg.model_dump(exclude={"model", "model_overrides", "deepspeed", "use_gpu"}),
+        "model": cfg.gpt_config(vocab_size).__dict__, "deepspeed": deepspeed_json(cfg.deepspeed, use_gpu),
+        "use_gpu": use_gpu, "tokens_dir": str(tokens_dir), "output_dir": str(output_dir), "stop_after": stop_after,
         "tokenizer": str(Path(tokens_dir) / "tokenizer.json"),
     }
 
 
 def finetune_worker_config(cfg: FinetuneConfig, checkpoint: Path, sft_dir: Path, output_dir: Path,
-                           use_gpu: bool | None = None) -> dict:
+                           use_gpu: bool) -> dict:
     """Worker config of a fine-tune: the model and tokenizer come from `checkpoint` (a verified step-* dir)."""
     info = json.loads((Path(checkpoint) / "loom.json").read_text())
-    use_gpu = _has_gpu() if use_gpu is None else use_gpu
-    skip = {"model", "model_overrides", "deepspeed", "val_fraction", "system_prompt", *FINETUNE_MODE_FIELDS}
+    skip = {"model", "model_overrides", "deepspeed", "use_gpu", "val_fraction", "system_prompt",
+            *FINETUNE_MODE_FIELDS}
     return {
-        **cfg.model_dump(exclude=skip), "model": info["model"], "deepspeed": _deepspeed_json(cfg, use_gpu),
-        "finetune": cfg.mode_spec(), "init_from": str(checkpoint), "sft_dir": str(sft_dir),
+        **cfg.model_dump(exclude=skip), "model": info["model"], "deepspeed": deepspeed_json(cfg.deepspeed, use_gpu),
+        "use_gpu": use_gpu, "finetune": cfg.mode_spec(), "init_from": str(checkpoint), "sft_dir": str(sft_dir),
         "output_dir": str(output_dir), "tokenizer": str(Path(checkpoint) / "tokenizer.json"), "stop_after": None,
     }
 
@@ -50,28 +61,29 @@ def pretrain(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, ray_addres
     """Run Ray Train's TorchTrainer over `cfg.num_workers` workers; returns Ray's Result.
     `debug` adds fault-injection keys to the worker config (tests: debug_kill_at, debug_spike_at)."""
     index = json.loads((Path(tokens_dir) / "index.json").read_text())
-    config = worker_config(cfg, Path(tokens_dir), Path(output_dir), index["vocab_size"], _has_gpu(), stop_after)
+    deepspeed_json(cfg.deepspeed, False)  # a bad config fails before Ray starts
+    use_gpu = connect(cfg, ray_address)
+    config = worker_config(cfg, Path(tokens_dir), Path(output_dir), index["vocab_size"], use_gpu, stop_after)
     config.update(debug or {})
-    return fit(cfg, config, Path(output_dir), ray_address, "pretrain")
+    return fit(cfg, config, Path(output_dir), "pretrain")
 
 
 def finetune(cfg: FinetuneConfig, checkpoint: Path, sft_dir: Path, output_dir: Path,
              ray_address: str | None = None):
     """Fine-tune `checkpoint` on packed instruction rows with the same launcher; returns Ray's Result."""
-    return fit(cfg, finetune_worker_config(cfg, checkpoint, sft_dir, output_dir), Path(output_dir), ray_address,
+    deepspeed_json(cfg.deepspeed, False)
+    use_gpu = connect(cfg, ray_address)
+    return fit(cfg, finetune_worker_config(cfg, checkpoint, sft_dir, output_dir, use_gpu), Path(output_dir),
                "finetune")
 
 
-def fit(cfg: PretrainConfig, config: dict, output_dir: Path, ray_address: str | None, name: str):
-    """TorchTrainer over `cfg.num_workers` workers running `train_worker(config)`."""
+def connect(cfg: PretrainConfig, ray_address: str | None) -> bool:
+    """Join the Ray cluster at `ray_address` (or start a local instance) and decide whether workers train on
+    GPUs: `cfg.use_gpu` when set, else whether the cluster has any. The cluster decides, not the driver: a
+    RayJob's entrypoint or a Prefect worker usually runs where there is no GPU."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from training.train import train_worker
-
-    use_gpu = _has_gpu()
-    env = {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for var in ("PREFECT_API_URL", "OMP_NUM_THREADS"):
         if os.environ.get(var):
             env[var] = os.environ[var]
@@ -83,13 +95,29 @@ def fit(cfg: PretrainConfig, config: dict, output_dir: Path, ray_address: str | 
             # address "local": a new instance, even when `ray start` runs a cluster on this machine
             ray.init(address="local", num_cpus=max(cfg.num_workers, os.cpu_count() or 1), include_dashboard=False,
                      runtime_env={"env_vars": env}, log_to_driver=not quiet)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.use_gpu is None:
+        return gpus >= 1
+    if cfg.use_gpu and gpus < cfg.num_workers:
+        raise ValueError(f"use_gpu asks for {cfg.num_workers} GPU workers but the Ray cluster has {gpus:g} GPUs")
+    return cfg.use_gpu
+
+
+def fit(cfg: PretrainConfig, config: dict, output_dir: Path, name: str):
+    """TorchTrainer over `cfg.num_workers` workers running `train_worker(config)` (after `connect`)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.train import train_worker
+
+    use_gpu = config["use_gpu"]
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         # on CPU each worker gets its share of the cores (Ray sets OMP_NUM_THREADS from it)
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu
-                                     else {"CPU": max(1, (os.cpu_count() or 1) // cfg.num_workers)}),
+                                     else {"CPU": _cpus_per_worker(cfg.num_workers)}),
         run_config=RunConfig(
             name=name, storage_path=str(Path(output_dir).absolute() / "ray"),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -100,10 +128,10 @@ def fit(cfg: PretrainConfig, config: dict, output_dir: Path, ray_address: str | 
     return trainer.fit()
 
 
-def _has_gpu() -> bool:
-    try:
-        import torch
+def _cpus_per_worker(num_workers: int) -> int:
+    """The cluster's cores shared among the workers, but no more than the largest node has."""
+    import ray
 
-        return torch.cuda.is_available()
-    except Exception:
-        return False
+    total = ray.cluster_resources().get("CPU", 1)
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    return max(1, int(min(total // num_workers, largest)))

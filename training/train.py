@@ -2,8 +2,9 @@
 
 Each Ray Train worker runs `train_worker(config)`:
 
-- builds the GPT of `config["model"]` and a DeepSpeed engine from the JSON named by
-  `config["deepspeed"]` (infra/deepspeed/), with micro-batch and accumulation from config;
+- builds the GPT of `config["model"]` and a DeepSpeed engine from `config["deepspeed"]` (the
+  config itself, read by the launcher from infra/deepspeed/, or a path), with micro-batch,
+  accumulation and learning rate from config;
 - sets the learning rate every step (linear warmup, cosine decay to min_lr);
 - reads batches from token shards as a pure function of (seed, step, micro-step, rank);
 - every `ckpt_every` steps and at the end, **every rank** calls `save_checkpoint`, with
@@ -18,6 +19,7 @@ Each Ray Train worker runs `train_worker(config)`:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -106,7 +108,8 @@ def _set_rng_state(state: dict) -> None:
 # ---- the worker loop ------------------------------------------------------------------------------
 
 def deepspeed_config(cfg: dict) -> dict:
-    ds = json.loads(Path(cfg["deepspeed"]).read_text())
+    ds = copy.deepcopy(cfg["deepspeed"]) if isinstance(cfg["deepspeed"], dict) else json.loads(
+        Path(cfg["deepspeed"]).read_text())
     ds["train_micro_batch_size_per_gpu"] = cfg["micro_batch"]
     ds["gradient_accumulation_steps"] = cfg["grad_accum"]
     ds.pop("train_batch_size", None)
@@ -119,6 +122,8 @@ def deepspeed_config(cfg: dict) -> dict:
 
 def train_worker(cfg: dict) -> None:
     """One Ray Train worker (also runs alone, without Ray, for tests and debugging)."""
+    if "use_gpu" in cfg:  # DeepSpeed picks its accelerator when first imported
+        os.environ["DS_ACCELERATOR"] = "cuda" if cfg["use_gpu"] else "cpu"
     import deepspeed
 
     from training.data import SftData, TokenData

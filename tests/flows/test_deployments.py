@@ -6,7 +6,6 @@ never overwrites schedules changed through the API (as the UI changes them)."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -51,49 +50,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def prefect_server_process(tmp_path_factory):
+def prefect_server_process(tmp_path_factory, start_prefect_server):
     """`prefect server start` in its own process and Prefect home; this module's clients use it."""
-    import httpx
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": url}  # where the UI in the browser finds the API
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
-        time.sleep(1)
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield url
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with start_prefect_server(tmp_path_factory.mktemp("prefect-home"), {"PREFECT_UI_ENABLED": "true"}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
