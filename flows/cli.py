@@ -701,6 +701,41 @@ def deploy(
 
 
 @app.command()
+def check(
+    workdir: str | None = WorkdirOption,
+    ray_address: str | None = typer.Option(None, "--ray-address", envvar="LOOM_RAY_ADDRESS",
+                                           help="The Ray cluster (default: 'auto', the one this machine is part of)."),
+) -> None:
+    """Check a cluster for Loom: every Ray node's versions and GPUs, whether every node sees the work
+    directory (shared storage), and the Prefect API in PREFECT_API_URL. Exits 1 on any problem."""
+    from flows.check import check_cluster
+
+    wd = resolve_workdir(workdir)
+    try:
+        report = check_cluster(wd, ray_address)
+    except ValueError as e:
+        _fail(str(e))
+    table = Table(title=f"Ray cluster at {report['address']}: {len(report['nodes'])} nodes")
+    for name in ("node", "host", "CPUs", "GPUs", "python", "ray", "loom", "torch", "work dir"):
+        table.add_column(name)
+    for n in report["nodes"]:
+        table.add_row(n["node_ip"], n["host"], f"{n['cpus']:g}", f"{n['gpus']:g}", n["python"], n["ray"], n["loom"],
+                      n["torch"], "[green]sees it[/green]" if n["sees_workdir"] else "[red]missing[/red]")
+    console.print(table)
+    prefect = report["prefect"]
+    if prefect["api_url"]:
+        console.print(f"Prefect API {prefect['api_url']}: " + ("[green]healthy[/green]" if prefect["healthy"]
+                                                               else "[red]unreachable[/red]"))
+    else:
+        console.print("Prefect API: PREFECT_API_URL is not set (each loom command starts a local one)")
+    for problem in report["problems"]:
+        console.print(f"[red]problem:[/red] {problem}")
+    if report["problems"]:
+        raise typer.Exit(1)
+    console.print(f"[green]ready[/green]: work directory {report['workdir']} is shared by every node")
+
+
+@app.command()
 def demo(
     workdir: str | None = WorkdirOption,
     workers: int | None = WorkersOption,

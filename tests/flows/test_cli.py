@@ -25,7 +25,8 @@ def runs_json(workdir: Path, run_id: str) -> dict:
 
 def test_help_on_every_command():
     for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["tokenize"], ["pretrain"], ["bias"],
-                    ["bias", "train"], ["finetune"], ["generate"], ["evaluate"], ["export"], ["pipeline"]):
+                    ["bias", "train"], ["finetune"], ["generate"], ["evaluate"], ["export"], ["pipeline"], ["serve"],
+                    ["deploy"], ["check"]):
         assert "Usage" in loom(*command, "--help")
 
 

@@ -1,6 +1,7 @@
 """Scale-out on a real two-node Ray cluster on this machine (`ray start --head` plus a second
 `ray start --address` node with its own resources): curate runs its shard work there, a
-2-worker pretrain spreads across both nodes, and both give what a local run gives. Each
+2-worker pretrain spreads across both nodes, and both give what a local run gives; `loom check`
+sees both nodes and the work directory from each. Each
 `loom` command runs in its own process, as people run them (and so no Ray connection of one
 command outlives it into the next)."""
 
@@ -19,11 +20,12 @@ from tasks.shards import read_dir
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _loom(*args: str, api_url: str) -> None:
+def _loom(*args: str, api_url: str) -> str:
     env = {**os.environ, "PREFECT_API_URL": api_url, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=Path(__file__).resolve().parents[2],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout
 
 
 def _free_port() -> int:
@@ -67,6 +69,11 @@ def test_curate_and_a_two_worker_pretrain_across_two_nodes_match_a_local_run(
                 q = json.loads(line)
                 f.write(json.dumps({"id": f"q{part}-{i}", "text": q["question"] + "\n" + q["answer"]}) + "\n")
     shutil.copy(corpus / "part-0.jsonl", corpus / "part-2-copy.jsonl")  # duplicates for the dedup stages
+
+    # `loom check` finds both nodes, the same versions on each, the work directory on each, and Prefect
+    check = _loom("check", "--ray-address", two_node_cluster, "--workdir", str(tmp_path / "cluster"),
+                  api_url=prefect_server)
+    assert "2 nodes" in check and check.count("sees it") == 2 and "healthy" in check and "ready" in check
 
     for name, address in (("cluster", two_node_cluster), ("local", None)):
         args = ["curate", str(corpus), "--run-id", "r", "--workdir", str(tmp_path / name), "--workers", "2"]
