@@ -280,32 +280,35 @@ def _dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
 
 def test_dockerfile_builds_a_gpu_and_a_cpu_image_of_loom():
     stages = _dockerfile_stages()
-    assert set(stages) == {"cpu", "gpu"}
+    assert set(stages) == {"source", "cpu", "gpu"}
     assert stages["gpu"][0][1].startswith("nvidia/cuda:") and "-devel-" in stages["gpu"][0][1]
     assert stages["cpu"][0][1].startswith("python:3.11")
     ignore = (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
+    copied = set()
     for name, steps in stages.items():
+        for kind, args in steps:
+            if kind == "COPY" and not args.startswith("--from="):
+                *sources, _dest = args.split()
+                for source in sources:
+                    assert (ROOT / source).exists(), f"{name}: COPY {source}"
+                    assert f"!{source.rstrip('/')}/" in ignore or f"!{source}" in ignore, f"{source} in the context"
+                    copied.add(source)
+    for name in ("cpu", "gpu"):
+        steps = stages[name]
         kinds = [k for k, _ in steps]
         runs = " && ".join(a for k, a in steps if k == "RUN")
         assert "download.pytorch.org/whl/" in runs and ("cpu" in runs) == (name == "cpu"), name
         assert runs.index('pip install "$TORCH"') < runs.index('pip install -e ".[aws]"'), "torch before Loom"
         assert "loom --help" in runs, "the image checks its own entry point"
-        for kind, args in steps:
-            if kind == "COPY":
-                *sources, _dest = args.split()
-                for source in sources:
-                    assert (ROOT / source).exists(), f"{name}: COPY {source}"
-                    assert f"!{source.rstrip('/')}/" in ignore or f"!{source}" in ignore, f"{source} in the context"
+        assert ("COPY", "--from=source /opt/loom /opt/loom") in steps
         assert kinds[-1] == "CMD" and "USER" in kinds
-        user = [a for k, a in steps if k == "USER"][-1]
-        assert user not in ("root", "0")
+        assert [a for k, a in steps if k == "USER"][-1] not in ("root", "0")
         assert any(k == "ENV" and "LOOM_WORKDIR=/mnt/loom/work" in a for k, a in steps)
     # the build context holds what pip installs: the packages pyproject.toml names
     import tomllib
 
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    copied = {a.split()[0] for k, a in stages["cpu"] if k == "COPY"}
-    assert set(packages) <= copied
+    assert set(packages) | {"pyproject.toml"} <= copied
 
 
 def _interpolate(text: str, env: dict[str, str]) -> str:
