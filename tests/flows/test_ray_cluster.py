@@ -25,7 +25,7 @@ def _loom(*args: str, api_url: str) -> str:
     proc = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=Path(__file__).resolve().parents[2],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return proc.stdout
+    return proc.stdout + proc.stderr  # the CLI prints its tables to stderr
 
 
 def _free_port() -> int:

@@ -193,3 +193,19 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tmp_path
         time.sleep(6)
     assert not stale.exists() and fresh.exists()  # a build in progress keeps its lock
     assert "killed build" in said[0]
+
+
+def test_gpu_training_on_a_cluster_without_gpus_fails_before_it_starts():
+    """`--gpu` asks the Ray cluster (not the driver) for GPUs, and says so when it has too few;
+    by default a cluster without GPUs trains on CPUs."""
+    import ray
+
+    from training.launch import connect
+
+    ray.shutdown()
+    try:
+        assert connect(PretrainConfig(), "local") is False
+        with pytest.raises(ValueError, match="asks for 2 GPU workers but the Ray cluster has 0 GPUs"):
+            connect(PretrainConfig(use_gpu=True, num_workers=2), "local")
+    finally:
+        ray.shutdown()
