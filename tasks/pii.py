@@ -127,6 +127,9 @@ class PiiConfig(BaseModel):
     )
     salt: str = Field("", description="Salt for hashes and surrogates (default: the run id).")
     batch_size: int = Field(256, ge=1, description="Documents per spaCy batch.")
+    name_lists: bool = Field(True, description="Also find PERSON names from Faker's given names and surnames of "
+                             "every locale (a listed given name followed by a listed surname, or one listed name "
+                             "after a cue such as 'my name is' or 'Mr.'): names the small English model misses.")
 
     def threshold(self, entity: str) -> float:
         return self.thresholds.get(entity, DEFAULT_THRESHOLDS.get(entity, self.default_threshold))
@@ -242,6 +245,87 @@ def analyzer(model: str = DEFAULT_MODEL):
     return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
 
 
+# ---- person names from name lists ----------------------------------------------------------------
+
+_NAME_TOKEN = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*|[A-Z]\.")
+_NAME_GAP = re.compile(r"[ \t]+")
+# A single listed name counts only right after one of these (or before a dialogue colon).
+_NAME_CUE = re.compile(r"(?:name is|name:|call(?:ed|s)? me|called|named|starring|Mr\.?|Mrs\.?|Ms\.?|Dr\.?|Miss|"
+                       r"my (?:kid|son|daughter|wife|husband|brother|sister)|User:)\s*$", re.IGNORECASE)
+# Words in the name lists that far more often name places, organisations or dates in English text.
+_NOT_NAMES_TEXT = (
+    "Street Road Avenue Center Centre Mall Bridge Building Hospital Creek Reservoir College University School "
+    "Department Guard Hall Church Park River Lake Lakes Canyon County City State National Company Club Foundation "
+    "Manufacturing Prince Queen King Lord Saint St Knight January February March April May June July August "
+    "September October November December Monday Tuesday Wednesday Thursday Friday Saturday Sunday North South "
+    "East West")
+_NOT_NAMES = frozenset(_NOT_NAMES_TEXT.split())
+
+
+@lru_cache(maxsize=1)
+def _name_lists() -> tuple[frozenset[str], frozenset[str]]:
+    """(given names, surnames) of every Faker locale, Latin script, capitalized, no English stop words."""
+    import importlib
+
+    from faker.config import AVAILABLE_LOCALES
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    given: set[str] = set()
+    surnames: set[str] = set()
+    for locale in AVAILABLE_LOCALES:
+        try:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        except (ImportError, AttributeError):
+            continue
+        for attr, into in (("first_names", given), ("first_names_male", given), ("first_names_female", given),
+                           ("last_names", surnames)):
+            names = provider.__dict__.get(attr)
+            if isinstance(names, dict | list | tuple | set | frozenset):
+                into.update(names)
+
+    def usable(name) -> bool:
+        return (isinstance(name, str) and len(name) > 1 and name[0].isupper() and name.lower() not in STOP_WORDS
+                and name not in _NOT_NAMES and all(c.isalpha() or c in "-'" for c in name)
+                and all(ord(c) < 0x250 for c in name))
+
+    return frozenset(filter(usable, given)), frozenset(filter(usable, surnames))
+
+
+def _listed_names(text: str):
+    """(start, end, score) of person names found with the name lists: runs of up to four capitalized
+    words on one line whose first word is a listed given name and last word a listed surname, or, after
+    a cue ('my name is', 'Mr.', ...) or before a dialogue colon, whose first word is a given name or
+    last word a surname."""
+    given, surnames = _name_lists()
+    run: list[re.Match] = []
+
+    def judge(run):
+        words = [m.group() for m in run if not m.group().endswith(".")]
+        if not words or run[0].group().endswith(".") or run[-1].group().endswith("."):
+            return None
+        if any(w in _NOT_NAMES for w in words):
+            return None
+        if len(words) >= 2 and words[0] in given and words[-1] in surnames:
+            return run[0].start(), run[-1].end(), 0.6
+        if words[0] in given or words[-1] in surnames:
+            before, after = text[max(0, run[0].start() - 30):run[0].start()], text[run[-1].end():run[-1].end() + 1]
+            if _NAME_CUE.search(before) or after == ":":
+                return run[0].start(), run[-1].end(), 0.6
+        return None
+
+    for m in _NAME_TOKEN.finditer(text):
+        capitalized = m.group()[0].isupper()
+        joined = run and _NAME_GAP.fullmatch(text[run[-1].end():m.start()]) is not None
+        if capitalized and (joined or not run) and len(run) < 4:
+            run.append(m)
+            continue
+        if run and (found := judge(run)):
+            yield found
+        run = [m] if capitalized else []
+    if run and (found := judge(run)):
+        yield found
+
+
 # ---- finding and replacing ----------------------------------------------------------------------
 
 def _chunks(text: str) -> list[tuple[int, str]]:
@@ -272,9 +356,8 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         entities = [e for e in wanted - NER_ENTITIES if _PLAUSIBLE.get(e) is None or _PLAUSIBLE[e].search(piece)]
         if ner_wanted and nlp_artifacts.entities:
             entities += ner_wanted
-        if not entities:
-            continue
-        for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=nlp_artifacts):
+        for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=nlp_artifacts) if entities \
+                else ():
             if r.score < cfg.threshold(r.entity_type):
                 continue
             start, end = r.start, r.end
@@ -283,6 +366,9 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
                 if end == start:
                     continue  # numbers tagged PERSON (Presidio issue #1173), code identifiers and the like
             found[i].append((start + offset, end + offset, r.entity_type, r.score))
+        if "PERSON" in wanted and cfg.name_lists:
+            found[i] += [(s + offset, e + offset, "PERSON", score) for s, e, score in _listed_names(piece)
+                         if score >= cfg.threshold("PERSON")]
     return [merge_spans(spans) for spans in found]
 
 

@@ -39,7 +39,17 @@ def test_labeled_spans_of_the_presidio_research_set_are_found(shared):
     for entity in ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "US_SSN"):
         if total.get(entity):
             assert found[entity] / total[entity] >= 0.95, entity
-    assert found["PERSON"] / total["PERSON"] >= 0.6  # the small spaCy model's limit (see benchmarks/pii.py)
+    assert found["PERSON"] / total["PERSON"] >= 0.7  # the small spaCy model + name lists (see benchmarks/pii.py)
+
+
+def test_names_the_small_model_misses_come_from_the_name_lists():
+    """Names from other languages that en_core_web_sm leaves alone are found from Faker's given names and
+    surnames; place names, months and streets that are also names in those lists are left alone."""
+    text = "What's the name on the account? User: Marcus Paulsen"
+    assert ("Marcus Paulsen", "PERSON") in _found(text)
+    assert ("Marcus Paulsen", "PERSON") not in _found(text, PiiConfig(name_lists=False))
+    assert ("Antti Poutiainen", "PERSON") in _found("My name is Antti Poutiainen but everyone calls me Antti")
+    assert _found("We met on State Street in January near City Hall, then took the May train.") == []
 
 
 @pytest.mark.parametrize("text,value,entity", [
