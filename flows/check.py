@@ -73,11 +73,14 @@ def check_cluster(workdir: Path, ray_address: str | None) -> dict:
         if n["gpus"] and n["cuda_devices"] == 0:
             problems.append(f"node {n['node_ip']} offers {n['gpus']:g} GPUs to Ray but torch there sees none "
                             f"(torch {n['torch']}: a CPU build?)")
-    prefect = _check_prefect(problems)
+    prefect = _check_prefect()
+    if prefect["healthy"] is False:
+        problems.append(f"the Prefect API at {prefect['api_url']} does not answer its health check")
     return {"address": address, "workdir": str(workdir), "nodes": nodes, "prefect": prefect, "problems": problems}
 
 
-def _check_prefect(problems: list[str]) -> dict:
+def _check_prefect() -> dict:
+    """The Prefect API in PREFECT_API_URL and whether it answers (None: no API configured)."""
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         return {"api_url": None, "healthy": None}
@@ -87,6 +90,4 @@ def _check_prefect(problems: list[str]) -> dict:
         healthy = httpx.get(f"{url.rstrip('/')}/health", timeout=10).status_code == 200
     except httpx.HTTPError:
         healthy = False
-    if not healthy:
-        problems.append(f"the Prefect API at {url} does not answer its health check")
     return {"api_url": url, "healthy": healthy}

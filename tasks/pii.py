@@ -356,8 +356,8 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         entities = [e for e in wanted - NER_ENTITIES if _PLAUSIBLE.get(e) is None or _PLAUSIBLE[e].search(piece)]
         if ner_wanted and nlp_artifacts.entities:
             entities += ner_wanted
-        for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=nlp_artifacts) if entities \
-                else ():
+        results = engine.analyze(piece, language="en", entities=entities, nlp_artifacts=nlp_artifacts) if entities else []
+        for r in results:
             if r.score < cfg.threshold(r.entity_type):
                 continue
             start, end = r.start, r.end
