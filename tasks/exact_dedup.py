@@ -37,7 +37,6 @@ _PUNCT = re.compile(r"[^\w\s]+")
 # translation: ASCII letters to lower case, digits and "_" kept, every other ASCII byte a
 # space; bytes of non-ASCII characters pass through (see _prefold).
 _BYTE_FOLD = bytes(c if chr(c).isalnum() or chr(c) == "_" else 32 for c in range(128)).lower() + bytes(range(128, 256))
-_WIDE = re.compile(r"[^\x00-\x7f]+")
 _NON_SPACE = re.compile(rb"[^ ]")
 BATCH_ROWS = 4096
 _SPILL_SCHEMA = pa.schema(
@@ -89,18 +88,23 @@ def _fold_char(char: str) -> str:
     return "".join(x if x.isalnum() or x == "_" else " " for x in char.casefold())
 
 
-def _fold_run(match: re.Match) -> str:
-    return "".join(map(_fold_char, match.group()))
+_ASCII_BYTES = bytes(range(128))
 
 
 def _prefold(text: str, cfg: ExactDedupConfig) -> str:
     """A non-ASCII text with its non-ASCII characters folded one by one, so the byte fold
     finishes it exactly as normalize_bytes would. Exact when the text is already in NFKC
     (casefold, \\w and \\s are per character); otherwise the whole regex path runs (its
-    output is a fixed point of the byte fold)."""
+    output is a fixed point of the byte fold). The distinct non-ASCII characters are found
+    in C (delete the ASCII bytes, decode the rest): a text has few, each replaced once."""
     if cfg.unicode_nfkc and not unicodedata.is_normalized("NFKC", text):
         return normalize_bytes(text, cfg).decode("utf-8")
-    return _WIDE.sub(_fold_run, text)
+    wide = text.encode("utf-8").translate(None, _ASCII_BYTES).decode("utf-8")
+    for char in set(wide):
+        folded = _fold_char(char)
+        if folded != char:
+            text = text.replace(char, folded)
+    return text
 
 
 def fold_column(texts: pa.StringArray, cfg: ExactDedupConfig | None = None) -> tuple[bytes, np.ndarray]:
