@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal
 
@@ -205,9 +207,32 @@ def _recognizer(entity: str, name: str, finder):
     return FunctionRecognizer()
 
 
+@contextmanager
+def _presidio_without_transformers():
+    """Loading a spaCy model loads every installed package's spaCy factories, and Presidio's
+    imports Hugging Face transformers' pipelines for an optional engine Loom does not use:
+    about 7 s of imports in every process that scrubs PII. While Presidio is first imported,
+    `import transformers` fails fast, which Presidio takes as "not installed"; transformers
+    imports normally afterwards. Nothing changes where either is already imported."""
+    if "transformers" in sys.modules or "presidio_analyzer" in sys.modules:
+        yield
+        return
+    sys.modules["transformers"] = None  # type: ignore[assignment]  # makes the import raise ImportError
+    try:
+        yield
+    finally:
+        if "transformers" in sys.modules and sys.modules["transformers"] is None:
+            del sys.modules["transformers"]
+
+
 @lru_cache(maxsize=4)
 def analyzer(model: str = DEFAULT_MODEL):
     """A Presidio AnalyzerEngine on the NER-only spaCy pipeline, with our recognizers added."""
+    with _presidio_without_transformers():
+        return _analyzer(model)
+
+
+def _analyzer(model: str):
     use_bundled_suffix_list()
     from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
