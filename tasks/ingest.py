@@ -1,6 +1,7 @@
 """Stage 01_ingest: files, directories and globs of JSONL, Parquet and plain text into document shards.
 
-Supported inputs (compression by suffix: .gz, .zst):
+Supported inputs (compression by suffix: .gz, .zst); a directory that is a Loom stage (it holds
+`_manifest.json`) contributes only its document shards, not its reports:
     *.jsonl / *.ndjson     one JSON object per line
     *.json                 a JSON array of objects, or JSON lines
     *.parquet              one row per record
@@ -34,9 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.manifest import files_fingerprint, write_json_atomic
+from tasks.manifest import MANIFEST, files_fingerprint, write_json_atomic
 from tasks.sft import InvalidExample, to_messages
-from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter, iter_batches
+from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter, iter_batches, list_shards
 from tasks.stage import Stage, StageContext, UnitResult
 from tasks.text_cleaning import DecodeError, clean_text, decode_bytes, normalize_unicode, strip_gutenberg
 
@@ -108,6 +109,10 @@ def expand_inputs(specs: list[str]) -> list[InputFile]:
             matches = [Path(m) for m in sorted(glob.glob(spec, recursive=True)) if Path(m).is_file()]
             if not matches:
                 raise FileNotFoundError(f"input {spec!r} matches no file")
+        elif path.is_dir() and (path / MANIFEST).is_file():  # a Loom stage: its documents, not its reports
+            root, matches = path, list_shards(path)
+            if not matches:
+                raise FileNotFoundError(f"input {spec!r} is a Loom stage directory without document shards")
         elif path.is_dir():
             root = path
             matches = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))

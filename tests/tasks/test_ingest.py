@@ -142,6 +142,19 @@ def test_gutenberg_text_file_is_stripped(shared, tmp_path):
     assert manifest.stats["gutenberg_stripped"] == 1
 
 
+def test_a_stage_directory_as_input_gives_its_documents_not_its_reports(shared, tmp_path):
+    """`loom step pii --input runs/r/03_near_dedup`: the report JSON beside the shards is not a corpus."""
+    _, docs, _ = ingest([shared / "pretrain/wikitext2_tok"], tmp_path / "stage")
+    (tmp_path / "stage/near_dedup_report.json").write_text(json.dumps({"clusters": 3}, indent=2))
+    _, again, rejects = ingest([tmp_path / "stage"], tmp_path / "again")
+    assert docs.num_rows > 0 and rejects.num_rows == 0
+    assert again.column("text").to_pylist() == docs.column("text").to_pylist()
+    with pytest.raises(FileNotFoundError, match="without document shards"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty/_manifest.json").write_text("{}")
+        expand_inputs([str(tmp_path / "empty")])
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         expand_inputs([str(tmp_path / "nope.jsonl")])
