@@ -70,11 +70,69 @@ _STREET_SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
     r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Alley|Crescent|Close|Row|Walk|Plaza|Loop|Path)"
 )
+_LETTER = r"[^\W\d_]"  # any letter, in any script
+_WORD = r"(?:" + _LETTER + r"[\w'’-]*\.?|\d{1,3}(?:st|nd|rd|th))"  # a word, or an ordinal (East 29th Avenue)
+# Street names by their language's own street word: Søndergade 52, Hansinegata 120, Loorenstrasse 149,
+# Gesterbyntie 68, Populierenstraat 374, Rue Gafsa 62, Via Franscini 71, ul. Cicha 86.
+_STREET_WORD_END = (r"(?:stra(?:ss|ß)e|str\.|gasse|weg|gata|gatan|vej|veien|vegen|väg|vägen|katu|tie|laan|"
+                    r"straat|steeg|dreef|utca|ulica|allee|platz|damm|ufer|(?<!bri)gade)")
+_STREET_PREFIX = r"(?:Rue|Via|Viale|Rua|Calle|Avenida|Avda\.|Piazza|Strada|Carrer|Boulevard|Chemin|Allée|ul\.|ulica)"
 STREET_ADDRESS = re.compile(
-    r"\b\d{1,6}[A-Za-z]?\s+(?:[A-Z][\w'-]*\.?\s+){0,4}" + _STREET_SUFFIX + r"\b\.?"
+    r"\b\d{1,6}[A-Za-z]?\s+(?P<named>(?:" + _WORD + r"\s+){0,4})" + _STREET_SUFFIX + r"\b\.?"
     r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|#)\.?\s*[\w-]+)?"
-    r"|\b\d{1,6}\s+[A-Z][\w'-]+(?:\s+[A-Z][\w'-]+){0,3}\s+\d{1,5}(?:\s+(?:Apt|Suite|Unit)\.?\s*\d+)?"
+    r"|\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?"
+    r"|(?<![\w-])(?:" + _LETTER + r"[\w'’-]*" + _STREET_WORD_END + r"|" + _STREET_PREFIX + r"(?:[ \t]+" + _WORD
+    + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?"
 )
+# The rest of a postal address after its street line, part by part: a unit (Suite 12), a postcode, a
+# state code, a place (LAPPEENRANTA, Mora de Rubielos, Cyprus (Greek)), or a place and its postcode.
+_POSTCODE = r"(?:\d{4,6}(?:-\d{4})?|\d{2}-\d{3}|\d{3} \d{2}|[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2})(?![\w-])"
+_ADDRESS_SEP = r"(?:[ \t]*(?:\r?\n|[,;|])[ \t\r\n,]*|[ \t]{2,})"
+_ADDRESS_PART = re.compile(
+    r"(?P<sep>" + _ADDRESS_SEP + r"|[ \t]+(?=(?i:apt|apartment|suite|ste|unit|flat|floor|box)\b))"
+    r"(?:(?P<unit>(?i:apt|apartment|suite|ste|unit|flat|floor|fl|room|box)\.?[ \t]*#?\d[\w-]*)"
+    r"|(?P<postcode>" + _POSTCODE + r")"
+    r"|(?P<place>" + _LETTER + r"[\w'’.-]*(?:[ -](?:" + _LETTER + r"[\w'’.-]*|\(" + _LETTER + r"+\))){0,3})"
+    r"(?:[ \t,]+(?P<place_postcode>" + _POSTCODE + r"))?)"
+)
+_BUILDING_NUMBER = re.compile(r"\d{1,6}[A-Za-z]?[ \t]+$")
+# Lower-case words a street name after its number may hold (particles, street words); any other word
+# there must be capitalized, so "in 2019 Apple sold 3 million" and "in 2001 at the Royal Court" are
+# not addresses.
+_MONTHS = frozenset(("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+                     "November", "December", "Jan.", "Feb.", "Mar.", "Apr.", "Jun.", "Jul.", "Aug.", "Sep.", "Sept.",
+                     "Oct.", "Nov.", "Dec."))
+_STREET_LOWER = frozenset(("de", "du", "des", "del", "della", "delle", "dei", "di", "da", "do", "dos", "das", "van",
+                           "von", "der", "den", "het", "la", "le", "les", "el", "y", "i", "tér", "út", "útja", "utca",
+                           "ulica", "rue", "via", "vei", "vej", "gade", "gata"))
+
+
+def _addresses(text: str):
+    """Postal addresses: a street line, widened to the building number before it and to the parts
+    of the address after it (unit, place, state, postcode) up to the last part that only an address
+    has (a unit or a postcode), so that a place name in prose after a street is not taken along."""
+    for m in STREET_ADDRESS.finditer(text):
+        words = m.group("words") or m.group("named")
+        if words and not all((w[0].isupper() or w[0].isdigit() or w in _STREET_LOWER) and w not in _MONTHS
+                             for w in words.split()):
+            continue  # lower-case prose between numbers, or a date (13 December 2012)
+        start, end = m.start(), m.end()
+        before = _BUILDING_NUMBER.search(text, max(0, start - 12), start)
+        start = before.start() if before else start
+        pos, score = end, 0.6
+        for _ in range(6):
+            part = _ADDRESS_PART.match(text, pos)
+            if not part:
+                break
+            place = part.group("place")
+            if place is not None and not place[0].isupper():
+                break
+            pos = part.end()
+            if part.group("unit") or part.group("postcode") or part.group("place_postcode"):
+                end, score = pos, 0.9  # a whole address: it outranks a place or name NER found inside it
+        yield start, end, score
+
+
 SECRET_PATTERNS = [
     ("aws_access_key", re.compile(r"\b(?P<secret>(?:AKIA|ASIA)[0-9A-Z]{16})\b")),
     ("github_token", re.compile(r"\b(?P<secret>gh[pousr]_[A-Za-z0-9]{36,255})\b")),
@@ -234,7 +292,7 @@ def analyzer(model: str = DEFAULT_MODEL):
 
 def _analyzer(model: str):
     use_bundled_suffix_list()
-    from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
@@ -253,14 +311,11 @@ def _analyzer(model: str):
                                        labels_to_ignore=sorted(labels - set(mapping)))
     engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}], ner_model_configuration=ner_config)
     engine.nlp = {"en": nlp}
-    address = PatternRecognizer(
-        supported_entity="STREET_ADDRESS", name="StreetAddressRecognizer",
-        patterns=[Pattern("street address", STREET_ADDRESS.pattern, 0.6)], global_regex_flags=0,
-    )
     registry = RecognizerRegistry(
         recognizers=[
             EmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(), IbanRecognizer(), IpRecognizer(),
-            UsSsnRecognizer(), SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]), address,
+            UsSsnRecognizer(), SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]),
+            _recognizer("STREET_ADDRESS", "StreetAddressRecognizer", _addresses),
             _recognizer("SECRET", "SecretRecognizer", _secrets),
             _recognizer("PHONE_NUMBER", "PhoneFormatRecognizer", _phones),
             _recognizer("CREDIT_CARD", "CardNumberRecognizer", _cards),
@@ -417,12 +472,18 @@ def _name_length(span: str) -> int:
 
 
 def merge_spans(spans: list[tuple[int, int, str, float]]) -> list[tuple[int, int, str, float]]:
-    """Overlapping or touching spans become one, typed by the highest-scoring (then longest) part."""
+    """Overlapping or touching spans become one. A span inside another takes the outer one's type (a
+    street named after a person is an address, a name in an e-mail address is an e-mail); otherwise
+    the highest-scoring (then longest) part gives the type."""
     merged: list[list] = []
     for start, end, entity, score in sorted(spans):
         if merged and start <= merged[-1][1]:
             last = merged[-1]
-            if (score, end - start) > (last[3], last[1] - last[0]):
+            inner, outer = end <= last[1], start == last[0] and end >= last[1]
+            if (start, end) == (last[0], last[1]) or not (inner or outer):
+                if (score, end - start) > (last[3], last[1] - last[0]):
+                    last[2], last[3] = entity, score
+            elif outer:
                 last[2], last[3] = entity, score
             last[1] = max(last[1], end)
         else:

@@ -75,6 +75,27 @@ def test_adversarial_formats(text, value, entity):
     assert any(value in v and t == entity for v, t in found), found
 
 
+@pytest.mark.parametrize("text,address", [
+    ("Stephan M Urner\n\n4844 Søndergade 52\n Apt. 656\n Brønderslev\n\n Denmark 35018\nThanks!",
+     "4844 Søndergade 52\n Apt. 656\n Brønderslev\n\n Denmark 35018"),
+    ("Billing address:\n    28245 Puruntie 82 Apt. 595\n   LAPPEENRANTA\n    SK\n    53650",
+     "28245 Puruntie 82 Apt. 595\n   LAPPEENRANTA\n    SK\n    53650"),
+    ("send it to 3911 Fourth Avenue Suite 697, Mora de Rubielos, Spain 16200, and call me",
+     "3911 Fourth Avenue Suite 697, Mora de Rubielos, Spain 16200"),
+    ("the synagogue at 1175 East 29th Avenue in Eugene", "1175 East 29th Avenue"),
+    ("I live at 221 Baker Street, London, and it is great", "221 Baker Street"),  # prose place: not taken
+])
+def test_a_postal_address_is_masked_whole(text, address):
+    """Street line, unit, place, state and postcode go together, up to the last part only an address has."""
+    assert (address, "STREET_ADDRESS") in _found(text)
+
+
+def test_dates_and_counts_are_not_addresses():
+    for text in ("It peaked on 13 December 2012 at number 4.", "In 2019 Apple sold 3 million phones.",
+                 "In 2001 at the Royal Court Theatre 12 actors", "delivering 13 tonnes; the brigade 3 miles away"):
+        assert not any(t == "STREET_ADDRESS" for _, t in _found(text)), text
+
+
 def test_numbers_that_are_not_cards_are_left_alone():
     text = "order 4111 1111 1111 1112 shipped (fails Luhn); total 1234.56 in 2024-05-01"
     assert not any(t == "CREDIT_CARD" for _, t in _found(text))
@@ -91,6 +112,9 @@ def test_overlapping_spans_merge_so_nothing_survives_between_them():
                          (30, 35, "LOCATION", 0.85)])
     assert spans == [(0, 25, "EMAIL_ADDRESS", 1.0), (30, 35, "LOCATION", 0.85)]
     assert replace_spans("x" * 40, spans) == "<EMAIL>" + "x" * 5 + "<LOCATION>" + "x" * 5
+    # a span inside another takes the outer one's type: "Baker" (PERSON) in "221 Baker Street"
+    assert merge_spans([(14, 19, "PERSON", 0.85), (10, 26, "STREET_ADDRESS", 0.6)]) == [(10, 26, "STREET_ADDRESS", 0.6)]
+    assert merge_spans([(10, 26, "STREET_ADDRESS", 0.6), (14, 19, "PERSON", 0.85)]) == [(10, 26, "STREET_ADDRESS", 0.6)]
 
 
 def test_strategies_are_consistent_within_a_run():
