@@ -148,11 +148,13 @@ SECRET_PATTERNS = [
 ]
 
 
-# Phone numbers in the many national formats Presidio's phonenumbers-based recognizer skips
-# (7 to 15 digits in groups, optional country code, area code in parentheses, extension).
+# Phone numbers in national and international formats (7 to 15 digits in groups, optional country
+# code, area code in parentheses, extension), and an unbroken run of 7 to 15 digits after a word
+# that names a phone ("Fax: 9498777106"), which alone would more often be an id.
 PHONE = re.compile(
-    r"(?<![\w.+/-])(?P<secret>(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}"
+    r"(?<![\w.+/-])(?P<secret>(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,8}){1,4}"
     r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?)(?![\w.-]*\d)"
+    r"|(?i:phone|mobile|cell|tel|fax|desk|office|call|whatsapp|sms)\b\W{0,3}(?P<run>\+?\d{7,15})(?![\w.-]*\d)"
 )
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
 # Card numbers of 12 to 19 digits, alone or in groups; kept only when they pass Luhn.
@@ -235,10 +237,11 @@ def _secrets(text: str):
 
 def _phones(text: str):
     for m in PHONE.finditer(text):
-        value = m.group("secret")
+        group = "secret" if m.group("secret") else "run"
+        value = m.group(group)
         digits = sum(c.isdigit() for c in value)
         if 7 <= digits <= 15 and not _ISO_DATE.match(value):
-            yield m.start("secret"), m.end("secret"), 0.4
+            yield m.start(group), m.end(group), 0.4
 
 
 def _cards(text: str):
@@ -299,7 +302,6 @@ def _analyzer(model: str):
         EmailRecognizer,
         IbanRecognizer,
         IpRecognizer,
-        PhoneRecognizer,
         SpacyRecognizer,
         UsSsnRecognizer,
     )
@@ -313,7 +315,7 @@ def _analyzer(model: str):
     engine.nlp = {"en": nlp}
     registry = RecognizerRegistry(
         recognizers=[
-            EmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(), IbanRecognizer(), IpRecognizer(),
+            EmailRecognizer(), CreditCardRecognizer(), IbanRecognizer(), IpRecognizer(),
             UsSsnRecognizer(), SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]),
             _recognizer("STREET_ADDRESS", "StreetAddressRecognizer", _addresses),
             _recognizer("SECRET", "SecretRecognizer", _secrets),
