@@ -59,6 +59,8 @@ def test_names_the_small_model_misses_come_from_the_name_lists():
     ("call +44 20 7946 0958 now", "+44 20 7946 0958", "PHONE_NUMBER"),
     ("Berlin office: +49 30 901820", "+49 30 901820", "PHONE_NUMBER"),
     ("US line (415) 555-2671 ext. 12", "(415) 555-2671 ext. 12", "PHONE_NUMBER"),
+    ("registered 0961-7596216. Could you", "0961-7596216", "PHONE_NUMBER"),
+    ("Desk: +1-604-696-5200 Fax: 9498777106", "9498777106", "PHONE_NUMBER"),
     ("card 4111 1111 1111 1111 on file", "4111 1111 1111 1111", "CREDIT_CARD"),
     ("card 5500-0000-0000-0004 on file", "5500-0000-0000-0004", "CREDIT_CARD"),
     ("IBAN GB82 WEST 1234 5698 7654 32 please", "GB82 WEST 1234 5698 7654 32", "IBAN_CODE"),
@@ -99,6 +101,7 @@ def test_dates_and_counts_are_not_addresses():
 def test_numbers_that_are_not_cards_are_left_alone():
     text = "order 4111 1111 1111 1112 shipped (fails Luhn); total 1234.56 in 2024-05-01"
     assert not any(t == "CREDIT_CARD" for _, t in _found(text))
+    assert _found("order 9498777106 shipped") == []  # a run of digits is a phone only after a phone word
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
 
 
