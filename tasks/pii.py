@@ -332,8 +332,21 @@ def _analyzer(model: str):
 _NAME_TOKEN = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*|[A-Z]\.")
 _NAME_GAP = re.compile(r"[ \t]+")
 # A single listed name counts only right after one of these (or before a dialogue colon).
-_NAME_CUE = re.compile(r"(?:name is|name:|call(?:ed|s)? me|called|named|starring|Mr\.?|Mrs\.?|Ms\.?|Dr\.?|Miss|"
-                       r"my (?:kid|son|daughter|wife|husband|brother|sister)|User:)\s*$", re.IGNORECASE)
+_NAME_CUE = re.compile(r"(?:name is|name:|name\?|call(?:ed|s)? me|called|named|starring|Mr\.?|Mrs\.?|Ms\.?|Dr\.?|"
+                       r"Miss|my (?:kid|son|daughter|wife|husband|brother|sister)|User:)\s*$", re.IGNORECASE)
+# ... or right before one of these: a family tie ("Melvin's daughter"), or, at the start of a
+# sentence, a verb people are the subject of ("Darren is a", "Megan lives"; not "Tea was served").
+_RELATION_AFTER = re.compile(r"['’]s\s+(?:daughter|son|wife|husband|mother|father|mom|dad|brother|sister|friend|"
+                             r"boyfriend|girlfriend|partner|uncle|aunt|cousin|niece|nephew|grand\w+)\b")
+_VERB_AFTER = re.compile(r"\s+(?:lives|lived|works|worked|began|spent|said|says|told|asked|wants|wanted|went|"
+                         r"(?:is|was)\s+(?:a|an|from|very|so|such)|ha[sd]\s+(?:given|been|never|always|just))\b")
+_SENTENCE_START = re.compile(r"(?:^|[.!?\n]\s*|[:\"“]\s*)$")
+_INITIAL = re.compile(r"[A-Z]\.?")
+_FIRST_PERSON = frozenset(("I", "I'm", "I’m", "I'd", "I’d", "I've", "I’ve", "I'll", "I’ll"))
+# Lists of three or more single names ("They had 6: Efimiya, Mary, Ariana, Isabel, Teresa and Jodi.").
+_ENUMERATION = re.compile(r"(?<![\w'’-])[^\W\d_][\w'’-]*(?:,[ \t]*[^\W\d_][\w'’-]*){1,}(?:,?[ \t]+and[ \t]+"
+                          r"[^\W\d_][\w'’-]*)(?![\w'’-])")
+_ENUM_ITEM = re.compile(r"[^\W\d_][\w'’-]*")
 # Words in the name lists that far more often name places, organisations or dates in English text.
 _NOT_NAMES_TEXT = (
     "Street Road Avenue Center Centre Mall Bridge Building Hospital Creek Reservoir College University School "
@@ -382,17 +395,25 @@ def _listed_names(text: str):
     run: list[re.Match] = []
 
     def judge(run):
+        while run and run[0].group() in _FIRST_PERSON:  # "I'm Melvin's daughter"
+            run = run[1:]
         words = [m.group() for m in run if not m.group().endswith(".")]
         if not words or run[0].group().endswith(".") or run[-1].group().endswith("."):
             return None
+        start, end = run[0].start(), run[-1].end()
+        if words[-1][-2:] in ("'s", "’s"):  # possessive: the name is the part before it
+            words[-1], end = words[-1][:-2], end - 2
         if any(w in _NOT_NAMES for w in words):
             return None
-        if len(words) >= 2 and words[0] in given and words[-1] in surnames:
-            return run[0].start(), run[-1].end(), 0.6
+        if len(words) >= 2 and words[0] in given and (words[-1] in surnames or (
+                len(run) == 3 and _INITIAL.fullmatch(run[1].group()) and len(words[-1]) > 1)):
+            return start, end, 0.6  # Given Surname, or Given M. Anyname
         if words[0] in given or words[-1] in surnames:
-            before, after = text[max(0, run[0].start() - 30):run[0].start()], text[run[-1].end():run[-1].end() + 1]
-            if _NAME_CUE.search(before) or after == ":":
-                return run[0].start(), run[-1].end(), 0.6
+            before, after = text[max(0, start - 30):start], text[end:end + 40]
+            if _NAME_CUE.search(before) or after[:1] == ":" or _RELATION_AFTER.match(after):
+                return start, end, 0.6
+            if len(words) == 1 and words[0] in given and _VERB_AFTER.match(after) and _SENTENCE_START.search(before):
+                return start, end, 0.6
         return None
 
     for m in _NAME_TOKEN.finditer(text):
@@ -406,6 +427,13 @@ def _listed_names(text: str):
         run = [m] if capitalized else []
     if run and (found := judge(run)):
         yield found
+    for m in _ENUMERATION.finditer(text):
+        items = [i for i in _ENUM_ITEM.finditer(m.group()) if i.group() != "and"]
+        if len(items) < 3 or not all(i.group()[0].isupper() and i.group() not in _NOT_NAMES for i in items):
+            continue  # lower-case lists are mostly words ("young and noble": surnames too)
+        if sum(i.group() in given or i.group() in surnames for i in items) >= max(2, (len(items) + 1) // 2):
+            for i in items:
+                yield m.start() + i.start(), m.start() + i.end(), 0.6
 
 
 # ---- finding and replacing ----------------------------------------------------------------------

@@ -52,6 +52,22 @@ def test_names_the_small_model_misses_come_from_the_name_lists():
     assert _found("We met on State Street in January near City Hall, then took the May train.") == []
 
 
+def test_names_from_their_place_in_the_text():
+    """Lists of names, a middle initial, a family tie, a sentence whose subject a listed name is; lists
+    of lower-case words are left alone even where they are also surnames."""
+    from tasks.pii import _listed_names
+
+    def names(text):
+        return [text[s:e] for s, e, _ in _listed_names(text)]
+
+    assert names("They had 6: Efimiya, Mary, Ariana, Isabel, Teresa and Jodi.") == [
+        "Efimiya", "Mary", "Ariana", "Isabel", "Teresa", "Jodi"]
+    assert names("It is under my partner's name Shane M Culp") == ["Shane M Culp"]
+    assert names('Ashley:"I\'m Melvin\'s daughter".') == ["Ashley", "Melvin"]
+    assert names("Darren is a very sympathetic man.") == ["Darren"]
+    assert names("The gallant, young and noble gentleman; sol, fa, and sing it") == []
+
+
 @pytest.mark.parametrize("text,value,entity", [
     ("write to john.doe+newsletter@mail.example.co.uk today", "john.doe+newsletter@mail.example.co.uk",
      "EMAIL_ADDRESS"),
