@@ -340,8 +340,12 @@ _RELATION_AFTER = re.compile(r"['’]s\s+(?:daughter|son|wife|husband|mother|fat
                              r"boyfriend|girlfriend|partner|uncle|aunt|cousin|niece|nephew|grand\w+)\b")
 _VERB_AFTER = re.compile(r"\s+(?:lives|lived|works|worked|began|spent|said|says|told|asked|wants|wanted|went|"
                          r"(?:is|was)\s+(?:a|an|from|very|so|such)|ha[sd]\s+(?:given|been|never|always|just))\b")
+_KIN = frozenset(("Papa", "Mama", "Father", "Mother", "Mom", "Mum", "Dad", "Daddy", "Mommy", "Uncle", "Aunt", "Sir",
+                  "Madam", "Lady", "Lord", "Grandma", "Grandpa", "Granny", "Baby", "Doctor", "Nurse", "Captain"))
+_PERSON_VERB_AFTER = re.compile(r"\s+(?:lives (?:on|at|in)|lived (?:on|at|in)|shouted|whispered|smiled|laughed|"
+                                r"married|was born)\b")
 _SENTENCE_START = re.compile(r"(?:^|[.!?\n]\s*|[:\"“]\s*)$")
-_INITIAL = re.compile(r"[A-Z]\.?")
+_INITIAL = re.compile(r"[A-Z]\.|[B-HJ-NP-Z]")  # a middle initial; without its dot, not the words A, I, O
 _FIRST_PERSON = frozenset(("I", "I'm", "I’m", "I'd", "I’d", "I've", "I’ve", "I'll", "I’ll"))
 # Lists of three or more single names ("They had 6: Efimiya, Mary, Ariana, Isabel, Teresa and Jodi.").
 _ENUMERATION = re.compile(r"(?<![\w'’-])[^\W\d_][\w'’-]*(?:,[ \t]*[^\W\d_][\w'’-]*){1,}(?:,?[ \t]+and[ \t]+"
@@ -355,6 +359,13 @@ _NOT_NAMES_TEXT = (
     "September October November December Monday Tuesday Wednesday Thursday Friday Saturday Sunday North South "
     "East West")
 _NOT_NAMES = frozenset(_NOT_NAMES_TEXT.split())
+
+
+@lru_cache(maxsize=1)
+def _stop_words() -> frozenset[str]:
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    return frozenset(STOP_WORDS)
 
 
 @lru_cache(maxsize=1)
@@ -405,15 +416,21 @@ def _listed_names(text: str):
             words[-1], end = words[-1][:-2], end - 2
         if any(w in _NOT_NAMES for w in words):
             return None
-        if len(words) >= 2 and words[0] in given and (words[-1] in surnames or (
-                len(run) == 3 and _INITIAL.fullmatch(run[1].group()) and len(words[-1]) > 1)):
-            return start, end, 0.6  # Given Surname, or Given M. Anyname
+        if len(words) >= 2 and words[0] in given and words[-1] in surnames:
+            return start, end, 0.6  # Given Surname
+        if len(run) == 3 and _INITIAL.fullmatch(run[1].group()) and len(words[0]) > 1 and len(words[-1]) > 1 and (
+                words[0] in given or words[-1] in surnames) and not words[0].isupper():  # not "CHAPTER V Small"
+            return start, end, 0.6  # Given M. Surname, one of them listed
         if words[0] in given or words[-1] in surnames:
             before, after = text[max(0, start - 30):start], text[end:end + 40]
             if _NAME_CUE.search(before) or after[:1] == ":" or _RELATION_AFTER.match(after):
                 return start, end, 0.6
             if len(words) == 1 and words[0] in given and _VERB_AFTER.match(after) and _SENTENCE_START.search(before):
                 return start, end, 0.6
+        if (len(words) == 1 and words[0].lower() not in _stop_words() and words[0] not in _KIN
+                and _PERSON_VERB_AFTER.match(text, end)
+                and _SENTENCE_START.search(text, max(0, start - 3), start)):
+            return start, end, 0.6  # any name opening a sentence whose verb only a person does
         return None
 
     for m in _NAME_TOKEN.finditer(text):

@@ -66,6 +66,8 @@ def test_names_from_their_place_in_the_text():
     assert names('Ashley:"I\'m Melvin\'s daughter".') == ["Ashley", "Melvin"]
     assert names("Darren is a very sympathetic man.") == ["Darren"]
     assert names("The gallant, young and noble gentleman; sol, fa, and sing it") == []
+    assert names("Vsevolod shouted at them. Trivo lives on the hill.") == ["Vsevolod", "Trivo"]
+    assert names("CHAPTER V Small heart. When I Read the Book. Papa laughed. Tea was served.") == []
 
 
 @pytest.mark.parametrize("text,value,entity", [
