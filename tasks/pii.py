@@ -95,6 +95,8 @@ _ADDRESS_PART = re.compile(
     r"|(?P<place>" + _LETTER + r"[\w'’.-]*(?:[ -](?:" + _LETTER + r"[\w'’.-]*|\(" + _LETTER + r"+\))){0,3})"
     r"(?:[ \t,]+(?P<place_postcode>" + _POSTCODE + r"))?)"
 )
+_ADDRESS_END = re.compile(r"[ \t]*(?:$|\r?\n|[.?!](?:\s|$))")  # the last part of an address ends its line or sentence
+_SENTENCE_END = re.compile(r"[.?!](?:\s|$)")
 _BUILDING_NUMBER = re.compile(r"\d{1,6}[A-Za-z]?[ \t]+$")
 # Lower-case words a street name after its number may hold (particles, street words); any other word
 # there must be capitalized, so "in 2019 Apple sold 3 million" and "in 2001 at the Royal Court" are
@@ -119,7 +121,7 @@ def _addresses(text: str):
         start, end = m.start(), m.end()
         before = _BUILDING_NUMBER.search(text, max(0, start - 12), start)
         start = before.start() if before else start
-        pos, score = end, 0.6
+        pos, score, fallback = end, 0.6, None
         for _ in range(6):
             part = _ADDRESS_PART.match(text, pos)
             if not part:
@@ -127,9 +129,16 @@ def _addresses(text: str):
             place = part.group("place")
             if place is not None and not place[0].isupper():
                 break
-            pos = part.end()
             if part.group("unit") or part.group("postcode") or part.group("place_postcode"):
-                end, score = pos, 0.9  # a whole address: it outranks a place or name NER found inside it
+                end, score = part.end(), 0.9  # a whole address: it outranks a place or name NER found inside it
+            elif place is not None and fallback is None:  # "lives at 333 Golfskálinn 78, Borgarnes."
+                cut = _SENTENCE_END.search(place)
+                place_end = part.start("place") + (cut.start() if cut else len(place))
+                if _ADDRESS_END.match(text, place_end):
+                    fallback = place_end
+            pos = part.end()
+        if score < 0.9 and fallback is not None:  # no unit or postcode: the place that ends the line
+            end = fallback
         yield start, end, score
 
 
@@ -192,6 +201,9 @@ class PiiConfig(BaseModel):
     name_lists: bool = Field(True, description="Also find PERSON names from Faker's given names and surnames of "
                              "every locale (a listed given name followed by a listed surname, or one listed name "
                              "after a cue such as 'my name is' or 'Mr.'): names the small English model misses.")
+    place_cues: bool = Field(True, description="Also find LOCATION names by the words before them ('flew to', "
+                             "'grew up in', 'based in', 'originally from', 'University of'): places the small "
+                             "English model misses. Places elsewhere are left to NER.")
 
     def threshold(self, entity: str) -> float:
         return self.thresholds.get(entity, DEFAULT_THRESHOLDS.get(entity, self.default_threshold))
@@ -453,6 +465,50 @@ def _listed_names(text: str):
                 yield m.start() + i.start(), m.start() + i.end(), 0.6
 
 
+# ---- places by the words before them ------------------------------------------------------------
+
+# A verb or phrase of movement or residence, then a place: one to four capitalized words (or all
+# capitals, any script), with the particles place names hold (Reguengos de Monsaraz, Villafranca del
+# Cid, Turkovice u Prelouce).
+_PLACE_CUE = re.compile(
+    r"(?:\b(?:flew|moved|returned|travell?ed|drove|relocated|emigrated|went back|came back) (?:here |back )?(?:to|from)"
+    r"|\b(?:arrived|landed|stayed) (?:at|in)|\bgrew up in|\b(?:was )?born in|\b(?:based|located|headquartered|"
+    r"settled) in|\b(?:lives|lived|living|resides|resided) in|\bI'?m in|\bI am in|\boriginally from|"
+    r"\bhome (?:town|city)|\bUniversity of|\b(?:trip|flight|move) to|\bWhere:)[ \t]+"
+    r"(?P<place>" + _LETTER + r"[\w'’-]*(?:[ \t-]" + _LETTER + r"[\w'’-]*){0,4})"
+)
+_PLACE_PARTICLES = frozenset(("de", "del", "da", "do", "dos", "das", "di", "la", "le", "les", "am", "an", "im", "u",
+                              "upon", "sur", "en", "y", "i"))
+# Words that follow those cues but name no place.
+_NOT_PLACES = frozenset(("The", "A", "An", "My", "Our", "Your", "His", "Her", "Their", "This", "That", "Town",
+                         "Home", "Work", "School", "Office", "Bed", "Hospital", "Church", "Court", "College", "Campus",
+                         "Heaven", "Hell", "Time", "Love", "Business", "Town", "City", "Country", "Club", "Hotel",
+                         "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"))
+_PLACE_TAIL = frozenset(("Country", "Club", "This", "On", "In", "For", "By", "At", "And", "The", "Is", "Was"))
+
+
+def _cued_places(text: str):
+    """(start, end, score) of places named right after a cue such as 'flew to', 'grew up in',
+    'originally from' or 'University of'; the words must be capitalized (or in capitals), and
+    trailing words such as 'Country Club' or 'This' are not part of the place."""
+    for m in _PLACE_CUE.finditer(text):
+        words: list[re.Match] = []
+        for w in re.finditer(r"[^\s,]+", m.group("place")):
+            if not w.group()[0].isupper() and w.group() not in _PLACE_PARTICLES:
+                break  # "Melbourne in May", "Egypt and the AIF"
+            words.append(w)
+        while words and (words[-1].group().rstrip(".,") in _PLACE_TAIL or not words[-1].group()[0].isupper()):
+            words.pop()  # "Erwetegem Country Club", a particle left at the end
+        if not words or words[0].group().title() in _NOT_PLACES:
+            continue
+        start = m.start("place")
+        end = start + words[-1].end()
+        while end > start and text[end - 1] in ".,'’":
+            end -= 1
+        if end > start:
+            yield start, end, 0.6
+
+
 # ---- finding and replacing ----------------------------------------------------------------------
 
 def _chunks(text: str) -> list[tuple[int, str]]:
@@ -496,6 +552,9 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         if "PERSON" in wanted and cfg.name_lists:
             found[i] += [(s + offset, e + offset, "PERSON", score) for s, e, score in _listed_names(piece)
                          if score >= cfg.threshold("PERSON")]
+        if "LOCATION" in wanted and cfg.place_cues:
+            found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in _cued_places(piece)
+                         if score >= cfg.threshold("LOCATION")]
     return [merge_spans(spans) for spans in found]
 
 

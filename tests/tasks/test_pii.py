@@ -104,10 +104,26 @@ def test_adversarial_formats(text, value, entity):
      "3911 Fourth Avenue Suite 697, Mora de Rubielos, Spain 16200"),
     ("the synagogue at 1175 East 29th Avenue in Eugene", "1175 East 29th Avenue"),
     ("I live at 221 Baker Street, London, and it is great", "221 Baker Street"),  # prose place: not taken
+    ("Tosh Olsen lives at 172 Maneeži 75, Saareküla. He", "172 Maneeži 75, Saareküla"),  # the place ends it
 ])
 def test_a_postal_address_is_masked_whole(text, address):
     """Street line, unit, place, state and postcode go together, up to the last part only an address has."""
     assert (address, "STREET_ADDRESS") in _found(text)
+
+
+def test_places_by_the_words_before_them():
+    from tasks.pii import _cued_places
+
+    def places(text):
+        return [text[s:e] for s, e, _ in _cued_places(text)]
+
+    assert places("Mr. Auðbjörnsson flew to Reguengos de Monsaraz on Tuesday morning.") == ["Reguengos de Monsaraz"]
+    assert places("a man who grew up in KNIVSTA. Where: Erwetegem Country Club.") == ["KNIVSTA", "Erwetegem"]
+    assert places("They arrived in Melbourne in May, then returned to Egypt and the AIF") == ["Melbourne", "Egypt"]
+    assert places("She was born in the spring and lived in YOUR remembrance; moved to a farm") == []
+    assert ("NAANTALI", "LOCATION") in _found("Coden is a design agency based in NAANTALI.")
+    assert ("NAANTALI", "LOCATION") not in _found("Coden is a design agency based in NAANTALI.",
+                                                  PiiConfig(place_cues=False))
 
 
 def test_dates_and_counts_are_not_addresses():
