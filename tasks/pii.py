@@ -345,7 +345,9 @@ _NAME_TOKEN = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*|[A-Z]\.")
 _NAME_GAP = re.compile(r"[ \t]+")
 # A single listed name counts only right after one of these (or before a dialogue colon).
 _NAME_CUE = re.compile(r"(?:name is|name:|name\?|call(?:ed|s)? me|called|named|starring|Mr\.?|Mrs\.?|Ms\.?|Dr\.?|"
-                       r"Miss|my (?:kid|son|daughter|wife|husband|brother|sister)|User:)\s*$", re.IGNORECASE)
+                       r"Miss|my (?:kid|son|daughter|wife|husband|brother|sister)|User:|(?:assistant|tribute|married|"
+                       r"engaged|talk|talking|speak|speaking|spoke|wrote|writing) to|follow up with|meet(?:ing)? with|"
+                       r"(?:directed|written|painted|composed|sung|performed) by:?)\s*$", re.IGNORECASE)
 # ... or right before one of these: a family tie ("Melvin's daughter"), or, at the start of a
 # sentence, a verb people are the subject of ("Darren is a", "Megan lives"; not "Tea was served").
 _RELATION_AFTER = re.compile(r"['’]s\s+(?:daughter|son|wife|husband|mother|father|mom|dad|brother|sister|friend|"
@@ -439,7 +441,7 @@ def _listed_names(text: str):
                 return start, end, 0.6
             if len(words) == 1 and words[0] in given and _VERB_AFTER.match(after) and _SENTENCE_START.search(before):
                 return start, end, 0.6
-        if (len(words) == 1 and words[0].lower() not in _stop_words() and words[0] not in _KIN
+        if (len(words) <= 3 and not any(w.lower() in _stop_words() or w in _KIN for w in words)
                 and _PERSON_VERB_AFTER.match(text, end)
                 and _SENTENCE_START.search(text, max(0, start - 3), start)):
             return start, end, 0.6  # any name opening a sentence whose verb only a person does

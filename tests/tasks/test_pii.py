@@ -67,6 +67,8 @@ def test_names_from_their_place_in_the_text():
     assert names("Darren is a very sympathetic man.") == ["Darren"]
     assert names("The gallant, young and noble gentleman; sol, fa, and sing it") == []
     assert names("Vsevolod shouted at them. Trivo lives on the hill.") == ["Vsevolod", "Trivo"]
+    assert names("Tomomi Nishiyama lives at the corner. A film directed by Kenneth Branagh.") == [
+        "Tomomi Nishiyama", "Kenneth Branagh"]
     assert names("CHAPTER V Small heart. When I Read the Book. Papa laughed. Tea was served.") == []
 
 
