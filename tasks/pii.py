@@ -26,6 +26,7 @@ manifests, rejects or reports: only counts by entity type. Each document gets a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import sys
 from contextlib import contextmanager
@@ -83,11 +84,20 @@ STREET_ADDRESS = re.compile(
     r"|\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?"
     r"|(?<![\w-])(?:" + _LETTER + r"[\w'’-]*" + _STREET_WORD_END + r"|" + _STREET_PREFIX + r"(?:[ \t]+" + _WORD
     + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?"
+    # a post office box, and the US military's addresses (ship or unit, then FPO/APO/DPO and state code)
+    r"|\b(?P<box>P\.?[ \t]?O\.?[ \t]+Box[ \t]+\d{1,6})\b"
+    r"|\b(?i:(?:USNS|USNV|USS|USCGC)[ \t]+" + _LETTER + r"[\w'’-]*|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+\d{3,5}|"
+    r"Unit[ \t]+\d{3,5}[ \t]+Box[ \t]+\d{3,5})\s+(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\d{5}\b"
 )
+# Two streets that meet: "the corner of Nieuwe Baan 473 St. and Inna Loop St."
+_CORNER = re.compile(r"\bcorner of[ \t]+(?P<corner>" + _LETTER + r"[\w'’.-]*(?:[ \t]+[\w'’.-]+){0,4}?[ \t]+and[ \t]+"
+                     + _LETTER + r"[\w'’.-]*(?:[ \t]+" + _LETTER + r"[\w'’.-]*){0,3})")
 # The rest of a postal address after its street line, part by part: a unit (Suite 12), a postcode, a
 # state code, a place (LAPPEENRANTA, Mora de Rubielos, Cyprus (Greek)), or a place and its postcode.
 _POSTCODE = r"(?:\d{4,6}(?:-\d{4})?|\d{2}-\d{3}|\d{3} \d{2}|[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2})(?![\w-])"
-_ADDRESS_SEP = r"(?:[ \t]*(?:\r?\n|[,;|])[ \t\r\n,]*|[ \t]{2,})"
+# between parts: a line break (the next line may open with a bullet: > • · * -, or ??? where a bullet
+# did not survive decoding), a comma, a field separator of a flattened record (| > • ·), or a run of spaces
+_ADDRESS_SEP = r"(?:[ \t]*(?:\r?\n|[,;|>•·]|\?{3})[ \t\r\n,]*(?:(?:[>•·*-]|\?{3})[ \t]*)?|[ \t]{2,})"
 _ADDRESS_PART = re.compile(
     r"(?P<sep>" + _ADDRESS_SEP + r"|[ \t]+(?=(?i:apt|apartment|suite|ste|unit|flat|floor|box)\b))"
     r"(?:(?P<unit>(?i:apt|apartment|suite|ste|unit|flat|floor|fl|room|box)\.?[ \t]*#?\d[\w-]*)"
@@ -105,19 +115,33 @@ _MONTHS = frozenset(("January", "February", "March", "April", "May", "June", "Ju
                      "November", "December", "Jan.", "Feb.", "Mar.", "Apr.", "Jun.", "Jul.", "Aug.", "Sep.", "Sept.",
                      "Oct.", "Nov.", "Dec."))
 _STREET_LOWER = frozenset(("de", "du", "des", "del", "della", "delle", "dei", "di", "da", "do", "dos", "das", "van",
-                           "von", "der", "den", "het", "la", "le", "les", "el", "y", "i", "tér", "út", "útja", "utca",
-                           "ulica", "rue", "via", "vei", "vej", "gade", "gata"))
+                           "von", "der", "den", "het", "la", "le", "les", "el", "y", "i", "z", "u"))
+# Street words written in lower case: with one of them the other words may be in any case
+# ("Árpád fejedelem útja 62.", "6614 Luite tee 87", "2224 Trenerys gate 232").
+_STREET_WORDS = frozenset(("tér", "út", "útja", "utca", "u.", "ulica", "ul.", "rkp.", "trg", "rue", "via", "rua",
+                           "calle", "vei", "veien", "vej", "gade", "gata", "gate", "gatan", "tee", "tie", "katu",
+                           "weg", "str.", "strasse", "straße", "laan", "straat", "plein", "náměstí", "nám."))
 
 
 def _addresses(text: str):
     """Postal addresses: a street line, widened to the building number before it and to the parts
     of the address after it (unit, place, state, postcode) up to the last part that only an address
     has (a unit or a postcode), so that a place name in prose after a street is not taken along."""
-    for m in STREET_ADDRESS.finditer(text):
-        words = m.group("words") or m.group("named")
-        if words and not all((w[0].isupper() or w[0].isdigit() or w in _STREET_LOWER) and w not in _MONTHS
-                             for w in words.split()):
-            continue  # lower-case prose between numbers, or a date (13 December 2012)
+    for m in _CORNER.finditer(text):  # "corner of Bygget 64 and Komel Club"
+        first, second = m.group("corner").split(" and ", 1) if " and " in m.group("corner") else ("", "")
+        kept = list(itertools.takewhile(lambda w: w[0].isupper() or w[0].isdigit(), second.split()))
+        if kept and first[:1].isupper() and (first.rstrip(".")[-1:].isdigit() or re.search(_STREET_SUFFIX + r"\b", first)):
+            end = m.start("corner") + len(first) + 5 + len(" ".join(kept))
+            yield m.start("corner"), end, 0.6
+    pos = 0
+    while m := STREET_ADDRESS.search(text, pos):
+        words = (m.group("words") or m.group("named") or "").split()
+        if words and (any(w in _MONTHS for w in words) or not (
+                any(w.lower() in _STREET_WORDS for w in words)
+                or all(w[0].isupper() or w[0].isdigit() or w in _STREET_LOWER for w in words))):
+            pos = m.start() + 1  # lower-case prose between numbers, or a date (13 December 2012)
+            continue
+        pos = m.end()
         start, end = m.start(), m.end()
         before = _BUILDING_NUMBER.search(text, max(0, start - 12), start)
         start = before.start() if before else start

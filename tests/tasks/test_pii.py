@@ -107,6 +107,13 @@ def test_adversarial_formats(text, value, entity):
     ("the synagogue at 1175 East 29th Avenue in Eugene", "1175 East 29th Avenue"),
     ("I live at 221 Baker Street, London, and it is great", "221 Baker Street"),  # prose place: not taken
     ("Tosh Olsen lives at 172 Maneeži 75, Saareküla. He", "172 Maneeži 75, Saareküla"),  # the place ends it
+    (">Lina Artemova\n>2224 Trenerys gate 232\n>Apt. 342\n>TRONDHEIM\n>Norway 64389",  # bullets; "gate"
+     "2224 Trenerys gate 232\n>Apt. 342\n>TRONDHEIM\n>Norway 64389"),
+    ("??? 6614 Luite tee 87\n??? Apt. 931\n??? Salumäe", "6614 Luite tee 87\n??? Apt. 931"),
+    ("Our offices are located at USNS Møller\nFPO AA 85844", "USNS Møller\nFPO AA 85844"),
+    ("mail it to psc 5420, box 2708\napo aa 33879 please", "psc 5420, box 2708\napo aa 33879"),
+    ("The bus station is on P.O. Box 104", "P.O. Box 104"),
+    ("it is the corner of Bygget 64 and Komel Club", "Bygget 64 and Komel Club"),
 ])
 def test_a_postal_address_is_masked_whole(text, address):
     """Street line, unit, place, state and postcode go together, up to the last part only an address has."""
@@ -130,6 +137,7 @@ def test_places_by_the_words_before_them():
 
 def test_dates_and_counts_are_not_addresses():
     for text in ("It peaked on 13 December 2012 at number 4.", "In 2019 Apple sold 3 million phones.",
+                 "at the corner of the street and the park", "that corner of Fleet Street and saw St. Paul",
                  "In 2001 at the Royal Court Theatre 12 actors", "delivering 13 tonnes; the brigade 3 miles away"):
         assert not any(t == "STREET_ADDRESS" for _, t in _found(text)), text
 
