@@ -108,9 +108,9 @@ _ADDRESS_PART = re.compile(
 _ADDRESS_END = re.compile(r"[ \t]*(?:$|\r?\n|[.?!](?:\s|$))")  # the last part of an address ends its line or sentence
 _SENTENCE_END = re.compile(r"[.?!](?:\s|$)")
 _BUILDING_NUMBER = re.compile(r"\d{1,6}[A-Za-z]?[ \t]+$")
-# Lower-case words a street name after its number may hold (particles, street words); any other word
-# there must be capitalized, so "in 2019 Apple sold 3 million" and "in 2001 at the Royal Court" are
-# not addresses.
+# Lower-case particles a street name after its number may hold; any other word there must be
+# capitalized (or the name must hold a street word, below), so "in 2019 Apple sold 3 million" and
+# "in 2001 at the Royal Court" are not addresses, nor are dates ("13 December 2012").
 _MONTHS = frozenset(("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
                      "November", "December", "Jan.", "Feb.", "Mar.", "Apr.", "Jun.", "Jul.", "Aug.", "Sep.", "Sept.",
                      "Oct.", "Nov.", "Dec."))
@@ -124,24 +124,24 @@ _STREET_WORDS = frozenset(("tér", "út", "útja", "utca", "u.", "ulica", "ul.",
 
 
 def _addresses(text: str):
-    """Postal addresses: a street line, widened to the building number before it and to the parts
-    of the address after it (unit, place, state, postcode) up to the last part that only an address
-    has (a unit or a postcode), so that a place name in prose after a street is not taken along."""
+    """Postal addresses: two streets' corner, or a street line widened to the building number before
+    it and to the parts of the address after it (unit, place, state, postcode) up to the last part
+    that only an address has (a unit or a postcode) or to a place that ends the line or sentence, so
+    that a place name in prose after a street is not taken along."""
     for m in _CORNER.finditer(text):  # "corner of Bygget 64 and Komel Club"
         first, second = m.group("corner").split(" and ", 1) if " and " in m.group("corner") else ("", "")
         kept = list(itertools.takewhile(lambda w: w[0].isupper() or w[0].isdigit(), second.split()))
         if kept and first[:1].isupper() and (first.rstrip(".")[-1:].isdigit() or re.search(_STREET_SUFFIX + r"\b", first)):
             end = m.start("corner") + len(first) + 5 + len(" ".join(kept))
             yield m.start("corner"), end, 0.6
-    pos = 0
-    while m := STREET_ADDRESS.search(text, pos):
+    at = 0
+    while m := STREET_ADDRESS.search(text, at):
         words = (m.group("words") or m.group("named") or "").split()
         if words and (any(w in _MONTHS for w in words) or not (
                 any(w.lower() in _STREET_WORDS for w in words)
                 or all(w[0].isupper() or w[0].isdigit() or w in _STREET_LOWER for w in words))):
-            pos = m.start() + 1  # lower-case prose between numbers, or a date (13 December 2012)
+            at = m.start() + 1  # lower-case prose between numbers, or a date (13 December 2012)
             continue
-        pos = m.end()
         start, end = m.start(), m.end()
         before = _BUILDING_NUMBER.search(text, max(0, start - 12), start)
         start = before.start() if before else start
@@ -164,6 +164,7 @@ def _addresses(text: str):
         if score < 0.9 and fallback is not None:  # no unit or postcode: the place that ends the line
             end = fallback
         yield start, end, score
+        at = end
 
 
 SECRET_PATTERNS = [
@@ -223,8 +224,9 @@ class PiiConfig(BaseModel):
     salt: str = Field("", description="Salt for hashes and surrogates (default: the run id).")
     batch_size: int = Field(256, ge=1, description="Documents per spaCy batch.")
     name_lists: bool = Field(True, description="Also find PERSON names from Faker's given names and surnames of "
-                             "every locale (a listed given name followed by a listed surname, or one listed name "
-                             "after a cue such as 'my name is' or 'Mr.'): names the small English model misses.")
+                             "every locale and from where a name stands (a listed given name and surname, a middle "
+                             "initial, a cue such as 'my name is' or 'directed by', a family tie, a sentence whose "
+                             "verb takes a person, a list of names): names the small English model misses.")
     place_cues: bool = Field(True, description="Also find LOCATION names by the words before them ('flew to', "
                              "'grew up in', 'based in', 'originally from', 'University of'): places the small "
                              "English model misses. Places elsewhere are left to NER.")
@@ -508,7 +510,7 @@ _PLACE_PARTICLES = frozenset(("de", "del", "da", "do", "dos", "das", "di", "la",
 # Words that follow those cues but name no place.
 _NOT_PLACES = frozenset(("The", "A", "An", "My", "Our", "Your", "His", "Her", "Their", "This", "That", "Town",
                          "Home", "Work", "School", "Office", "Bed", "Hospital", "Church", "Court", "College", "Campus",
-                         "Heaven", "Hell", "Time", "Love", "Business", "Town", "City", "Country", "Club", "Hotel",
+                         "Heaven", "Hell", "Time", "Love", "Business", "City", "Country", "Club", "Hotel",
                          "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"))
 _PLACE_TAIL = frozenset(("Country", "Club", "This", "On", "In", "For", "By", "At", "And", "The", "Is", "Was"))
 
