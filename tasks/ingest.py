@@ -3,7 +3,7 @@
 Supported inputs (compression by suffix: .gz, .zst); a directory that is a Loom stage (it holds
 `_manifest.json`) contributes only its document shards, not its reports:
     *.jsonl / *.ndjson     one JSON object per line
-    *.json                 a JSON array of objects, or JSON lines
+    *.json                 a JSON array of objects, one (pretty-printed) object, or JSON lines
     *.parquet              one row per record
     *.txt / *.md / *.rst   one document per file
 
@@ -314,6 +314,15 @@ class Ingest(Stage):
                     if fmt == "json" and fh.peek(64).lstrip()[:1] == b"[":
                         records, encoding = self._json_array(f, fh, rejects)
                         self._read_records(f, records, batch, rejects, stats, progress, flush, encoding)
+                    elif fmt == "json" and _one_document(fh):  # one pretty-printed object, not JSON lines
+                        raw = fh.read(self.config.max_doc_bytes + 1)
+                        record, encoding = self._one_record(raw)
+                        if record is None:  # not one document after all: line by line, with rejects
+                            self._read_jsonl(f, io.BufferedReader(_Chained(raw, fh)), batch, rejects, stats,
+                                             progress, flush)
+                        else:
+                            self._read_records(f, iter([(0, record)]), batch, rejects, stats, progress, flush,
+                                               encoding)
                     else:
                         self._read_jsonl(f, fh, batch, rejects, stats, progress, flush)
         except Exception as e:  # unreadable file, truncated archive, corrupt Parquet: keep what was read
@@ -346,6 +355,16 @@ class Ingest(Stage):
             for record in batch.to_pylist():
                 yield position, record
                 position += 1
+
+    def _one_record(self, raw: bytes) -> tuple[object, str]:
+        """The whole file as one JSON object, or (None, "") when it is not one (or too large)."""
+        if len(raw) > self.config.max_doc_bytes:
+            return None, ""
+        try:
+            text, encoding = decode_bytes(raw, self.config.encoding_fallback)
+            return orjson.loads(text), encoding
+        except (DecodeError, orjson.JSONDecodeError):
+            return None, ""
 
     def _json_array(self, f, fh, rejects) -> tuple[Iterator[tuple[int, object]], str]:
         raw = fh.read()
@@ -558,6 +577,44 @@ def _dirty_rows(texts: pa.StringArray, ascii_rows: np.ndarray) -> np.ndarray:
         wide = np.flatnonzero(~ascii_rows)
         dirty[wide] = pc.match_substring_regex(texts.take(pa.array(wide)), _DIRTY_RE2).to_numpy(zero_copy_only=False)
     return dirty
+
+
+def _one_document(fh) -> bool:
+    """Whether a .json file opening with "{" is one (pretty-printed) object rather than JSON lines:
+    its first line is not a JSON value on its own. Undecided (a first line longer than what the
+    stream buffers) counts as JSON lines."""
+    head = fh.peek(1 << 16)
+    cut = head.find(b"\n")
+    if head.lstrip()[:1] != b"{" or cut < 0:
+        return False
+    return _loads_or_none(head[:cut]) is None
+
+
+def _loads_or_none(raw: bytes):
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class _Chained(io.RawIOBase):
+    """Bytes already read, then the rest of the stream: a file read again from its start."""
+
+    def __init__(self, head: bytes, rest):
+        self._head, self._rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read1(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 def _instruction_record(record: dict, text_field: str, id_field: str | None) -> dict:

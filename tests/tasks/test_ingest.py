@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import zstandard
@@ -153,6 +154,22 @@ def test_a_stage_directory_as_input_gives_its_documents_not_its_reports(shared, 
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty/_manifest.json").write_text("{}")
         expand_inputs([str(tmp_path / "empty")])
+
+
+def test_a_json_file_may_be_one_pretty_printed_object(tmp_path):
+    """A .json file is an array, one (pretty-printed) object, or JSON lines; one that is none of them
+    is read line by line, so each bad line is a reject with its position."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in/one.json").write_text(json.dumps({"id": "doc1", "text": "Pretty\nprinted.", "lang": "en"}, indent=2))
+    (tmp_path / "in/lines.json").write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n')
+    (tmp_path / "in/broken.json").write_text('{\n  "id": "z",\n  "text": "never closed"\n')
+    _, docs, rejects = ingest([tmp_path / "in"], tmp_path / "out")
+    assert sorted(zip(docs.column("id").to_pylist(), docs.column("text").to_pylist())) == [
+        ("a", "x"), ("b", "y"), ("doc1", "Pretty\nprinted.")]
+    assert json.loads(docs.filter(pc.equal(docs.column("id"), "doc1")).column("meta")[0].as_py())["fields"] == {
+        "lang": "en"}
+    assert sorted(zip(rejects.column("position").to_pylist(), rejects.column("reason").to_pylist())) == [
+        (1, "malformed_json"), (2, "malformed_json"), (3, "malformed_json")]
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
