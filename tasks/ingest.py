@@ -19,6 +19,7 @@ becomes a row of `_rejects/` with its file, position, reason and raw value.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -316,11 +317,15 @@ class Ingest(Stage):
                         self._read_records(f, records, batch, rejects, stats, progress, flush, encoding)
                     elif fmt == "json" and _one_document(fh):  # one pretty-printed object, not JSON lines
                         raw = fh.read(self.config.max_doc_bytes + 1)
-                        record, encoding = self._one_record(raw)
-                        if record is None:  # not one document after all: line by line, with rejects
+                        parsed = None
+                        if len(raw) <= self.config.max_doc_bytes:
+                            with contextlib.suppress(DecodeError, orjson.JSONDecodeError):
+                                parsed = self._parse_whole(raw)
+                        if parsed is None:  # not one document after all: line by line, with rejects
                             self._read_jsonl(f, io.BufferedReader(_Chained(raw, fh)), batch, rejects, stats,
                                              progress, flush)
                         else:
+                            record, encoding = parsed
                             self._read_records(f, iter([(0, record)]), batch, rejects, stats, progress, flush,
                                                encoding)
                     else:
@@ -356,21 +361,15 @@ class Ingest(Stage):
                 yield position, record
                 position += 1
 
-    def _one_record(self, raw: bytes) -> tuple[object, str]:
-        """The whole file as one JSON object, or (None, "") when it is not one (or too large)."""
-        if len(raw) > self.config.max_doc_bytes:
-            return None, ""
-        try:
-            text, encoding = decode_bytes(raw, self.config.encoding_fallback)
-            return orjson.loads(text), encoding
-        except (DecodeError, orjson.JSONDecodeError):
-            return None, ""
+    def _parse_whole(self, raw: bytes) -> tuple[object, str]:
+        """A whole file as one JSON value (legacy encodings decoded); raises DecodeError or JSONDecodeError."""
+        text, encoding = decode_bytes(raw, self.config.encoding_fallback)
+        return orjson.loads(text), encoding
 
     def _json_array(self, f, fh, rejects) -> tuple[Iterator[tuple[int, object]], str]:
         raw = fh.read()
         try:
-            text, encoding = decode_bytes(raw, self.config.encoding_fallback)
-            records = orjson.loads(text)
+            records, encoding = self._parse_whole(raw)
         except (DecodeError, orjson.JSONDecodeError) as e:
             rejects.add(f.source, 0, "malformed_json", raw=raw[:4096], detail=str(e))
             return iter(()), "utf-8"

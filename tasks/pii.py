@@ -90,8 +90,8 @@ STREET_ADDRESS = re.compile(
     r"Unit[ \t]+\d{3,5}[ \t]+Box[ \t]+\d{3,5})\s+(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\d{5}\b"
 )
 # Two streets that meet: "the corner of Nieuwe Baan 473 St. and Inna Loop St."
-_CORNER = re.compile(r"\bcorner of[ \t]+(?P<corner>" + _LETTER + r"[\w'’.-]*(?:[ \t]+[\w'’.-]+){0,4}?[ \t]+and[ \t]+"
-                     + _LETTER + r"[\w'’.-]*(?:[ \t]+" + _LETTER + r"[\w'’.-]*){0,3})")
+_CORNER = re.compile(r"\bcorner of[ \t]+(?P<first>" + _LETTER + r"[\w'’.-]*(?:[ \t]+[\w'’.-]+){0,4}?)[ \t]+and[ \t]+"
+                     r"(?P<second>" + _LETTER + r"[\w'’.-]*(?:[ \t]+" + _LETTER + r"[\w'’.-]*){0,3})")
 # The rest of a postal address after its street line, part by part: a unit (Suite 12), a postcode, a
 # state code, a place (LAPPEENRANTA, Mora de Rubielos, Cyprus (Greek)), or a place and its postcode.
 _POSTCODE = r"(?:\d{4,6}(?:-\d{4})?|\d{2}-\d{3}|\d{3} \d{2}|[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2})(?![\w-])"
@@ -111,9 +111,9 @@ _BUILDING_NUMBER = re.compile(r"\d{1,6}[A-Za-z]?[ \t]+$")
 # Lower-case particles a street name after its number may hold; any other word there must be
 # capitalized (or the name must hold a street word, below), so "in 2019 Apple sold 3 million" and
 # "in 2001 at the Royal Court" are not addresses, nor are dates ("13 December 2012").
-_MONTHS = frozenset(("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-                     "November", "December", "Jan.", "Feb.", "Mar.", "Apr.", "Jun.", "Jul.", "Aug.", "Sep.", "Sept.",
-                     "Oct.", "Nov.", "Dec."))
+_MONTH_NAMES = "January February March April May June July August September October November December"
+_DAY_NAMES = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday"
+_MONTHS = frozenset(f"{_MONTH_NAMES} Jan. Feb. Mar. Apr. Jun. Jul. Aug. Sep. Sept. Oct. Nov. Dec.".split())
 _STREET_LOWER = frozenset(("de", "du", "des", "del", "della", "delle", "dei", "di", "da", "do", "dos", "das", "van",
                            "von", "der", "den", "het", "la", "le", "les", "el", "y", "i", "z", "u"))
 # Street words written in lower case: with one of them the other words may be in any case
@@ -129,11 +129,11 @@ def _addresses(text: str):
     that only an address has (a unit or a postcode) or to a place that ends the line or sentence, so
     that a place name in prose after a street is not taken along."""
     for m in _CORNER.finditer(text):  # "corner of Bygget 64 and Komel Club"
-        first, second = m.group("corner").split(" and ", 1) if " and " in m.group("corner") else ("", "")
-        kept = list(itertools.takewhile(lambda w: w[0].isupper() or w[0].isdigit(), second.split()))
-        if kept and first[:1].isupper() and (first.rstrip(".")[-1:].isdigit() or re.search(_STREET_SUFFIX + r"\b", first)):
-            end = m.start("corner") + len(first) + 5 + len(" ".join(kept))
-            yield m.start("corner"), end, 0.6
+        first = m.group("first")
+        kept = list(itertools.takewhile(lambda w: w.group()[0].isupper() or w.group()[0].isdigit(),
+                                        re.finditer(r"\S+", m.group("second"))))
+        if kept and first[0].isupper() and (first.rstrip(".")[-1].isdigit() or re.search(_STREET_SUFFIX + r"\b", first)):
+            yield m.start("first"), m.start("second") + kept[-1].end(), 0.6
     at = 0
     while m := STREET_ADDRESS.search(text, at):
         words = (m.group("words") or m.group("named") or "").split()
@@ -395,9 +395,7 @@ _ENUM_ITEM = re.compile(r"[^\W\d_][\w'’-]*")
 _NOT_NAMES_TEXT = (
     "Street Road Avenue Center Centre Mall Bridge Building Hospital Creek Reservoir College University School "
     "Department Guard Hall Church Park River Lake Lakes Canyon County City State National Company Club Foundation "
-    "Manufacturing Prince Queen King Lord Saint St Knight January February March April May June July August "
-    "September October November December Monday Tuesday Wednesday Thursday Friday Saturday Sunday North South "
-    "East West")
+    f"Manufacturing Prince Queen King Lord Saint St Knight {_MONTH_NAMES} {_DAY_NAMES} North South East West")
 _NOT_NAMES = frozenset(_NOT_NAMES_TEXT.split())
 
 
@@ -452,6 +450,10 @@ def _listed_names(text: str):
         if not words or run[0].group().endswith(".") or run[-1].group().endswith("."):
             return None
         start, end = run[0].start(), run[-1].end()
+
+        def opens_sentence() -> bool:
+            return _SENTENCE_START.search(text, max(0, start - 30), start) is not None
+
         if words[-1][-2:] in ("'s", "’s"):  # possessive: the name is the part before it
             words[-1], end = words[-1][:-2], end - 2
         if any(w in _NOT_NAMES for w in words):
@@ -465,11 +467,10 @@ def _listed_names(text: str):
             before, after = text[max(0, start - 30):start], text[end:end + 40]
             if _NAME_CUE.search(before) or after[:1] == ":" or _RELATION_AFTER.match(after):
                 return start, end, 0.6
-            if len(words) == 1 and words[0] in given and _VERB_AFTER.match(after) and _SENTENCE_START.search(before):
+            if len(words) == 1 and words[0] in given and _VERB_AFTER.match(after) and opens_sentence():
                 return start, end, 0.6
         if (len(words) <= 3 and not any(w.lower() in _stop_words() or w in _KIN for w in words)
-                and _PERSON_VERB_AFTER.match(text, end)
-                and _SENTENCE_START.search(text, max(0, start - 3), start)):
+                and _PERSON_VERB_AFTER.match(text, end) and opens_sentence()):
             return start, end, 0.6  # any name opening a sentence whose verb only a person does
         return None
 
@@ -508,10 +509,9 @@ _PLACE_CUE = re.compile(
 _PLACE_PARTICLES = frozenset(("de", "del", "da", "do", "dos", "das", "di", "la", "le", "les", "am", "an", "im", "u",
                               "upon", "sur", "en", "y", "i"))
 # Words that follow those cues but name no place.
-_NOT_PLACES = frozenset(("The", "A", "An", "My", "Our", "Your", "His", "Her", "Their", "This", "That", "Town",
-                         "Home", "Work", "School", "Office", "Bed", "Hospital", "Church", "Court", "College", "Campus",
-                         "Heaven", "Hell", "Time", "Love", "Business", "City", "Country", "Club", "Hotel",
-                         "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"))
+_NOT_PLACES = frozenset(("The A An My Our Your His Her Their This That Town Home Work School Office Bed Hospital "
+                         f"Church Court College Campus Heaven Hell Time Love Business City Country Club Hotel {_DAY_NAMES}"
+                         ).split())
 _PLACE_TAIL = frozenset(("Country", "Club", "This", "On", "In", "For", "By", "At", "And", "The", "Is", "Was"))
 
 
