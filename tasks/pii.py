@@ -7,7 +7,8 @@ recognizers of ours for street addresses and secrets (provider API keys and toke
 private key blocks, values of `password=`-style assignments). What makes it fast:
 
 - spaCy runs only the components NER needs (no tagger, parser or lemmatizer), over a
-  batch of documents at a time with `nlp.pipe`, and Presidio is handed those results;
+  batch of documents at a time with `nlp.pipe`, multiplying matrices with numpy's BLAS;
+  entities are read off its docs the way Presidio's spaCy recognizer reads them;
 - per document, Presidio only runs the recognizers that can match (no "@", no e-mail
   recognizer; fewer than seven digits, no phone, card or SSN recognizer; ...);
 - shards run in parallel on the task runner.
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +47,8 @@ ENTITIES = (
     "PERSON", "LOCATION", "STREET_ADDRESS", "SECRET",
 )
 NER_ENTITIES = {"PERSON", "LOCATION"}
+# Found by Presidio's own pattern recognizers (credit cards also by ours: more formats).
+PRESIDIO_PATTERN_ENTITIES = {"EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN"}
 PLACEHOLDERS = {
     "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN",
     "IP_ADDRESS": "IP_ADDRESS", "US_SSN": "SSN", "PERSON": "PERSON", "LOCATION": "LOCATION",
@@ -264,7 +268,25 @@ def _load_ner_only(model: str):
                       if "ner" in getattr(pipe, "listening_components", [])]
     nlp.select_pipes(enable=keep)
     nlp.max_length = MAX_NLP_CHARS + 1
+    _numpy_matmul(nlp, keep)
     return nlp
+
+
+def _numpy_matmul(nlp, names: list[str]) -> None:
+    """Let the NER network multiply matrices with numpy's BLAS instead of thinc's bundled BLIS.
+
+    BLIS picks its kernels by CPU model and falls back to generic C on CPUs it does not know
+    (this project's AMD EPYC CI machine among them): 26 GFLOP/s there against numpy's 75, and
+    NER is mostly matrix products. The results are the same entities. Models on a GPU keep
+    their own ops.
+    """
+    from thinc.api import NumpyOps
+
+    ops = NumpyOps(use_blis=False)
+    for name in names:
+        for node in nlp.get_pipe(name).model.walk():
+            if type(node.ops) is NumpyOps:
+                node.ops = ops
 
 
 def _secrets(text: str):
@@ -289,21 +311,8 @@ def _cards(text: str):
             yield m.start("secret"), m.end("secret"), 1.0
 
 
-def _recognizer(entity: str, name: str, finder):
-    """A Presidio EntityRecognizer around a function yielding (start, end, score)."""
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
-
-    class FunctionRecognizer(EntityRecognizer):
-        def __init__(self):
-            super().__init__(supported_entities=[entity], name=name, supported_language="en")
-
-        def load(self) -> None:
-            pass
-
-        def analyze(self, text, entities, nlp_artifacts=None):
-            return [RecognizerResult(entity, s, e, score) for s, e, score in finder(text)]
-
-    return FunctionRecognizer()
+# Our own recognizers, called directly: (start, end, score) per finding.
+_OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER": _phones, "CREDIT_CARD": _cards}
 
 
 @contextmanager
@@ -326,7 +335,8 @@ def _presidio_without_transformers():
 
 @lru_cache(maxsize=4)
 def analyzer(model: str = DEFAULT_MODEL):
-    """A Presidio AnalyzerEngine on the NER-only spaCy pipeline, with our recognizers added."""
+    """A Presidio AnalyzerEngine on the NER-only spaCy pipeline with Presidio's recognizers for
+    e-mail, card, IBAN, IP, SSN, PERSON and LOCATION. `find_pii` adds ours (`_OWN_FINDERS`)."""
     with _presidio_without_transformers():
         return _analyzer(model)
 
@@ -355,10 +365,6 @@ def _analyzer(model: str):
         recognizers=[
             EmailRecognizer(), CreditCardRecognizer(), IbanRecognizer(), IpRecognizer(),
             UsSsnRecognizer(), SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]),
-            _recognizer("STREET_ADDRESS", "StreetAddressRecognizer", _addresses),
-            _recognizer("SECRET", "SecretRecognizer", _secrets),
-            _recognizer("PHONE_NUMBER", "PhoneFormatRecognizer", _phones),
-            _recognizer("CREDIT_CARD", "CardNumberRecognizer", _cards),
         ],
         supported_languages=["en"],
     )
@@ -537,6 +543,118 @@ def _cued_places(text: str):
             yield start, end, 0.6
 
 
+# ---- NER decoding -------------------------------------------------------------------------------
+
+class _GreedyNer:
+    """spaCy's greedy NER decoder, run for a whole batch at once in numpy.
+
+    spaCy decodes NER one token at a time per document in a C loop; on this project's
+    machines that loop is over two thirds of NER's time, most of it spent taking and dropping
+    Python's GIL for every token. Here each step decides the next token of every document in
+    the batch with a few array operations. It is the same network and the same transition
+    system (BILUO, with spaCy's rules for which move is valid: no entity begins on
+    whitespace or runs across a sentence start), so the entities are the same; the tests
+    check that against spaCy on real text. Models this does not cover (beam search, other
+    feature sets, a shared embedding layer) use spaCy's own loop.
+    """
+
+    def __init__(self, ner):
+        model = ner.model
+        self.tok2vec, self.lower, upper = model.layers
+        self.weights, self.bias = upper.get_param("W"), upper.get_param("b")
+        self.lower_bias = self.lower.get_param("b")
+        self.unseen = sorted(model.attrs.get("unseen_classes") or ())
+        names = [ner.moves.get_class_name(i) for i in range(ner.moves.n_moves)]
+        moves = [name.split("-", 1)[0] for name in names]
+        self.labels = [name.split("-", 1)[1] if "-" in name else "" for name in names]
+        label_ids = {label: n for n, label in enumerate(sorted(set(self.labels) - {""}), start=1)}
+        self.label_id = np.array([label_ids.get(label, 0) for label in self.labels])
+        labeled = self.label_id > 0
+        self.move = {m: np.array([mv == m for mv in moves]) & (labeled if m in "BILU" else True) for m in "BILUO"}
+        self.id_label = {n: label for label, n in label_ids.items()}
+
+    @classmethod
+    def for_pipeline(cls, nlp):
+        if nlp.pipe_names != ["ner"]:
+            return None
+        ner = nlp.get_pipe("ner")
+        model = ner.model
+        if (type(ner).__name__ != "EntityRecognizer" or type(ner.moves).__name__ != "BiluoPushDown"
+                or ner.cfg.get("beam_width", 1) != 1 or len(model.layers) != 3 or not model.attrs.get("has_upper")
+                or model.layers[1].name != "precomputable_affine" or model.layers[1].get_dim("nF") != 3
+                or model.layers[1].get_dim("nP") < 2 or type(model.ops).__name__ != "NumpyOps"):
+            return None
+        return cls(ner)
+
+    def __call__(self, docs) -> None:
+        """Set each doc's entities (docs fresh from the tokenizer)."""
+        from spacy.tokens import Span
+
+        order = sorted((d for d in docs if len(d)), key=len, reverse=True)
+        if not order:
+            return
+        lengths = np.array([len(d) for d in order])
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        total = int(lengths.sum())
+        # Row 0 of the precomputed features is padding; token k of the batch is row k + 1.
+        cached = self.lower.predict(self.tok2vec.predict(order))
+        space = np.concatenate([d.to_array("IS_SPACE") for d in order]).astype(bool)
+        sent_start = np.concatenate([d.to_array("SENT_START") for d in order]) == 1
+        next_sent_start = np.append(sent_start[1:], False)
+        k = n = len(order)
+        open_label = np.zeros(n, dtype=np.int64)  # 0: no entity open
+        open_start = np.zeros(n, dtype=np.int64)
+        found: list[list] = [[] for _ in order]
+        features = np.arange(3)
+        for t in range(int(lengths[0])):
+            while lengths[k - 1] <= t:  # documents are longest first: the first k are longer than t
+                k -= 1
+            b0 = offsets[:k] + t
+            label, start = open_label[:k], open_start[:k]
+            is_open = label > 0
+            rows = np.zeros((k, 3), dtype=np.int64)
+            rows[:, 0] = b0 + 1
+            rows[:, 1] = np.where(is_open, offsets[:k] + start + 1, 0)
+            rows[:, 2] = np.where(is_open, b0, 0)  # the token before B0, inside the open entity
+            hidden = cached[rows, features].sum(axis=1) + self.lower_bias
+            scores = hidden.max(axis=2) @ self.weights.T + self.bias
+            if self.unseen:
+                scores[:, self.unseen] = scores.min()
+            last = t == lengths[:k] - 1
+            blocked = next_sent_start[np.minimum(b0, total - 1)] & ~last
+            on_space = space[b0]
+            same = label[:, None] == self.label_id[None, :]
+            valid = ((self.move["B"] & (~is_open & ~last & ~blocked & ~on_space)[:, None])
+                     | (self.move["I"] & (is_open & ~last & ~blocked)[:, None] & same)
+                     | (self.move["L"] & is_open[:, None] & same)
+                     | (self.move["U"] & (~is_open & ~on_space)[:, None])
+                     | (self.move["O"] & ~is_open[:, None]))
+            guess = np.where(valid, scores, -np.inf).argmax(axis=1)
+            move_b, move_lu = self.move["B"][guess], self.move["L"][guess] | self.move["U"][guess]
+            chosen = self.label_id[guess]
+            for i in np.flatnonzero(move_lu):
+                begin = int(open_start[i]) if self.move["L"][guess[i]] else t
+                found[i].append((begin, t + 1, int(chosen[i])))
+            open_label[:k] = np.where(move_b, chosen, np.where(move_lu, 0, label))
+            open_start[:k] = np.where(move_b, t, start)
+        for doc, ents in zip(order, found):
+            doc.set_ents([Span(doc, s, e, label=self.id_label[lab]) for s, e, lab in ents], default="outside")
+
+
+def _ner_docs(nlp, texts, batch_size: int):
+    """Docs with their entities, as `nlp.pipe` gives them."""
+    decoder = _GreedyNer.for_pipeline(nlp)
+    if decoder is None:
+        yield from nlp.pipe(texts, batch_size=batch_size)
+        return
+    from spacy.util import minibatch
+
+    for batch in minibatch(texts, batch_size):
+        docs = [nlp.make_doc(text) for text in batch]
+        decoder(docs)
+        yield from docs
+
+
 # ---- finding and replacing ----------------------------------------------------------------------
 
 def _chunks(text: str) -> list[tuple[int, str]]:
@@ -556,27 +674,41 @@ def _chunks(text: str) -> list[tuple[int, str]]:
 
 def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
     """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted."""
+    from presidio_analyzer.nlp_engine import NlpArtifacts
+
     engine = analyzer(cfg.model)
     nlp_engine = engine.nlp_engine
+    nlp = nlp_engine.nlp["en"]
+    ner_labels = nlp_engine.ner_model_configuration.model_to_presidio_entity_mapping
+    ner_score = nlp_engine.ner_model_configuration.default_score
     pieces = [(i, offset, piece) for i, text in enumerate(texts) for offset, piece in _chunks(text)]
     found: list[list] = [[] for _ in texts]
     wanted = set(cfg.entities)
-    ner_wanted = sorted(wanted & NER_ENTITIES)
-    artifacts = nlp_engine.process_batch([p for _, _, p in pieces], "en", batch_size=cfg.batch_size)
-    for (i, offset, piece), (_, nlp_artifacts) in zip(pieces, artifacts):
-        entities = [e for e in wanted - NER_ENTITIES if _PLAUSIBLE.get(e) is None or _PLAUSIBLE[e].search(piece)]
-        if ner_wanted and nlp_artifacts.entities:
-            entities += ner_wanted
-        results = engine.analyze(piece, language="en", entities=entities, nlp_artifacts=nlp_artifacts) if entities else []
-        for r in results:
-            if r.score < cfg.threshold(r.entity_type):
-                continue
-            start, end = r.start, r.end
-            if r.entity_type in NER_ENTITIES:
-                end = start + _name_length(piece[start:end])
-                if end == start:
-                    continue  # numbers tagged PERSON (Presidio issue #1173), code identifiers and the like
-            found[i].append((start + offset, end + offset, r.entity_type, r.score))
+    ner_wanted = wanted & NER_ENTITIES
+    texts_only = (p for _, _, p in pieces)
+    docs = _ner_docs(nlp, texts_only, cfg.batch_size) if ner_wanted else map(nlp.make_doc, texts_only)
+    for (i, offset, piece), doc in zip(pieces, docs):
+        spans = []
+        # Presidio's pattern recognizers run only where their pattern could match. NER results
+        # are read off the doc as Presidio's SpacyRecognizer would (mapped label, default score),
+        # without building its per-token artifacts for every document.
+        plausible = [e for e in wanted - NER_ENTITIES if _PLAUSIBLE.get(e) is None or _PLAUSIBLE[e].search(piece)]
+        entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES]
+        if entities:
+            artifacts = NlpArtifacts(entities=[], tokens=doc, tokens_indices=[t.idx for t in doc],
+                                     lemmas=[t.lemma_ for t in doc], nlp_engine=nlp_engine, language="en", scores=[])
+            spans = [(r.start, r.end, r.entity_type, r.score)
+                     for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=artifacts)]
+        spans += [(start, end, entity, score) for entity in plausible if entity in _OWN_FINDERS
+                  for start, end, score in _OWN_FINDERS[entity](piece)]
+        for ent in doc.ents:
+            entity = ner_labels.get(ent.label_)
+            if entity in ner_wanted:
+                end = ent.start_char + _name_length(ent.text)
+                if end > ent.start_char:  # not numbers tagged PERSON (Presidio issue #1173), code identifiers
+                    spans.append((ent.start_char, end, entity, ner_score))
+        found[i] += [(start + offset, end + offset, entity, score) for start, end, entity, score in spans
+                     if score >= cfg.threshold(entity)]
         if "PERSON" in wanted and cfg.name_lists:
             found[i] += [(s + offset, e + offset, "PERSON", score) for s, e, score in _listed_names(piece)
                          if score >= cfg.threshold("PERSON")]

@@ -11,6 +11,8 @@ from tasks.pii import (
     Pii,
     PiiConfig,
     PiiModelError,
+    _GreedyNer,
+    _ner_docs,
     analyzer,
     find_pii,
     luhn_ok,
@@ -40,6 +42,22 @@ def test_labeled_spans_of_the_presidio_research_set_are_found(shared):
         if total.get(entity):
             assert found[entity] / total[entity] >= 0.95, entity
     assert found["PERSON"] / total["PERSON"] >= 0.7  # the small spaCy model + name lists (see benchmarks/pii.py)
+
+
+def test_batched_ner_decoding_gives_spacys_entities(shared):
+    """Our numpy decoder against spaCy's own loop, token for token, on real text: labeled
+    PII texts, Wikipedia paragraphs (short and long in one batch), and one 50,000-character text."""
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())[:300]
+    wiki = [line for line in (shared / "pretrain/wikitext2_tok/valid.txt").read_text().split("\n") if line.strip()]
+    texts = [r["full_text"] for r in records] + wiki[:300] + [" ".join(wiki)[:50_000], "", "Paris"]
+    nlp = analyzer(PiiConfig().model).nlp_engine.nlp["en"]
+    assert _GreedyNer.for_pipeline(nlp) is not None
+    ours = list(_ner_docs(nlp, texts, 64))
+    theirs = list(nlp.pipe(texts, batch_size=64))
+    assert sum(len(d.ents) for d in theirs) > 500
+    for a, b in zip(ours, theirs):
+        assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents], a.text[:80]
+        assert [t.ent_iob_ for t in a] == [t.ent_iob_ for t in b]
 
 
 def test_names_the_small_model_misses_come_from_the_name_lists():
