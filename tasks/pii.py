@@ -521,6 +521,24 @@ _NOT_PLACES = frozenset(("The A An My Our Your His Her Their This That Town Home
 _PLACE_TAIL = frozenset(("Country", "Club", "This", "On", "In", "For", "By", "At", "And", "The", "Is", "Was"))
 
 
+# A line that holds only a name: two or three capitalized words (or initials), after any quote
+# mark or bullet, as in signature and address blocks ("> Marta Palermo", "Dreux Joly").
+_NAME_LINE = re.compile(r"(?m)^[ \t]*(?:(?:>|•|\?\?\?|-|\*)[ \t]*)*([A-Z][^\W\d_]+(?:[ \t]+(?:[A-Z]\.?|"
+                        r"[A-Z][^\W\d_'’-]*(?:[-'’][^\W\d_]+)?)){1,2})[ \t]*$")
+_ORG_WORDS = frozenset(["Corporation", "Corp", "Inc", "Ltd", "LLC", "Group", "Company", "Bank", "Partners", "Stanley", "Associates", "Holdings"])
+
+
+def _name_lines(text: str):
+    """(start, end, score) of lines that are only a name whose first word is a listed given name
+    or last word a listed surname (not headings in capitals, titles with "The" or "Of", firms)."""
+    given, surnames = _name_lists()
+    for m in _NAME_LINE.finditer(text):
+        words = m.group(1).split()
+        if ((words[0] in given or words[-1] in surnames) and not m.group(1).isupper()
+                and not any(w in ("The", "And", "Of") or w in _ORG_WORDS for w in words)):
+            yield m.start(1), m.end(1), 0.6
+
+
 def _cued_places(text: str):
     """(start, end, score) of places named right after a cue such as 'flew to', 'grew up in',
     'originally from' or 'University of'; the words must be capitalized (or in capitals), and
@@ -641,6 +659,30 @@ class _GreedyNer:
             doc.set_ents([Span(doc, s, e, label=self.id_label[lab]) for s, e, lab in ents], default="outside")
 
 
+# Quote marks of replies and bullets that open a line ("> Ella H. Snider", "• Lina Artemova").
+_LINE_MARKS = re.compile(r"(?m)^[ \t]*(?:(?:>|•|\?\?\?)[ \t]*)+")
+_LOWER_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _ner_view(text: str) -> str:
+    """The text as NER reads it, offsets unchanged. The small model misses names after reply
+    quote marks and bullets, and in text written all in lower case, so marks at the start of a
+    line become spaces, and in a text with no capital letter at all, words of the name lists
+    are capitalized ("follow up with Patricia Desrosiers"): the model still decides from the
+    context whether they are names. Everything else reads the original text."""
+    view = _LINE_MARKS.sub(lambda m: " " * len(m.group()), text) if ">" in text or "•" in text or "???" in text else text
+    if view.islower():
+        given, surnames = _name_lists()
+
+        def capitalize(m: re.Match) -> str:
+            word = m.group()
+            title = word[0].upper() + word[1:]
+            return title if len(title) == len(word) and (title in given or title in surnames) else word
+
+        view = _LOWER_WORD.sub(capitalize, view)
+    return view
+
+
 def _ner_docs(nlp, texts, batch_size: int):
     """Docs with their entities, as `nlp.pipe` gives them."""
     decoder = _GreedyNer.for_pipeline(nlp)
@@ -685,7 +727,7 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
     found: list[list] = [[] for _ in texts]
     wanted = set(cfg.entities)
     ner_wanted = wanted & NER_ENTITIES
-    texts_only = (p for _, _, p in pieces)
+    texts_only = (_ner_view(p) for _, _, p in pieces)
     docs = _ner_docs(nlp, texts_only, cfg.batch_size) if ner_wanted else map(nlp.make_doc, texts_only)
     for (i, offset, piece), doc in zip(pieces, docs):
         spans = []
@@ -704,13 +746,13 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         for ent in doc.ents:
             entity = ner_labels.get(ent.label_)
             if entity in ner_wanted:
-                end = ent.start_char + _name_length(ent.text)
+                end = ent.start_char + _name_length(piece[ent.start_char:ent.end_char])
                 if end > ent.start_char:  # not numbers tagged PERSON (Presidio issue #1173), code identifiers
                     spans.append((ent.start_char, end, entity, ner_score))
         found[i] += [(start + offset, end + offset, entity, score) for start, end, entity, score in spans
                      if score >= cfg.threshold(entity)]
         if "PERSON" in wanted and cfg.name_lists:
-            found[i] += [(s + offset, e + offset, "PERSON", score) for s, e, score in _listed_names(piece)
+            found[i] += [(s + offset, e + offset, "PERSON", score) for s, e, score in itertools.chain(_listed_names(piece), _name_lines(piece))
                          if score >= cfg.threshold("PERSON")]
         if "LOCATION" in wanted and cfg.place_cues:
             found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in _cued_places(piece)

@@ -90,6 +90,24 @@ def test_names_from_their_place_in_the_text():
     assert names("CHAPTER V Small heart. When I Read the Book. Papa laughed. Tea was served.") == []
 
 
+def test_names_in_signature_blocks_and_lower_case_text():
+    """A line that is only a name (after reply quote marks or bullets), and a listed name in a text
+    with no capitals, are PERSON; a firm's line and the same words with capitals in prose are not."""
+    block = "> \n> Marta Palermo\n> Cityscan\n> 1072 Pohlstrasse 9\n> Suite 85"
+    assert ("Marta Palermo", "PERSON") in _found(block)
+    from tasks.pii import _name_lines
+
+    text = "Broker:\nMorgan Stanley\nThe Winter Tale\nCHAPTER ONE\nDreux Joly"
+    assert [text[s:e] for s, e, _ in _name_lines(text)] == ["Dreux Joly"]
+    lower = "follow up with patricia desrosiers in a couple of months."
+    assert any(t == "PERSON" and "patricia" in v for v, t in _found(lower))
+    from tasks.pii import _ner_view
+
+    assert _ner_view(lower) == "follow up with Patricia Desrosiers in a couple of months."
+    assert _ner_view("> Hi\n>> quoted") == "  Hi\n   quoted"
+    assert _ner_view("Rose and Will met.") == "Rose and Will met."
+
+
 @pytest.mark.parametrize("text,value,entity", [
     ("write to john.doe+newsletter@mail.example.co.uk today", "john.doe+newsletter@mail.example.co.uk",
      "EMAIL_ADDRESS"),
