@@ -26,6 +26,7 @@ manifests, rejects or reports: only counts by entity type. Each document gets a
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import re
@@ -714,11 +715,26 @@ def _chunks(text: str) -> list[tuple[int, str]]:
     return out
 
 
+def _freeze_loaded() -> None:
+    """Move what is loaded by now (spaCy's model and vocabulary, Presidio, the name lists: about
+    half a million objects) out of the garbage collector's sight. Every full collection walked
+    them all; NER allocates enough to trigger many. About a tenth of the stage's time."""
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN.append(True)
+
+
+_FROZEN: list[bool] = []
+
+
 def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
     """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted."""
     from presidio_analyzer.nlp_engine import NlpArtifacts
 
     engine = analyzer(cfg.model)
+    if cfg.name_lists:
+        _name_lists()
+    _freeze_loaded()
     nlp_engine = engine.nlp_engine
     nlp = nlp_engine.nlp["en"]
     ner_labels = nlp_engine.ner_model_configuration.model_to_presidio_entity_mapping
