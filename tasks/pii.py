@@ -57,6 +57,7 @@ PLACEHOLDERS = {
 }
 DEFAULT_THRESHOLDS = {"US_SSN": 0.3, "PHONE_NUMBER": 0.4, "CREDIT_CARD": 0.3}
 MAX_NLP_CHARS = 100_000  # longer texts go to spaCy in pieces cut at line breaks
+NER_BATCH_CHARS = 200_000  # characters per NER batch (peak memory: about 1 GB)
 PII_COUNTS = pa.field("pii_counts", pa.map_(pa.string(), pa.int32()), nullable=False)
 
 # Cheap tests that decide which recognizers can possibly match a text.
@@ -685,17 +686,30 @@ def _ner_view(text: str) -> str:
 
 
 def _ner_docs(nlp, texts, batch_size: int):
-    """Docs with their entities, as `nlp.pipe` gives them."""
+    """Docs with their entities, as `nlp.pipe` gives them, in batches of at most `batch_size`
+    documents and NER_BATCH_CHARS characters. NER takes about 3 GB per million characters of a
+    batch: 256 pieces of long books at once would take tens of gigabytes.
+    """
     decoder = _GreedyNer.for_pipeline(nlp)
-    if decoder is None:
-        yield from nlp.pipe(texts, batch_size=batch_size)
-        return
-    from spacy.util import minibatch
-
-    for batch in minibatch(texts, batch_size):
+    for batch in _batches(texts, batch_size, NER_BATCH_CHARS):
+        if decoder is None:
+            yield from nlp.pipe(batch, batch_size=len(batch))
+            continue
         docs = [nlp.make_doc(text) for text in batch]
         decoder(docs)
         yield from docs
+
+
+def _batches(texts, max_items: int, max_chars: int):
+    batch, chars = [], 0
+    for text in texts:
+        if batch and (len(batch) >= max_items or chars + len(text) > max_chars):
+            yield batch
+            batch, chars = [], 0
+        batch.append(text)
+        chars += len(text)
+    if batch:
+        yield batch
 
 
 # ---- finding and replacing ----------------------------------------------------------------------
