@@ -103,7 +103,8 @@ _CORNER = re.compile(r"\bcorner of[ \t]+(?P<first>" + _LETTER + r"[\w'’.-]*(?:
 _POSTCODE = r"(?:\d{4,6}(?:-\d{4})?|\d{2}-\d{3}|\d{3} \d{2}|[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2})(?![\w-])"
 # between parts: a line break (the next line may open with a bullet: > • · * -, or ??? where a bullet
 # did not survive decoding), a comma, a field separator of a flattened record (| > • ·), or a run of spaces
-_ADDRESS_SEP = r"(?:[ \t]*(?:\r?\n|[,;|>•·]|\?{3})[ \t\r\n,]*(?:(?:[>•·*-]|\?{3})[ \t]*)?|[ \t]{2,})"
+_BULLET = r"(?:[>•·*-]|\?{3})"  # what opens a quoted or bulleted line
+_ADDRESS_SEP = rf"(?:[ \t]*(?:\r?\n|[,;|>•·]|\?{{3}})[ \t\r\n,]*(?:{_BULLET}[ \t]*)?|[ \t]{{2,}})"
 _ADDRESS_PART = re.compile(
     r"(?P<sep>" + _ADDRESS_SEP + r"|[ \t]+(?=(?i:apt|apartment|suite|ste|unit|flat|floor|box)\b))"
     r"(?:(?P<unit>(?i:apt|apartment|suite|ste|unit|flat|floor|fl|room|box)\.?[ \t]*#?\d[\w-]*)"
@@ -525,9 +526,10 @@ _PLACE_TAIL = frozenset(("Country", "Club", "This", "On", "In", "For", "By", "At
 
 # A line that holds only a name: two or three capitalized words (or initials), after any quote
 # mark or bullet, as in signature and address blocks ("> Marta Palermo", "Dreux Joly").
-_NAME_LINE = re.compile(r"(?m)^[ \t]*(?:(?:>|•|\?\?\?|-|\*)[ \t]*)*([A-Z][^\W\d_]+(?:[ \t]+(?:[A-Z]\.?|"
+_NAME_LINE = re.compile(rf"(?m)^[ \t]*(?:{_BULLET}[ \t]*)*([A-Z][^\W\d_]+(?:[ \t]+(?:[A-Z]\.?|"
                         r"[A-Z][^\W\d_'’-]*(?:[-'’][^\W\d_]+)?)){1,2})[ \t]*$")
-_ORG_WORDS = frozenset(["Corporation", "Corp", "Inc", "Ltd", "LLC", "Group", "Company", "Bank", "Partners", "Stanley", "Associates", "Holdings"])
+_ORG_WORDS = frozenset(("Corporation", "Corp", "Inc", "Ltd", "LLC", "Group", "Company", "Bank", "Partners",
+                        "Stanley", "Associates", "Holdings"))
 
 
 def _name_lines(text: str):
@@ -586,9 +588,9 @@ class _GreedyNer:
         self.unseen = sorted(model.attrs.get("unseen_classes") or ())
         names = [ner.moves.get_class_name(i) for i in range(ner.moves.n_moves)]
         moves = [name.split("-", 1)[0] for name in names]
-        self.labels = [name.split("-", 1)[1] if "-" in name else "" for name in names]
-        label_ids = {label: n for n, label in enumerate(sorted(set(self.labels) - {""}), start=1)}
-        self.label_id = np.array([label_ids.get(label, 0) for label in self.labels])
+        labels = [name.split("-", 1)[1] if "-" in name else "" for name in names]
+        label_ids = {label: n for n, label in enumerate(sorted(set(labels) - {""}), start=1)}
+        self.label_id = np.array([label_ids.get(label, 0) for label in labels])
         labeled = self.label_id > 0
         self.move = {m: np.array([mv == m for mv in moves]) & (labeled if m in "BILU" else True) for m in "BILUO"}
         self.id_label = {n: label for label, n in label_ids.items()}
@@ -729,16 +731,13 @@ def _chunks(text: str) -> list[tuple[int, str]]:
     return out
 
 
+@lru_cache(maxsize=1)
 def _freeze_loaded() -> None:
     """Move what is loaded by now (spaCy's model and vocabulary, Presidio, the name lists: about
-    half a million objects) out of the garbage collector's sight. Every full collection walked
-    them all; NER allocates enough to trigger many. About a tenth of the stage's time."""
-    if not _FROZEN:
-        gc.freeze()
-        _FROZEN.append(True)
-
-
-_FROZEN: list[bool] = []
+    half a million objects) out of the garbage collector's sight, once per process. Every full
+    collection walked them all; NER allocates enough to trigger many. About a tenth of the
+    stage's time."""
+    gc.freeze()
 
 
 def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
