@@ -694,6 +694,21 @@ class _GreedyNer:
         labeled = self.label_id > 0
         self.move = {m: np.array([mv == m for mv in moves]) & (labeled if m in "BILU" else True) for m in "BILUO"}
         self.id_label = {n: label for label, n in label_ids.items()}
+        # Which moves are valid, by the open entity's label (0: none) and the token's situation
+        # (bit 0: last token of the doc, bit 1: the next token starts a sentence, bit 2: whitespace).
+        n_labels = len(label_ids) + 1
+        self.valid = np.zeros((n_labels, 8, len(names)), dtype=bool)
+        for label in range(n_labels):
+            for flags in range(8):
+                last, blocked, on_space = bool(flags & 1), bool(flags & 2) and not flags & 1, bool(flags & 4)
+                same = self.label_id == label
+                if label == 0:
+                    self.valid[label, flags] = ((self.move["B"] & (not last and not blocked and not on_space))
+                                                | (self.move["U"] & (not on_space)) | self.move["O"])
+                else:
+                    self.valid[label, flags] = ((self.move["I"] & (not last and not blocked) & same)
+                                                | (self.move["L"] & same))
+        self.begins, self.ends = self.move["B"], self.move["L"] | self.move["U"]
 
     @classmethod
     def for_pipeline(cls, nlp):
@@ -717,48 +732,41 @@ class _GreedyNer:
             return
         lengths = np.array([len(d) for d in order])
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        total = int(lengths.sum())
         # Row 0 of the precomputed features is padding; token k of the batch is row k + 1.
         cached = self.lower.predict(self.tok2vec.predict(order))
         space = np.concatenate([d.to_array("IS_SPACE") for d in order]).astype(bool)
         sent_start = np.concatenate([d.to_array("SENT_START") for d in order]) == 1
         next_sent_start = np.append(sent_start[1:], False)
+        flags = space.astype(np.int64) * 4 + next_sent_start * 2
+        last = offsets + lengths - 1
+        flags[last] = flags[last] & 4 | 1  # the last token of a doc (the next doc's start does not block it)
         k = n = len(order)
         open_label = np.zeros(n, dtype=np.int64)  # 0: no entity open
         open_start = np.zeros(n, dtype=np.int64)
         found: list[list] = [[] for _ in order]
-        features = np.arange(3)
+        weights_t, bias, lower_bias = self.weights.T.copy(), self.bias, self.lower_bias
+        c0, c1, c2 = cached[:, 0], cached[:, 1], cached[:, 2]
         for t in range(int(lengths[0])):
             while lengths[k - 1] <= t:  # documents are longest first: the first k are longer than t
                 k -= 1
             b0 = offsets[:k] + t
             label, start = open_label[:k], open_start[:k]
             is_open = label > 0
-            rows = np.zeros((k, 3), dtype=np.int64)
-            rows[:, 0] = b0 + 1
-            rows[:, 1] = np.where(is_open, offsets[:k] + start + 1, 0)
-            rows[:, 2] = np.where(is_open, b0, 0)  # the token before B0, inside the open entity
-            hidden = cached[rows, features].sum(axis=1) + self.lower_bias
-            scores = hidden.max(axis=2) @ self.weights.T + self.bias
+            # features: the token, the open entity's first token and the token before B0 (row 0: none)
+            hidden = c0[b0 + 1] + c1[np.where(is_open, offsets[:k] + start + 1, 0)] + c2[np.where(is_open, b0, 0)]
+            hidden += lower_bias
+            scores = np.maximum(hidden[..., 0], hidden[..., 1]) @ weights_t + bias if hidden.shape[-1] == 2 else \
+                hidden.max(axis=2) @ weights_t + bias
             if self.unseen:
                 scores[:, self.unseen] = scores.min()
-            last = t == lengths[:k] - 1
-            blocked = next_sent_start[np.minimum(b0, total - 1)] & ~last
-            on_space = space[b0]
-            same = label[:, None] == self.label_id[None, :]
-            valid = ((self.move["B"] & (~is_open & ~last & ~blocked & ~on_space)[:, None])
-                     | (self.move["I"] & (is_open & ~last & ~blocked)[:, None] & same)
-                     | (self.move["L"] & is_open[:, None] & same)
-                     | (self.move["U"] & (~is_open & ~on_space)[:, None])
-                     | (self.move["O"] & ~is_open[:, None]))
-            guess = np.where(valid, scores, -np.inf).argmax(axis=1)
-            move_b, move_lu = self.move["B"][guess], self.move["L"][guess] | self.move["U"][guess]
+            scores[~self.valid[label, flags[b0]]] = -np.inf
+            guess = scores.argmax(axis=1)
+            begins, ends = self.begins[guess], self.ends[guess]
             chosen = self.label_id[guess]
-            for i in np.flatnonzero(move_lu):
-                begin = int(open_start[i]) if self.move["L"][guess[i]] else t
-                found[i].append((begin, t + 1, int(chosen[i])))
-            open_label[:k] = np.where(move_b, chosen, np.where(move_lu, 0, label))
-            open_start[:k] = np.where(move_b, t, start)
+            for i in np.flatnonzero(ends):
+                found[i].append((int(open_start[i]) if label[i] else t, t + 1, int(chosen[i])))
+            open_label[:k] = np.where(begins, chosen, np.where(ends, 0, label))
+            open_start[:k] = np.where(begins, t, start)
         for doc, ents in zip(order, found):
             doc.set_ents([Span(doc, s, e, label=self.id_label[lab]) for s, e, lab in ents], default="outside")
 
