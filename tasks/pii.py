@@ -233,7 +233,8 @@ class PiiConfig(BaseModel):
     name_lists: bool = Field(True, description="Also find PERSON names from Faker's given names and surnames of "
                              "every locale and from where a name stands (a listed given name and surname, a middle "
                              "initial, a cue such as 'my name is' or 'directed by', a family tie, a sentence whose "
-                             "verb takes a person, a list of names): names the small English model misses.")
+                             "verb takes a person, a list of names; after 'my name is', 'Name:', 'call me' or "
+                             "'Mrs.' listed or not): names the small English model misses.")
     place_cues: bool = Field(True, description="Also find LOCATION names by the words before them ('flew to', "
                              "'grew up in', 'based in', 'originally from', 'University of'): places the small "
                              "English model misses. Places elsewhere are left to NER.")
