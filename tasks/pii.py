@@ -777,14 +777,15 @@ _LINE_MARKS = re.compile(r"(?m)^[ \t]*(?:(?:>|•|\?\?\?)[ \t]*)+")
 _LOWER_WORD = re.compile(r"[^\W\d_]+")
 
 
-def _ner_view(text: str) -> str:
+def _ner_view(text: str, listed: bool = True) -> str:
     """The text as NER reads it, offsets unchanged. The small model misses names after reply
     quote marks and bullets, and in text written all in lower case, so marks at the start of a
     line become spaces, and in a text with no capital letter at all, words of the name lists
-    are capitalized ("follow up with Patricia Desrosiers"): the model still decides from the
-    context whether they are names. Everything else reads the original text."""
+    are capitalized ("follow up with Patricia Desrosiers"; not with `listed` off, as under
+    `[pii] name_lists = false`): the model still decides from the context whether they are
+    names. Everything else reads the original text."""
     view = _LINE_MARKS.sub(lambda m: " " * len(m.group()), text) if ">" in text or "•" in text or "???" in text else text
-    if view.islower():
+    if listed and view.islower():
         given, surnames = _name_lists()
 
         def capitalize(m: re.Match) -> str:
@@ -865,7 +866,7 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
     found: list[list] = [[] for _ in texts]
     wanted = set(cfg.entities)
     ner_wanted = wanted & NER_ENTITIES
-    texts_only = (_ner_view(p) for _, _, p in pieces)
+    texts_only = (_ner_view(p, cfg.name_lists) for _, _, p in pieces)
     docs = _ner_docs(nlp, texts_only, cfg.batch_size) if ner_wanted else map(nlp.make_doc, texts_only)
     for (i, offset, piece), doc in zip(pieces, docs):
         spans = []

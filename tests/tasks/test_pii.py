@@ -138,6 +138,7 @@ def test_names_in_signature_blocks_and_lower_case_text():
     assert _ner_view(lower) == "follow up with Patricia Desrosiers in a couple of months."
     assert _ner_view("> Hi\n>> quoted") == "  Hi\n   quoted"
     assert _ner_view("Rose and Will met.") == "Rose and Will met."
+    assert _ner_view(lower, listed=False) == lower  # `[pii] name_lists = false`: no lists at all
 
 
 @pytest.mark.parametrize("text,value,entity", [
