@@ -553,7 +553,7 @@ def _name_lines(text: str):
 _NAME_IS = re.compile(r"(?i:\b(?:my|his|her|their|your|maiden|real|full) name(?:[ \t]+is|['’]s)|"
                       r"(?:^|\n)[ \t]*(?:full |first |last |given |family )?name[ \t]*:|"
                       r"\b(?P<call>calls? me|named (?:him|her)|my (?:kid|son|daughter|wife|husband|brother|sister)|"
-                      r"(?:Mr|Mrs|Ms|Dr)\.?))[ \t]+")
+                      r"(?-i:Mr|Mrs|Ms|Dr)\.?|(?-i:mr|mrs|ms|dr)\.))[ \t]+")  # not "MS Word", "5 ms Timeout"
 _CUED_WORDS = re.compile(r"(?:[^\W\d_]\.(?!\w)|[^\W\d_][\w'’-]*)(?:[ \t]+(?:[^\W\d_]\.(?!\w)|[^\W\d_][\w'’-]*)){0,2}")
 
 
@@ -579,7 +579,7 @@ def _cued_names(text: str, listed: bool):
             keep = list(itertools.takewhile(lambda w: w.group().lower() not in _stop_words(), run))
         while keep and (keep[-1].group().lower() in _stop_words() or keep[-1].group().endswith(".")):
             keep.pop()  # "Aantje but", an initial left at the end
-        if not keep or keep[0].group() in _KIN or keep[0].group().lower() in _stop_words():
+        if not keep or keep[0].group() in _TITLES or keep[0].group() in _NOT_NAMES or keep[0].group().lower() in _stop_words():
             continue
         start, end = m.end() + keep[0].start(), m.end() + keep[-1].end()
         if text[end - 2:end] in ("'s", "’s"):

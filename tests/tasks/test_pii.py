@@ -107,6 +107,8 @@ def test_names_after_a_cue_and_their_other_mentions():
     assert cued("Call me Ishmael. Some years ago") == ["Ishmael"]
     assert cued("Mrs. Weston's note, and my name is not important") == ["Weston"]
     assert cued("File name: report.pdf") == []
+    assert cued("Open it in MS Word, wait 5 ms Before retrying, call me Monday") == []
+    assert cued("I'd like to join accounts with ms. Quinzia") == ["Quinzia"]
 
     def others(text, names):  # what is found outside the names given
         spans = [(text.index(n), text.index(n) + len(n), "PERSON", 0.85) for n in names]
