@@ -557,7 +557,7 @@ _NAME_IS = re.compile(r"(?i:\b(?:my|his|her|their|your|maiden|real|full) name(?:
 _CUED_WORDS = re.compile(r"(?:[^\W\d_]\.(?!\w)|[^\W\d_][\w'’-]*)(?:[ \t]+(?:[^\W\d_]\.(?!\w)|[^\W\d_][\w'’-]*)){0,2}")
 
 
-def _cued_names(text: str, listed: bool):
+def _cued_names(text: str):
     """(start, end, score) of the one to three words after a cue that says a name follows ("my
     name is Rubija", "Name: hyuuma t. maida", "everyone calls me Aantje", "she named him Luís").
     Capitalized words, or in a text with no capitals a word that is no English stop word; after
@@ -567,19 +567,20 @@ def _cued_names(text: str, listed: bool):
         words = _CUED_WORDS.match(text, m.end())
         if not words:
             continue
-        run = [w for w in _NAME_TOKEN.finditer(words.group())]
+        run = list(_NAME_TOKEN.finditer(words.group()))
         first = run[0].group()
         if first[0].isupper():
-            keep = [w for w in itertools.takewhile(lambda w: w.group()[0].isupper(), run)]
+            keep = list(itertools.takewhile(lambda w: w.group()[0].isupper(), run))
         else:
             if lower_text is None:
                 lower_text = text.islower()
-            if not lower_text or (m.group("call") and not (listed and _is_listed(first.title()))):
+            if not lower_text or (m.group("call") and not _is_listed(first.title())):
                 continue
             keep = list(itertools.takewhile(lambda w: w.group().lower() not in _stop_words(), run))
         while keep and (keep[-1].group().lower() in _stop_words() or keep[-1].group().endswith(".")):
             keep.pop()  # "Aantje but", an initial left at the end
-        if not keep or keep[0].group() in _TITLES or keep[0].group() in _NOT_NAMES or keep[0].group().lower() in _stop_words():
+        head = keep[0].group() if keep else ""
+        if not head or head in _TITLES or head in _NOT_NAMES or head.lower() in _stop_words():
             continue
         start, end = m.end() + keep[0].start(), m.end() + keep[-1].end()
         if text[end - 2:end] in ("'s", "’s"):
@@ -756,8 +757,8 @@ class _GreedyNer:
             # features: the token, the open entity's first token and the token before B0 (row 0: none)
             hidden = c0[b0 + 1] + c1[np.where(is_open, offsets[:k] + start + 1, 0)] + c2[np.where(is_open, b0, 0)]
             hidden += lower_bias
-            scores = np.maximum(hidden[..., 0], hidden[..., 1]) @ weights_t + bias if hidden.shape[-1] == 2 else \
-                hidden.max(axis=2) @ weights_t + bias
+            pieces_max = np.maximum(hidden[..., 0], hidden[..., 1]) if hidden.shape[-1] == 2 else hidden.max(axis=2)
+            scores = pieces_max @ weights_t + bias
             if self.unseen:
                 scores[:, self.unseen] = scores.min()
             scores[~self.valid[label, flags[b0]]] = -np.inf
@@ -893,7 +894,7 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         if "PERSON" in wanted and cfg.name_lists:
             found[i] += [(s + offset, e + offset, "PERSON", score)
                          for s, e, score in itertools.chain(_listed_names(piece), _name_lines(piece),
-                                                            _cued_names(piece, listed=True))
+                                                            _cued_names(piece))
                          if score >= cfg.threshold("PERSON")]
         if "LOCATION" in wanted and cfg.place_cues:
             found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in _cued_places(piece)

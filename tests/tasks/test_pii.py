@@ -98,7 +98,7 @@ def test_names_after_a_cue_and_their_other_mentions():
     from tasks.pii import _cued_names, _other_mentions
 
     def cued(text):
-        return [text[s:e] for s, e, _ in _cued_names(text, listed=True)]
+        return [text[s:e] for s, e, _ in _cued_names(text)]
 
     assert cued("Hello. My name is Rubija") == ["Rubija"]
     assert cued("she was born on 8/5/1989. her maiden name is nyberg") == ["nyberg"]
