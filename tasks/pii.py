@@ -537,14 +537,13 @@ _ORG_WORDS = frozenset(("Corporation", "Corp", "Inc", "Ltd", "LLC", "Group", "Co
 
 
 def _name_lines(text: str):
-    """(start, end, score) of lines that are only a name whose first word is a listed given name
-    or last word a listed surname (not headings in capitals, titles with "The" or "Of", firms)."""
-    given, surnames = _name_lists()
+    """(start, end, score) of lines that are only capitalized words whose first or last word is a
+    listed name (not headings in capitals, titles with "The" or "Of", titles of rank, firms)."""
     for m in _NAME_LINE.finditer(text):
         words = m.group(1).split()
-        if (all(w[0].isupper() for w in words) and any(w in given or w in surnames for w in (words[0], words[-1]))
+        if (all(w[0].isupper() for w in words) and (_is_listed(words[0]) or _is_listed(words[-1]))
                 and not m.group(1).isupper()
-                and not any(w in ("The", "And", "Of") or w in _ORG_WORDS or w in _NOT_NAMES or w in _TITLES for w in words)):
+                and not any(w in ("The", "And", "Of") or w in _NOT_NAME_WORDS for w in words)):
             yield m.start(1), m.end(1), 0.6
 
 
@@ -598,6 +597,8 @@ _TITLES_TEXT = ("Mr Mrs Ms Miss Mx Dr Dame Madame Duke Duchess King Queen Prince
                 "Sergeant Lieutenant Admiral Professor Prof Saint St Sister Brother Count Countess Earl Baron "
                 "Baroness Bishop Judge President Senator Governor Mayor Chief Little Old Young Good Great Second First")
 _TITLES = _KIN | frozenset(_TITLES_TEXT.split())
+# Capitalized words that never stand for a person on their own.
+_NOT_NAME_WORDS = _TITLES | _NOT_NAMES | _ORG_WORDS
 
 
 def _other_mentions(text: str, spans, listed: bool) -> list[tuple[int, int, str, float]]:
@@ -613,7 +614,7 @@ def _other_mentions(text: str, spans, listed: bool) -> list[tuple[int, int, str,
 
     def usable(word: str) -> bool:
         return (len(word) > 2 and word.isalpha() and not word.isupper() and word.lower() not in _stop_words()
-                and word not in _TITLES and word not in _NOT_NAMES and word not in _ORG_WORDS
+                and word not in _NOT_NAME_WORDS
                 and (word[0].isupper() or lower_text))
 
     for start, end, entity, score in spans:
@@ -694,7 +695,7 @@ class _GreedyNer:
         label_ids = {label: n for n, label in enumerate(sorted(set(labels) - {""}), start=1)}
         self.label_id = np.array([label_ids.get(label, 0) for label in labels])
         labeled = self.label_id > 0
-        self.move = {m: np.array([mv == m for mv in moves]) & (labeled if m in "BILU" else True) for m in "BILUO"}
+        move = {m: np.array([mv == m for mv in moves]) & (labeled if m in "BILU" else True) for m in "BILUO"}
         self.id_label = {n: label for label, n in label_ids.items()}
         # Which moves are valid, by the open entity's label (0: none) and the token's situation
         # (bit 0: last token of the doc, bit 1: the next token starts a sentence, bit 2: whitespace).
@@ -705,12 +706,12 @@ class _GreedyNer:
                 last, blocked, on_space = bool(flags & 1), bool(flags & 2) and not flags & 1, bool(flags & 4)
                 same = self.label_id == label
                 if label == 0:
-                    self.valid[label, flags] = ((self.move["B"] & (not last and not blocked and not on_space))
-                                                | (self.move["U"] & (not on_space)) | self.move["O"])
+                    self.valid[label, flags] = ((move["B"] & (not last and not blocked and not on_space))
+                                                | (move["U"] & (not on_space)) | move["O"])
                 else:
-                    self.valid[label, flags] = ((self.move["I"] & (not last and not blocked) & same)
-                                                | (self.move["L"] & same))
-        self.begins, self.ends = self.move["B"], self.move["L"] | self.move["U"]
+                    self.valid[label, flags] = ((move["I"] & (not last and not blocked) & same)
+                                                | (move["L"] & same))
+        self.begins, self.ends = move["B"], move["L"] | move["U"]
 
     @classmethod
     def for_pipeline(cls, nlp):
