@@ -681,11 +681,16 @@ class _GreedyNer:
     whitespace or runs across a sentence start), so the entities are the same; the tests
     check that against spaCy on real text. Models this does not cover (beam search, other
     feature sets, a shared embedding layer) use spaCy's own loop.
+
+    The embedding layer's output for a token depends on the token alone (its NORM, PREFIX,
+    SUFFIX and SHAPE), so it is kept per distinct token (`_TokenEmbeddings`): a fifth of the
+    network's arithmetic that is done once per word instead of once per occurrence.
     """
 
     def __init__(self, ner):
         model = ner.model
         self.tok2vec, self.lower, upper = model.layers
+        self.embeddings = _TokenEmbeddings.for_tok2vec(self.tok2vec)
         self.weights, self.bias = upper.get_param("W"), upper.get_param("b")
         self.lower_bias = self.lower.get_param("b")
         self.unseen = sorted(model.attrs.get("unseen_classes") or ())
@@ -726,6 +731,17 @@ class _GreedyNer:
             return None
         return cls(ner)
 
+    def _tok2vec(self, docs):
+        if self.embeddings is None:
+            return self.tok2vec.predict(docs)
+        embed_encode, *rest = self.tok2vec.layers
+        embedded = self.embeddings(docs)
+        lengths = np.cumsum([len(d) for d in docs])[:-1]
+        encoded = embed_encode.layers[1].predict(np.split(embedded, lengths))
+        for layer in rest:  # list2array, linear
+            encoded = layer.predict(encoded)
+        return encoded
+
     def __call__(self, docs) -> None:
         """Set each doc's entities (docs fresh from the tokenizer)."""
         from spacy.tokens import Span
@@ -736,7 +752,7 @@ class _GreedyNer:
         lengths = np.array([len(d) for d in order])
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         # Row 0 of the precomputed features is padding; token k of the batch is row k + 1.
-        cached = self.lower.predict(self.tok2vec.predict(order))
+        cached = self.lower.predict(self._tok2vec(order))
         space = np.concatenate([d.to_array("IS_SPACE") for d in order]).astype(bool)
         sent_start = np.concatenate([d.to_array("SENT_START") for d in order]) == 1
         next_sent_start = np.append(sent_start[1:], False)
@@ -774,6 +790,68 @@ class _GreedyNer:
             doc.set_ents([Span(doc, s, e, label=self.id_label[lab]) for s, e, lab in ents], default="outside")
 
 
+class _TokenEmbeddings:
+    """The output of a tok2vec's embedding layer (hashed NORM, PREFIX, SUFFIX and SHAPE, then
+    maxout and layer norm), kept per distinct row of features, up to `MAX_ROWS` of them.
+
+    Every step of that layer works on each token's row alone, so a token's output is the same
+    wherever it occurs, up to float rounding: matrix products round a row differently with the
+    number of rows beside it. spaCy's own results already vary that much with the batch (up to
+    about 4e-6 between one text at a time and 600 at once), so the entities are the same; the
+    tests check them against spaCy's."""
+
+    MAX_ROWS = 200_000  # 77 MB at width 96; then it starts afresh
+
+    def __init__(self, columns, embed, mix):
+        self.columns, self.embed, self.mix = columns, embed, mix
+        self.rows: dict[bytes, int] = {}  # a row of features -> its row in `table`
+        self.table = np.zeros((1024, mix.get_dim("nO")), dtype=np.float32)
+
+    @classmethod
+    def for_tok2vec(cls, tok2vec):
+        """The cache for spaCy's standard tok2vec with hash embeddings only (no static vectors,
+        which are looked up by other attributes), or None."""
+        try:
+            embed = tok2vec.layers[0].layers[0]
+            names = [layer.name for layer in embed.layers]
+            parts, mix = embed.layers[2].layers[0], embed.layers[3].layers[0]
+        except (AttributeError, IndexError):
+            return None
+        if (len(names) != 5 or names[:2] != ["extract_features", "list2ragged"] or names[4] != "ragged2list"
+                or mix.name != "maxout>>layernorm>>dropout"
+                or not parts.layers or any(part.name != "ints-getitem>>hashembed" for part in parts.layers)):
+            return None
+        return cls(embed.layers[0].attrs["columns"], parts, mix)
+
+    def __call__(self, docs) -> np.ndarray:
+        """The embedding layer's output for every token of `docs`, one row per token."""
+        if not sum(len(d) for d in docs):
+            return self.table[:0]
+        features = np.concatenate([d.to_array(self.columns) for d in docs]).astype(np.uint64)
+        keys = features.view(np.dtype((np.void, 8 * features.shape[1]))).ravel().tolist()
+        rows = self.rows
+        if len(rows) + len(keys) > self.MAX_ROWS:
+            rows.clear()
+        get = rows.get
+        index = np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        missing = np.flatnonzero(index < 0)
+        if len(missing):
+            new: list[int] = []  # where each new row first occurs
+            first = len(rows)
+            for i in missing.tolist():
+                row = get(keys[i])
+                if row is None:
+                    row = rows[keys[i]] = first + len(new)
+                    new.append(i)
+                index[i] = row
+            if len(rows) > len(self.table):
+                grown = np.zeros((max(len(rows), 2 * len(self.table)), self.table.shape[1]), dtype=np.float32)
+                grown[:first] = self.table[:first]
+                self.table = grown
+            self.table[first:len(rows)] = self.mix.predict(self.embed.predict(features[new]))
+        return self.table[index]
+
+
 # Quote marks of replies and bullets that open a line ("> Ella H. Snider", "• Lina Artemova").
 _LINE_MARKS = re.compile(r"(?m)^[ \t]*(?:(?:>|•|\?\?\?)[ \t]*)+")
 _LOWER_WORD = re.compile(r"[^\W\d_]+")
@@ -799,12 +877,18 @@ def _ner_view(text: str, listed: bool = True) -> str:
     return view
 
 
+@lru_cache(maxsize=4)
+def _decoder(nlp) -> _GreedyNer | None:
+    """One decoder per pipeline, so that its token embeddings outlive a call."""
+    return _GreedyNer.for_pipeline(nlp)
+
+
 def _ner_docs(nlp, texts, batch_size: int):
     """Docs with their entities, as `nlp.pipe` gives them, in batches of at most `batch_size`
     documents and NER_BATCH_CHARS characters. NER takes about 3 GB per million characters of a
     batch: 256 pieces of long books at once would take tens of gigabytes.
     """
-    decoder = _GreedyNer.for_pipeline(nlp)
+    decoder = _decoder(nlp)
     for batch in _batches(texts, batch_size, NER_BATCH_CHARS):
         if decoder is None:
             yield from nlp.pipe(batch, batch_size=len(batch))

@@ -3,6 +3,7 @@ byte for byte, merged overlaps, replacement strategies, and no PII outside the d
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -11,8 +12,10 @@ from tasks.pii import (
     Pii,
     PiiConfig,
     PiiModelError,
+    _decoder,
     _GreedyNer,
     _ner_docs,
+    _TokenEmbeddings,
     analyzer,
     find_pii,
     luhn_ok,
@@ -51,13 +54,33 @@ def test_batched_ner_decoding_gives_spacys_entities(shared):
     wiki = [line for line in (shared / "pretrain/wikitext2_tok/valid.txt").read_text().split("\n") if line.strip()]
     texts = [r["full_text"] for r in records] + wiki[:300] + [" ".join(wiki)[:50_000], "", "Paris"]
     nlp = analyzer(PiiConfig().model).nlp_engine.nlp["en"]
-    assert _GreedyNer.for_pipeline(nlp) is not None
-    ours = list(_ner_docs(nlp, texts, 64))
+    assert _GreedyNer.for_pipeline(nlp) is not None and _decoder(nlp).embeddings is not None
     theirs = list(nlp.pipe(texts, batch_size=64))
     assert sum(len(d.ents) for d in theirs) > 500
-    for a, b in zip(ours, theirs):
-        assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents], a.text[:80]
-        assert [t.ent_iob_ for t in a] == [t.ent_iob_ for t in b]
+    for _ in range(2):  # the second time, every token's embedding comes from the first
+        ours = list(_ner_docs(nlp, texts, 64))
+        for a, b in zip(ours, theirs):
+            assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents], \
+                a.text[:80]
+            assert [t.ent_iob_ for t in a] == [t.ent_iob_ for t in b]
+
+
+def test_token_embeddings_are_the_embedding_layers_output():
+    """The kept embeddings equal what the tok2vec's embedding layer computes for the same docs,
+    also once the cache has filled up and started afresh."""
+    nlp = analyzer(PiiConfig().model).nlp_engine.nlp["en"]
+    tok2vec = nlp.get_pipe("ner").model.layers[0]
+    docs = [nlp.make_doc(t) for t in ("Call Ana Lima on Monday.", "Ana Lima lives in Porto.", "ana")]
+    expected = np.concatenate(tok2vec.layers[0].layers[0].predict(docs))
+    embeddings = _TokenEmbeddings.for_tok2vec(tok2vec)
+    embeddings.MAX_ROWS = 12
+    sizes = []
+    for batch in (docs, docs, docs[1:], docs):
+        got = embeddings(batch)
+        assert np.allclose(got, expected[-len(got):], atol=1e-5)
+        sizes.append(len(embeddings.rows))
+    assert sizes == [10, 10, 7, 10]  # 10 distinct tokens; the third batch did not fit beside them
+    assert embeddings(docs[:0]).shape == (0, expected.shape[1])
 
 
 def test_names_the_small_model_misses_come_from_the_name_lists():
