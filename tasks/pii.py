@@ -61,16 +61,28 @@ NER_BATCH_CHARS = 200_000  # characters per NER batch (peak memory: about 1 GB)
 PII_COUNTS = pa.field("pii_counts", pa.map_(pa.string(), pa.int32()), nullable=False)
 
 # Cheap tests that decide which recognizers can possibly match a text.
+_SECRET_PREFIXES = re.compile(r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_|sk-|AIza")
+_SECRET_WORDS = ("pass", "pwd", "secret", "key", "token")  # password, api_key, access_token, PRIVATE KEY...
+
+
+def _secret_plausible(text: str) -> bool:
+    """Whether any of SECRET_PATTERNS could match: a provider's prefix, or a word of the password
+    pattern in any case (casefold, as the pattern's IGNORECASE also matches 'ſ' and the Kelvin sign)."""
+    if _SECRET_PREFIXES.search(text):
+        return True
+    folded = text.casefold()
+    return any(word in folded for word in _SECRET_WORDS)
+
+
 _PLAUSIBLE = {
-    "EMAIL_ADDRESS": re.compile(r"@"),
-    "PHONE_NUMBER": re.compile(r"(?:\d\D{0,3}){7}"),
-    "CREDIT_CARD": re.compile(r"(?:\d[ -]?){12}"),
-    "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}"),
-    "IP_ADDRESS": re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
-    "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}"),
-    "STREET_ADDRESS": re.compile(r"\d"),
-    "SECRET": re.compile(r"AKIA|gh[pousr]_|xox[abposr]-|sk_live|sk_test|sk-|AIza|PRIVATE KEY|pass|pwd|secret|token|api.?key",
-                         re.IGNORECASE),
+    "EMAIL_ADDRESS": re.compile(r"@").search,
+    "PHONE_NUMBER": re.compile(r"(?:\d\D{0,3}){7}").search,
+    "CREDIT_CARD": re.compile(r"(?:\d[ -]?){12}").search,
+    "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}").search,
+    "IP_ADDRESS": re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d|:[0-9A-Fa-f]{0,4}:").search,
+    "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}").search,
+    "STREET_ADDRESS": re.compile(r"\d").search,
+    "SECRET": _secret_plausible,
 }
 
 _STREET_SUFFIX = (
@@ -378,7 +390,27 @@ def _analyzer(model: str):
 # ---- person names from name lists ----------------------------------------------------------------
 
 _NAME_TOKEN = re.compile(r"[^\W\d_]\.(?!\w)|[^\W\d_]+(?:[-'’][^\W\d_]+)*")  # a word, or an initial with its dot
-_NAME_GAP = re.compile(r"[ \t]+")
+
+
+@lru_cache(maxsize=1)
+def _capitalized_runs() -> re.Pattern:
+    """Runs of one to four capitalized name tokens (those of _NAME_TOKEN whose first letter is
+    upper case, in any script) with only spaces or tabs between them, each run starting where a
+    token starts. Upper case is spelled out as a class of the letters `str.isupper` says are
+    (about 650 ranges), built on first use."""
+    letter = r"[^\W\d_]"
+    upper = [c for c in map(chr, range(0x110000)) if c.isupper() and re.match(letter, c)]
+    ranges: list[list[str]] = []
+    for c in upper:
+        if ranges and ord(ranges[-1][1]) == ord(c) - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    cap = "[" + "".join(re.escape(a) if a == b else f"{re.escape(a)}-{re.escape(b)}" for a, b in ranges) + "]"
+    token = rf"(?:{cap}\.(?!\w)|{cap}{letter}*(?:[-'’]{letter}+)*)"
+    return re.compile(rf"(?<!{letter})(?<!{letter}[-'’]){token}(?:[ \t]+{token}){{0,3}}")
+
+
 # A single listed name counts only right after one of these (or before a dialogue colon).
 _NAME_CUE = re.compile(r"(?:name is|name:|name\?|call(?:ed|s)? me|called|named|starring|Mr\.?|Mrs\.?|Ms\.?|Dr\.?|"
                        r"Miss|my (?:kid|son|daughter|wife|husband|brother|sister)|User:|(?:assistant|tribute|married|"
@@ -454,7 +486,6 @@ def _listed_names(text: str):
     a cue ('my name is', 'Mr.', ...) or before a dialogue colon, whose first word is a given name or
     last word a surname."""
     given, surnames = _name_lists()
-    run: list[re.Match] = []
 
     def judge(run):
         while run and (run[0].group() in _FIRST_PERSON or run[0].group() in _LEADING):  # "I'm Melvin's daughter"
@@ -487,17 +518,9 @@ def _listed_names(text: str):
             return start, end, 0.6  # any name opening a sentence whose verb only a person does
         return None
 
-    for m in _NAME_TOKEN.finditer(text):
-        capitalized = m.group()[0].isupper()
-        joined = run and _NAME_GAP.fullmatch(text[run[-1].end():m.start()]) is not None
-        if capitalized and (joined or not run) and len(run) < 4:
-            run.append(m)
-            continue
-        if run and (found := judge(run)):
+    for m in _capitalized_runs().finditer(text):
+        if found := judge(list(_NAME_TOKEN.finditer(text, m.start(), m.end()))):
             yield found
-        run = [m] if capitalized else []
-    if run and (found := judge(run)):
-        yield found
     for m in _ENUMERATION.finditer(text):
         items = [i for i in _ENUM_ITEM.finditer(m.group()) if i.group() != "and"]
         if len(items) < 3 or not all(i.group()[0].isupper() and i.group() not in _NOT_NAMES for i in items):
@@ -731,11 +754,11 @@ class _GreedyNer:
             return None
         return cls(ner)
 
-    def _tok2vec(self, docs):
+    def _tok2vec(self, docs, features):
         if self.embeddings is None:
             return self.tok2vec.predict(docs)
         embed_encode, *rest = self.tok2vec.layers
-        embedded = self.embeddings(docs)
+        embedded = self.embeddings(features)
         lengths = np.cumsum([len(d) for d in docs])[:-1]
         encoded = embed_encode.layers[1].predict(np.split(embedded, lengths))
         for layer in rest:  # list2array, linear
@@ -752,9 +775,10 @@ class _GreedyNer:
         lengths = np.array([len(d) for d in order])
         offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         # Row 0 of the precomputed features is padding; token k of the batch is row k + 1.
-        cached = self.lower.predict(self._tok2vec(order))
-        space = np.concatenate([d.to_array("IS_SPACE") for d in order]).astype(bool)
-        sent_start = np.concatenate([d.to_array("SENT_START") for d in order]) == 1
+        columns = ["IS_SPACE", "SENT_START", *(self.embeddings.columns if self.embeddings else ())]
+        attrs = np.concatenate([d.to_array(columns) for d in order])  # uint64: SENT_START's -1 wraps
+        cached = self.lower.predict(self._tok2vec(order, attrs[:, 2:]))
+        space, sent_start = attrs[:, 0] == 1, attrs[:, 1] == 1
         next_sent_start = np.append(sent_start[1:], False)
         flags = space.astype(np.int64) * 4 + next_sent_start * 2
         last = offsets + lengths - 1
@@ -823,11 +847,12 @@ class _TokenEmbeddings:
             return None
         return cls(embed.layers[0].attrs["columns"], parts, mix)
 
-    def __call__(self, docs) -> np.ndarray:
-        """The embedding layer's output for every token of `docs`, one row per token."""
-        if not sum(len(d) for d in docs):
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """The embedding layer's output for each row of `features` (tokens' `columns`, as
+        `Doc.to_array` gives them)."""
+        if not len(features):
             return self.table[:0]
-        features = np.concatenate([d.to_array(self.columns) for d in docs]).astype(np.uint64)
+        features = np.ascontiguousarray(features, dtype=np.uint64)
         keys = features.view(np.dtype((np.void, 8 * features.shape[1]))).ravel().tolist()
         rows = self.rows
         if len(rows) + len(keys) > self.MAX_ROWS:
@@ -959,7 +984,7 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         # Presidio's pattern recognizers run only where their pattern could match. NER results
         # are read off the doc as Presidio's SpacyRecognizer would (mapped label, default score),
         # without building its per-token artifacts for every document.
-        plausible = [e for e in wanted - NER_ENTITIES if _PLAUSIBLE.get(e) is None or _PLAUSIBLE[e].search(piece)]
+        plausible = [e for e in wanted - NER_ENTITIES if e not in _PLAUSIBLE or _PLAUSIBLE[e](piece)]
         entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES]
         if entities:
             artifacts = NlpArtifacts(entities=[], tokens=doc, tokens_indices=[t.idx for t in doc],
