@@ -961,6 +961,29 @@ def _freeze_loaded() -> None:
     gc.freeze()
 
 
+@lru_cache(maxsize=4)
+def _pattern_gates(engine) -> dict[str, list]:
+    """Entity -> the regexes of every Presidio recognizer that finds it, compiled as the recognizer
+    compiles them, for entities that only pattern recognizers find. A pattern recognizer finds
+    nothing where none of its patterns matches, so Presidio is called for an entity only where one
+    does: the same results, for a quarter fewer calls on the labeled set."""
+    import regex  # what Presidio's pattern recognizers match with, not `re`
+    from presidio_analyzer import PatternRecognizer
+
+    gates: dict[str, list] = {}
+    pattern_only: set[str] = set()
+    for recognizer in engine.registry.recognizers:
+        for entity in recognizer.supported_entities:
+            if isinstance(recognizer, PatternRecognizer) and recognizer.patterns:
+                gates.setdefault(entity, []).extend(
+                    regex.compile(p.regex, flags=recognizer.global_regex_flags) for p in recognizer.patterns)
+                pattern_only.add(entity)
+    for recognizer in engine.registry.recognizers:  # an entity any other recognizer finds is never gated
+        if not (isinstance(recognizer, PatternRecognizer) and recognizer.patterns):
+            pattern_only.difference_update(recognizer.supported_entities)
+    return {entity: patterns for entity, patterns in gates.items() if entity in pattern_only}
+
+
 def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
     """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted."""
     from presidio_analyzer.nlp_engine import NlpArtifacts
@@ -973,6 +996,7 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
     nlp = nlp_engine.nlp["en"]
     ner_labels = nlp_engine.ner_model_configuration.model_to_presidio_entity_mapping
     ner_score = nlp_engine.ner_model_configuration.default_score
+    gates = _pattern_gates(engine)
     pieces = [(i, offset, piece) for i, text in enumerate(texts) for offset, piece in _chunks(text)]
     found: list[list] = [[] for _ in texts]
     wanted = set(cfg.entities)
@@ -985,7 +1009,8 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         # are read off the doc as Presidio's SpacyRecognizer would (mapped label, default score),
         # without building its per-token artifacts for every document.
         plausible = [e for e in wanted - NER_ENTITIES if e not in _PLAUSIBLE or _PLAUSIBLE[e](piece)]
-        entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES]
+        entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES
+                    and (e not in gates or any(pattern.search(piece) for pattern in gates[e]))]
         if entities:
             artifacts = NlpArtifacts(entities=[], tokens=doc, tokens_indices=[t.idx for t in doc],
                                      lemmas=[t.lemma_ for t in doc], nlp_engine=nlp_engine, language="en", scores=[])
