@@ -285,7 +285,29 @@ def _load_ner_only(model: str):
     nlp.select_pipes(enable=keep)
     nlp.max_length = MAX_NLP_CHARS + 1
     _numpy_matmul(nlp, keep)
+    _lexeme_attrs_used(nlp, keep)
     return nlp
+
+
+def _lexeme_attrs_used(nlp, names: list[str]) -> None:
+    """Compute only the lexeme attributes something here reads when spaCy meets a new word.
+
+    Every word spaCy has not seen becomes a lexeme, and spaCy then calls a Python function for
+    each of 23 attributes (like_url, is_currency, ...). Tokenizing the 1,500 labeled texts meets
+    4,700 new words and takes 0.19 s, against 0.05 s for the same texts seen before; computing
+    only what is read takes it to 0.145 s (about 30 -> 20 µs a new word). Read are: the NER
+    network's feature columns (NORM, PREFIX, SUFFIX, SHAPE in spaCy's models), IS_SPACE by the
+    transition system, IS_STOP and IS_PUNCT by Presidio's context enhancer, and LOWER, which
+    NORM falls back on. The rest keep their defaults (False) in this private NER-only pipeline."""
+    from spacy.attrs import IDS, IS_PUNCT, IS_SPACE, IS_STOP, LOWER, NORM, PREFIX, SHAPE, SUFFIX
+
+    used = {LOWER, NORM, PREFIX, SUFFIX, SHAPE, IS_SPACE, IS_STOP, IS_PUNCT}
+    for name in names:
+        for node in nlp.get_pipe(name).model.walk():
+            for column in node.attrs.get("columns", ()) if node.name == "extract_features" else ():
+                used.add(IDS[column.upper()] if isinstance(column, str) else column)
+    getters = nlp.vocab.lex_attr_getters
+    nlp.vocab.lex_attr_getters = {attr: get for attr, get in getters.items() if attr in used}
 
 
 def _numpy_matmul(nlp, names: list[str]) -> None:

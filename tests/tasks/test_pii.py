@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import spacy
 
 from tasks.ingest import Ingest
 from tasks.pii import (
@@ -57,6 +58,11 @@ def test_batched_ner_decoding_gives_spacys_entities(shared):
     assert _GreedyNer.for_pipeline(nlp) is not None and _decoder(nlp).embeddings is not None
     theirs = list(nlp.pipe(texts, batch_size=64))
     assert sum(len(d.ents) for d in theirs) > 500
+    # spaCy as it loads, computing every lexeme attribute (ours computes only those read)
+    untrimmed = spacy.load(PiiConfig().model, exclude=[n for n in nlp.component_names if n != "ner"])
+    assert len(untrimmed.vocab.lex_attr_getters) > len(nlp.vocab.lex_attr_getters)
+    assert [[(e.start, e.end, e.label_) for e in d.ents] for d in untrimmed.pipe(texts, batch_size=64)] == [
+        [(e.start, e.end, e.label_) for e in d.ents] for d in theirs]
     for _ in range(2):  # the second time, every token's embedding comes from the first
         ours = list(_ner_docs(nlp, texts, 64))
         for a, b in zip(ours, theirs):
