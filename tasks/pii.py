@@ -540,7 +540,15 @@ def _listed_names(text: str):
             return start, end, 0.6  # any name opening a sentence whose verb only a person does
         return None
 
+    def listed(word: str) -> bool:
+        if word[-2:] in ("'s", "’s"):
+            word = word[:-2]
+        return word in given or word in surnames
+
     for m in _capitalized_runs().finditer(text):
+        # Without a listed word, only a verb that only a person does right after the run can make it a name.
+        if not (any(map(listed, m.group().split())) or _PERSON_VERB_AFTER.match(text, m.end())):
+            continue
         if found := judge(list(_NAME_TOKEN.finditer(text, m.start(), m.end()))):
             yield found
     for m in _ENUMERATION.finditer(text):
