@@ -78,7 +78,7 @@ _PLAUSIBLE = {
     "EMAIL_ADDRESS": re.compile(r"@").search,
     "PHONE_NUMBER": re.compile(r"(?:\d\D{0,3}){7}").search,
     "CREDIT_CARD": re.compile(r"(?:\d[ -]?){12}").search,
-    "IBAN_CODE": re.compile(r"[A-Za-z]{2}\d{2}").search,
+    "IBAN_CODE": re.compile(r"[A-Za-z]{2}[ -]?\d{2}").search,
     "IP_ADDRESS": re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d|:[0-9A-Fa-f]{0,4}:").search,
     "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}").search,
     "STREET_ADDRESS": re.compile(r"\d").search,
@@ -349,8 +349,31 @@ def _cards(text: str):
             yield m.start("secret"), m.end("secret"), 1.0
 
 
+_IBAN_ANY_CASE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[ -]?\d{2}(?:[ -]?[A-Za-z0-9]){9,30}")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _ibans_in_lower_case(text: str):
+    """IBANs with lower-case letters ("my iban is gb42nawi04454264788619"). Presidio's IBAN recognizer
+    matches upper case only; here it runs, with its checksum and country formats, on the text with
+    ASCII letters in upper case (the offsets do not move), and keeps what Presidio missed."""
+    if all(m.group().isupper() for m in _IBAN_ANY_CASE.finditer(text)):
+        return
+    for r in _iban_recognizer().analyze(text.translate(_ASCII_UPPER), ["IBAN_CODE"]):
+        if not text[r.start:r.end].isupper():
+            yield r.start, r.end, r.score
+
+
+@lru_cache(maxsize=1)
+def _iban_recognizer():
+    from presidio_analyzer.predefined_recognizers import IbanRecognizer
+
+    return IbanRecognizer()
+
+
 # Our own recognizers, called directly: (start, end, score) per finding.
-_OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER": _phones, "CREDIT_CARD": _cards}
+_OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER": _phones, "CREDIT_CARD": _cards,
+                "IBAN_CODE": _ibans_in_lower_case}
 
 
 @contextmanager

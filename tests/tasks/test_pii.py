@@ -184,6 +184,8 @@ def test_names_in_signature_blocks_and_lower_case_text():
     ("card 4111 1111 1111 1111 on file", "4111 1111 1111 1111", "CREDIT_CARD"),
     ("card 5500-0000-0000-0004 on file", "5500-0000-0000-0004", "CREDIT_CARD"),
     ("IBAN GB82 WEST 1234 5698 7654 32 please", "GB82 WEST 1234 5698 7654 32", "IBAN_CODE"),
+    ("my iban is gb42nawi04454264788619", "gb42nawi04454264788619", "IBAN_CODE"),  # Presidio: upper case only
+    ("iban: de89 3704 0044 0532 0130 00.", "de89 3704 0044 0532 0130 00", "IBAN_CODE"),
     ("from 192.168.10.42 and 2001:db8::ff00:42:8329", "192.168.10.42", "IP_ADDRESS"),
     ("ssn 536-80-4398 in the form", "536-80-4398", "US_SSN"),
     ("key AKIAIOSFODNN7EXAMPLE in config", "AKIAIOSFODNN7EXAMPLE", "SECRET"),
@@ -195,6 +197,10 @@ def test_names_in_signature_blocks_and_lower_case_text():
 def test_adversarial_formats(text, value, entity):
     found = _found(text)
     assert any(value in v and t == entity for v, t in found), found
+
+
+def test_lower_case_ibans_need_a_valid_checksum():
+    assert _found("my iban is gb00nawi04454264788619") == []
 
 
 @pytest.mark.parametrize("text,address", [
