@@ -1065,8 +1065,11 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES
                     and (e not in gates or any(pattern.search(piece) for pattern in gates[e]))]
         if entities:
+            # Presidio raises a weak match's score when a context word ("ssn", "iban", "card") is
+            # near, comparing its lemmas. The NER-only pipeline has no lemmatizer, so the words in
+            # lower case stand in (Presidio matches context words as substrings: "cards" has "card").
             artifacts = NlpArtifacts(entities=[], tokens=doc, tokens_indices=[t.idx for t in doc],
-                                     lemmas=[t.lemma_ for t in doc], nlp_engine=nlp_engine, language="en", scores=[])
+                                     lemmas=[t.lower_ for t in doc], nlp_engine=nlp_engine, language="en", scores=[])
             spans = [(r.start, r.end, r.entity_type, r.score)
                      for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=artifacts)]
         spans += [(start, end, entity, score) for entity in plausible if entity in _OWN_FINDERS

@@ -203,6 +203,13 @@ def test_lower_case_ibans_need_a_valid_checksum():
     assert _found("my iban is gb00nawi04454264788619") == []
 
 
+def test_context_words_raise_weak_matches():
+    """Nine digits are an SSN only beside a word that says so (Presidio's context enhancer, which
+    needs lemmas the NER-only pipeline does not make)."""
+    assert _found("my ssn is 536804398 thanks") == [("536804398", "US_SSN")]
+    assert _found("order 536804398 shipped") == []
+
+
 @pytest.mark.parametrize("text,address", [
     ("Stephan M Urner\n\n4844 Søndergade 52\n Apt. 656\n Brønderslev\n\n Denmark 35018\nThanks!",
      "4844 Søndergade 52\n Apt. 656\n Brønderslev\n\n Denmark 35018"),
