@@ -1037,6 +1037,17 @@ def _pattern_gates(engine) -> dict[str, list]:
     return {entity: patterns for entity, patterns in gates.items() if entity in pattern_only}
 
 
+def _matches(pattern, text: str) -> bool:
+    """Whether a Presidio pattern matches, under Presidio's time limit (a pattern that runs out of
+    time counts as no match, as Presidio skips it)."""
+    from presidio_analyzer.pattern_recognizer import REGEX_TIMEOUT_SECONDS
+
+    try:
+        return pattern.search(text, timeout=REGEX_TIMEOUT_SECONDS) is not None
+    except TimeoutError:
+        return False
+
+
 def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
     """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted."""
     from presidio_analyzer.nlp_engine import NlpArtifacts
@@ -1063,7 +1074,7 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         # without building its per-token artifacts for every document.
         plausible = [e for e in wanted - NER_ENTITIES if e not in _PLAUSIBLE or _PLAUSIBLE[e](piece)]
         entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES
-                    and (e not in gates or any(pattern.search(piece) for pattern in gates[e]))]
+                    and (e not in gates or any(_matches(pattern, piece) for pattern in gates[e]))]
         if entities:
             # Presidio raises a weak match's score when a context word ("ssn", "iban", "card") is
             # near, comparing its lemmas. The NER-only pipeline has no lemmatizer, so the words in
