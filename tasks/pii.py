@@ -563,14 +563,10 @@ def _listed_names(text: str):
             return start, end, 0.6  # any name opening a sentence whose verb only a person does
         return None
 
-    def listed(word: str) -> bool:
-        if word[-2:] in ("'s", "’s"):
-            word = word[:-2]
-        return word in given or word in surnames
-
     for m in _capitalized_runs().finditer(text):
         # Without a listed word, only a verb that only a person does right after the run can make it a name.
-        if not (any(map(listed, m.group().split())) or _PERSON_VERB_AFTER.match(text, m.end())):
+        words = [w[:-2] if w[-2:] in ("'s", "’s") else w for w in m.group().split()]
+        if not (any(map(_is_listed, words)) or _PERSON_VERB_AFTER.match(text, m.end())):
             continue
         if found := judge(list(_NAME_TOKEN.finditer(text, m.start(), m.end()))):
             yield found
@@ -1015,37 +1011,40 @@ def _freeze_loaded() -> None:
 
 
 @lru_cache(maxsize=4)
-def _pattern_gates(engine) -> dict[str, list]:
-    """Entity -> the regexes of every Presidio recognizer that finds it, compiled as the recognizer
-    compiles them, for entities that only pattern recognizers find. A pattern recognizer finds
-    nothing where none of its patterns matches, so Presidio is called for an entity only where one
-    does: the same results, for a quarter fewer calls on the labeled set."""
+def _pattern_gates(engine) -> dict:
+    """Entity -> whether a text matches any pattern of the Presidio recognizers that find it,
+    for entities that only pattern recognizers find. The patterns are compiled as Presidio
+    compiles them and searched under its time limit (a pattern out of time counts as no match,
+    as Presidio skips it). A pattern recognizer finds nothing where none of its patterns
+    matches, so Presidio is called for an entity only where one does: the same results, for a
+    quarter fewer calls on the labeled set."""
     import regex  # what Presidio's pattern recognizers match with, not `re`
     from presidio_analyzer import PatternRecognizer
-
-    gates: dict[str, list] = {}
-    pattern_only: set[str] = set()
-    for recognizer in engine.registry.recognizers:
-        for entity in recognizer.supported_entities:
-            if isinstance(recognizer, PatternRecognizer) and recognizer.patterns:
-                gates.setdefault(entity, []).extend(
-                    regex.compile(p.regex, flags=recognizer.global_regex_flags) for p in recognizer.patterns)
-                pattern_only.add(entity)
-    for recognizer in engine.registry.recognizers:  # an entity any other recognizer finds is never gated
-        if not (isinstance(recognizer, PatternRecognizer) and recognizer.patterns):
-            pattern_only.difference_update(recognizer.supported_entities)
-    return {entity: patterns for entity, patterns in gates.items() if entity in pattern_only}
-
-
-def _matches(pattern, text: str) -> bool:
-    """Whether a Presidio pattern matches, under Presidio's time limit (a pattern that runs out of
-    time counts as no match, as Presidio skips it)."""
     from presidio_analyzer.pattern_recognizer import REGEX_TIMEOUT_SECONDS
 
-    try:
-        return pattern.search(text, timeout=REGEX_TIMEOUT_SECONDS) is not None
-    except TimeoutError:
-        return False
+    def by_pattern(recognizer) -> bool:
+        return isinstance(recognizer, PatternRecognizer) and bool(recognizer.patterns)
+
+    recognizers = engine.registry.recognizers
+    found_otherwise = {e for r in recognizers if not by_pattern(r) for e in r.supported_entities}
+    patterns: dict[str, list] = {}
+    for r in filter(by_pattern, recognizers):
+        for entity in set(r.supported_entities) - found_otherwise:
+            patterns.setdefault(entity, []).extend(regex.compile(p.regex, flags=r.global_regex_flags)
+                                                   for p in r.patterns)
+
+    def gate(compiled: list):
+        def matches(text: str) -> bool:
+            for pattern in compiled:
+                try:
+                    if pattern.search(text, timeout=REGEX_TIMEOUT_SECONDS) is not None:
+                        return True
+                except TimeoutError:
+                    pass
+            return False
+        return matches
+
+    return {entity: gate(compiled) for entity, compiled in patterns.items()}
 
 
 def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
@@ -1074,7 +1073,7 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
         # without building its per-token artifacts for every document.
         plausible = [e for e in wanted - NER_ENTITIES if e not in _PLAUSIBLE or _PLAUSIBLE[e](piece)]
         entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES
-                    and (e not in gates or any(_matches(pattern, piece) for pattern in gates[e]))]
+                    and (e not in gates or gates[e](piece))]
         if entities:
             # Presidio raises a weak match's score when a context word ("ssn", "iban", "card") is
             # near, comparing its lemmas. The NER-only pipeline has no lemmatizer, so the words in
