@@ -1,4 +1,4 @@
-"""Bias and toxicity filtering (05_bias): quality, identity fairness and speed.
+"""Bias and toxicity filtering (06_bias): quality, identity fairness and speed.
 
     .venv/bin/python benchmarks/bias.py
 

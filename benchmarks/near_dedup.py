@@ -1,4 +1,4 @@
-"""Near-duplicate removal (03_near_dedup): quality, signature speed and memory, measured.
+"""Near-duplicate removal (04_near_dedup): quality, signature speed and memory, measured.
 
     .venv/bin/python benchmarks/near_dedup.py                      # quality + speed (about 2 min)
     .venv/bin/python benchmarks/near_dedup.py --memory-docs 1000000  # plus peak RSS on 1M documents
@@ -185,7 +185,7 @@ def quality(args) -> None:
           f"(target >= 0.95)")
     print(f"unrelated pairs merged: {merged_unrelated} of {unrelated_pairs:,} "
           f"({merged_unrelated / max(1, unrelated_pairs):.2e}; target < 1e-4)")
-    print(f"stage time (03_near_dedup only, {args.workers} worker(s)): {wall:.1f} s wall, {cpu:.1f} s CPU\n")
+    print(f"stage time (04_near_dedup only, {args.workers} worker(s)): {wall:.1f} s wall, {cpu:.1f} s CPU\n")
     speed(docs[: args.speed_docs])
 
 
@@ -245,14 +245,14 @@ def memory(args) -> None:
         run_stage(Ingest(unit_bytes=32 << 20), run_id="m", stage_dir=work / "01", inputs=[str(work / "docs.jsonl")],
                   mapper=local_mapper(args.workers))
         print(f"{args.memory_docs:,} documents ({size / 1e6:.0f} MB) built and ingested in "
-              f"{time.perf_counter() - t0:.0f} s; running 03_near_dedup in a fresh process...", flush=True)
+              f"{time.perf_counter() - t0:.0f} s; running 04_near_dedup in a fresh process...", flush=True)
         proc = subprocess.run([sys.executable, __file__, "--child-memory", str(work), "--workers", str(args.workers)],
                               capture_output=True, text=True)
         line = next((s for s in proc.stdout.splitlines() if s.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(proc.stderr[-3000:])
         r = json.loads(line[7:])
-        print(f"03_near_dedup on {args.memory_docs:,} documents, {args.workers} worker(s): {r['wall']:.0f} s wall, "
+        print(f"04_near_dedup on {args.memory_docs:,} documents, {args.workers} worker(s): {r['wall']:.0f} s wall, "
               f"{r['cpu']:.0f} s CPU, peak RSS {r['peak_rss_mb']:,.0f} MB (target < 3,000 MB); "
               f"removed {r['removed']:,} near duplicates in {r['clusters']:,} clusters")
 

@@ -1,4 +1,4 @@
-"""PII scrubbing (04_pii): quality and speed beside a plain Presidio AnalyzerEngine.
+"""PII scrubbing (05_pii): quality and speed beside a plain Presidio AnalyzerEngine.
 
     .venv/bin/python benchmarks/pii.py [--docs 1500] [--plain-docs 1500] [--slices 5]
 

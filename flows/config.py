@@ -24,15 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.bias import BiasConfig
 from tasks.exact_dedup import ExactDedupConfig
 from tasks.ingest import IngestConfig
+from tasks.layout import RunPaths
 from tasks.manifest import write_json_atomic
 from tasks.near_dedup import NearDedupConfig
 from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
 from tasks.tokenize import TokenizeConfig
 from training.config import EvaluateConfig, FinetuneConfig, PretrainConfig
-
-DEFAULT_WORKDIR = "loom-work"
-RUN_FILE = "run.json"
 
 
 def default_workers() -> int:
@@ -49,11 +47,11 @@ class CurateConfig(BaseModel):
         default_factory=ExactDedupConfig, description="02_exact_dedup: what counts as the same text."
     )
     near_dedup: NearDedupConfig = Field(
-        default_factory=NearDedupConfig, description="03_near_dedup: MinHash LSH near-duplicate removal."
+        default_factory=NearDedupConfig, description="04_near_dedup: MinHash LSH near-duplicate removal."
     )
-    pii: PiiConfig = Field(default_factory=PiiConfig, description="04_pii: personal data and secrets replaced.")
-    bias: BiasConfig = Field(default_factory=BiasConfig, description="05_bias: toxic documents removed, audited.")
-    publish: PublishConfig = Field(default_factory=PublishConfig, description="06_publish: final shards.")
+    pii: PiiConfig = Field(default_factory=PiiConfig, description="05_pii: personal data and secrets replaced.")
+    bias: BiasConfig = Field(default_factory=BiasConfig, description="06_bias: toxic documents removed, audited.")
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="08_publish: final shards.")
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig,
                                      description="tokens: BPE tokenizer and token shards (`loom tokenize`).")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig,
@@ -70,6 +68,7 @@ class CurateConfig(BaseModel):
     )
 
     def for_stage(self, stage: str) -> BaseModel:
+        """The config section of a stage directory name ('05_pii' -> pii)."""
         name = stage.split("_", 1)[-1]
         return getattr(self, {"tokens": "tokenize"}.get(name, name))
 
@@ -93,36 +92,24 @@ def load_config(path: str | Path | None) -> CurateConfig:
     return CurateConfig.model_validate(data)
 
 
-def resolve_workdir(workdir: str | None) -> Path:
-    return Path(workdir or os.environ.get("LOOM_WORKDIR") or DEFAULT_WORKDIR).absolute()
-
-
-def runs_dir(workdir: str | Path) -> Path:
-    return Path(workdir) / "runs"
-
-
-def run_dir(workdir: str | Path, run_id: str) -> Path:
-    return runs_dir(workdir) / run_id
-
-
 def default_run_id(inputs: list[str]) -> str:
     """Same inputs, same run: rerunning `loom curate` on them resumes or skips instead of starting over."""
     key = "\0".join(sorted(str(Path(i).absolute()) for i in inputs))
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def save_run(workdir: Path, run_id: str, inputs: list[str], config: CurateConfig) -> None:
-    path = run_dir(workdir, run_id) / RUN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, {"run_id": run_id, "inputs": inputs, "config": config.model_dump(mode="json")})
+def save_run(paths: RunPaths, inputs: list[str], config: CurateConfig) -> None:
+    """Record the run's inputs and config (run.json): a later `loom step` or a Prefect rerun uses them."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(paths.run_file, {"run_id": paths.run_id, "inputs": inputs,
+                                       "config": config.model_dump(mode="json")})
 
 
-def load_run(workdir: Path, run_id: str) -> tuple[list[str], CurateConfig]:
-    path = run_dir(workdir, run_id) / RUN_FILE
-    if not path.exists():
-        known = sorted(p.name for p in runs_dir(workdir).glob("*") if p.is_dir())
-        raise FileNotFoundError(
-            f"no run {run_id!r} under {runs_dir(workdir)}" + (f"; runs there: {', '.join(known)}" if known else "")
-        )
-    data = json.loads(path.read_text())
+def load_run(paths: RunPaths) -> tuple[list[str], CurateConfig]:
+    """The inputs and config a run recorded; a clear error naming the runs there when it does not exist."""
+    if not paths.run_file.exists():
+        known = RunPaths.run_ids(paths.workdir)
+        raise FileNotFoundError(f"no run {paths.run_id!r} under {RunPaths.runs_dir(paths.workdir)}"
+                                + (f"; runs there: {', '.join(known)}" if known else ""))
+    data = json.loads(paths.run_file.read_text())
     return data["inputs"], CurateConfig.model_validate(data["config"])

@@ -86,7 +86,7 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
         for i, r in enumerate(long_ones):
             f.write(json.dumps({"id": f"edited-{i:03d}", "text": _edit(r["text"], i)}) + "\n")
 
-    # Personal data and secrets for 04_pii to replace.
+    # Personal data and secrets for 05_pii to replace.
     tickets = [
         "Ticket 1: Maria Jensen (maria.jensen+support@mail.example.org) cannot log in; call her on +44 20 7946 0958.",
         "Ticket 2: refund card 4111 1111 1111 1111 to IBAN GB82 WEST 1234 5698 7654 32, requested from 203.0.113.7.",
@@ -96,7 +96,7 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
         for i, text in enumerate(tickets):
             f.write(json.dumps({"id": f"ticket-{i}", "text": text}) + "\n")
 
-    # Toxic posts for 05_bias to remove (two or more listed words each), and posts that only
+    # Toxic posts for 06_bias to remove (two or more listed words each), and posts that only
     # mention identities, which it must keep.
     toxic = [
         "Shut up, you stupid bitch, nobody asked for your shit opinion.",
@@ -189,3 +189,15 @@ def make_demo_instructions(directory: Path, arithmetic: int = 400, seed: int = 0
         f.write(json.dumps({"id": "sft-bad-0", "note": "no instruction fields at all"}) + "\n")  # not_instruction
         f.write(json.dumps({"id": "sft-bad-1", "messages": [{"role": "robot", "content": "beep"}]}) + "\n")  # bad_messages
     return {"path": path, "examples": len(records), "bad": 2}
+
+
+def demo_config(cfg, pretrain_steps: int, finetune_steps: int):
+    """The demo's settings on top of the defaults: small and quick, and showing every check."""
+    cfg.ingest.max_doc_bytes = 1 << 20  # so the planted 2 MiB line shows the oversize check
+    cfg.tokenize.vocab_size = 2048  # a small corpus: a small vocabulary
+    cfg.pretrain.steps, cfg.pretrain.eval_every, cfg.pretrain.ckpt_every = pretrain_steps, 50, 50
+    cfg.pretrain.warmup_steps = min(cfg.pretrain.warmup_steps, pretrain_steps)
+    cfg.finetune.steps, cfg.finetune.eval_every, cfg.finetune.ckpt_every = finetune_steps, 50, 50
+    cfg.finetune.warmup_steps = min(cfg.finetune.warmup_steps, finetune_steps)
+    cfg.evaluate.examples, cfg.evaluate.max_new_tokens = 20, 32
+    return cfg

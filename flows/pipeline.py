@@ -15,12 +15,13 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.config import CurateConfig, default_run_id, resolve_workdir, run_dir
-from flows.curate import StageRun, curate_flow, task_runner, tokenize_flow
+from flows.config import CurateConfig, default_run_id
+from flows.curate import curate_flow, tokenize_flow
 from flows.reporting import artifact_key
-from flows.train import TRAIN_DIR, evaluate_flow, finetune_flow, pretrain_flow
+from flows.stage_flow import StageRun, task_runner
+from flows.train import evaluate_flow, finetune_flow, pretrain_flow
+from tasks.layout import RunPaths
 
-FINETUNE_DIR = "finetune"
 STEPS = ("curate", "tokenize", "pretrain", "finetune", "evaluate")
 
 
@@ -32,8 +33,8 @@ def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = N
     Finished steps are skipped anyway; `start_at` does not even look at the steps before it."""
     logger = get_run_logger()
     run_id = run_id or default_run_id(inputs)
-    wd = resolve_workdir(workdir)
-    base = run_dir(wd, run_id)
+    paths = RunPaths.of(workdir, run_id)
+    wd = paths.workdir
     first = STEPS.index(start_at)
     out: dict = {"run_id": run_id, "start_at": start_at}
     if first <= 0:
@@ -45,13 +46,13 @@ def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = N
     if first <= 2:
         out["pretrain"] = pretrain_flow(run_id=run_id, workdir=str(wd), config=config.pretrain,
                                         ray_address=config.ray_address)
-    checkpoint = str(base / TRAIN_DIR)
+    checkpoint = str(paths.train)
     if sft_data and first <= 3:
         out["finetune"] = finetune_flow(checkpoint=checkpoint, data=sft_data, run_id=run_id,
-                                        output_dir=str(base / FINETUNE_DIR), config=config.finetune,
+                                        output_dir=str(paths.finetune), config=config.finetune,
                                         ray_address=config.ray_address, ingest=config.ingest)
     if sft_data:
-        checkpoint = str(base / FINETUNE_DIR)
+        checkpoint = str(paths.finetune)
     else:
         logger.info("no instruction data given: fine-tuning skipped, the pretrained model is evaluated")
     out["evaluate"] = evaluate_flow(checkpoint=checkpoint, run_id=run_id, config=config.evaluate)

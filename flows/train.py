@@ -27,17 +27,28 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.config import resolve_workdir, run_dir
-from flows.curate import StageRun
 from flows.reporting import artifact_key, console
-from tasks.ingest import IngestConfig
-from tasks.sft import SftConfig, SftTokenize
-from training.checkpoint import checkpoint_info, resolve_checkpoint
-from training.config import EvaluateConfig
-from training.launch import FinetuneConfig, PretrainConfig, finetune, pretrain
-from training.train import CHECKPOINT_INFO, CHECKPOINT_MANIFEST, METRICS_FILE, RUN_INFO, checkpoint_tags
+from flows.stage_flow import StageRun, run_stage_flow
+from tasks.ingest import Ingest, IngestConfig
+from tasks.layout import CHECKPOINTS_DIR, RunPaths
+from tasks.sft import SftConfig, SftTokenize, instruction_record
+from tasks.tokenize import INDEX_FILE
+from training.checkpoint import (
+    CHECKPOINT_MANIFEST,
+    METRICS_FILE,
+    RUN_INFO,
+    checkpoint_tags,
+    has_info,
+    last_metrics,
+    last_val_loss,
+    latest_good_checkpoint,
+    read_info,
+    resolve_checkpoint,
+    tokenizer_path,
+    training_output_of,
+)
+from training.config import EvaluateConfig, FinetuneConfig, PretrainConfig
 
-TRAIN_DIR = "train"
 LOSS_PNG = "loss.png"
 
 
@@ -56,7 +67,7 @@ class _Watcher(threading.Thread):
             self.poll()
 
     def poll(self) -> None:
-        last = _last_metrics(self.metrics)
+        last = last_metrics(self.metrics.parent)
         if not last or last["step"] == self.shown:
             return
         self.shown = last["step"]
@@ -65,13 +76,6 @@ class _Watcher(threading.Thread):
                 update_progress_artifact(self.artifact, progress=100.0 * last["step"] / self.steps)
         rate = f"{last['tokens_per_s']:,.0f} tok/s" if last.get("tokens_per_s") else ""
         console.print(f"{self.kind} step {last['step']}/{self.steps}  loss {last['loss']:.3f}  {rate}", highlight=False)
-
-
-def _last_metrics(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    lines = path.read_text().splitlines()
-    return json.loads(lines[-1]) if lines else None
 
 
 def loss_curve(metrics_path: Path, png: Path) -> None:
@@ -100,11 +104,9 @@ def loss_curve(metrics_path: Path, png: Path) -> None:
 
 def _final_checkpoint(out: Path, steps: int) -> Path | None:
     """The run's last checkpoint when training already reached `steps` (a rerun skips the work)."""
-    from training.train import latest_good_checkpoint
-
-    ckpts = out / "checkpoints"
+    ckpts = out / CHECKPOINTS_DIR
     tag = latest_good_checkpoint(ckpts, log=lambda m: None) if ckpts.exists() else None
-    if tag is not None and (tag / CHECKPOINT_INFO).exists() and checkpoint_info(tag)["step"] >= steps:
+    if tag is not None and has_info(tag) and read_info(tag)["step"] >= steps:
         return tag
     return None
 
@@ -131,11 +133,11 @@ def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
         if result.error is not None:
             raise RuntimeError(f"{kind} failed: {result.error}")
     loss_curve(out / METRICS_FILE, out / LOSS_PNG)
-    last = _last_metrics(out / METRICS_FILE) or {}
+    last = last_metrics(out) or {}
     checkpoints = [{"checkpoint": tag.name, "verified": (tag / CHECKPOINT_MANIFEST).exists(),
-                    "path": str(tag)} for tag in checkpoint_tags(out / "checkpoints")]
+                    "path": str(tag)} for tag in checkpoint_tags(out / CHECKPOINTS_DIR)]
     summary = {"run_id": run_id, "kind": kind, "output": str(out), "seconds": round(time.perf_counter() - t0, 1),
-               "step": last.get("step"), "loss": last.get("loss"), "val_loss": last_val_loss(out / METRICS_FILE),
+               "step": last.get("step"), "loss": last.get("loss"), "val_loss": last_val_loss(out),
                "checkpoints": checkpoints, "skipped": done is not None}
     run_info = out / RUN_INFO
     if run_info.exists():
@@ -159,9 +161,11 @@ def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
 def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfig = PretrainConfig(),
                   ray_address: str | None = None) -> dict:
     """Pretrain a GPT on the run's token shards with Ray Train + DeepSpeed; resumes from the last good checkpoint."""
-    base = run_dir(resolve_workdir(workdir), run_id)
-    tokens, out = base / "tokens", base / TRAIN_DIR
-    if not (tokens / "index.json").exists():
+    from training.launch import pretrain
+
+    paths = RunPaths.of(workdir, run_id)
+    tokens, out = paths.tokens, paths.train
+    if not (tokens / INDEX_FILE).exists():
         raise FileNotFoundError(f"run {run_id} has no token shards: run `loom tokenize --run-id {run_id}` first")
     return _train("pretrain", run_id, out, config.steps, lambda: pretrain(config, tokens, out, ray_address=ray_address))
 
@@ -173,17 +177,17 @@ def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str
     """Fine-tune a checkpoint on instruction data (chat, Alpaca or question/answer records): read
     through the ingest reader with its rejects, rendered with the chat template, loss-masked to
     the responses and packed; then the same Ray + DeepSpeed launcher as pretraining."""
-    from flows.curate import run_one_stage
+    from training.launch import finetune
 
-    tag = resolve_checkpoint(checkpoint)
+    tag = resolve_checkpoint(checkpoint)  # verified once per process: the CLI's check is remembered
     out = Path(output_dir)
-    info = checkpoint_info(tag)
-    ingest_cfg = (ingest or IngestConfig()).model_copy(update={"record_format": "instruction"})
+    info = read_info(tag)
+    ingest_cfg = ingest or IngestConfig()
     _check_same_finetune(out, config, tag)
     data_dir = out / "data"
-    summaries = [run_one_stage("01_ingest", StageRun(run_id=run_id, output_dir=str(data_dir / "01_ingest"), workers=1),
-                               ingest_cfg, [str(Path(d).absolute()) for d in data])]
-    sft = SftConfig(tokenizer=str(tag / "tokenizer.json"), block_size=info["model"]["block_size"],
+    summaries = [sft_ingest_flow(ingest_cfg, StageRun(run_id=run_id, output_dir=str(data_dir / "01_ingest"), workers=1),
+                                 [str(Path(d).absolute()) for d in data])]
+    sft = SftConfig(tokenizer=str(tokenizer_path(tag)), block_size=info["model"]["block_size"],
                     val_fraction=config.val_fraction, seed=config.seed, system_prompt=config.system_prompt)
     summaries.append(sft_flow(sft, StageRun(run_id=run_id, input_dir=str(data_dir / "01_ingest"),
                                             output_dir=str(data_dir / "sft_tokens"), workers=1)))
@@ -194,11 +198,9 @@ def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str
 
 def _check_same_finetune(out: Path, config: FinetuneConfig, start: Path) -> None:
     """Checkpoints already in `out` are resumed; refuse when they are of another mode or start point."""
-    from training.train import checkpoint_tags
-
-    for tag in checkpoint_tags(out / "checkpoints"):
-        if (tag / CHECKPOINT_INFO).exists():
-            info = checkpoint_info(tag)
+    for tag in checkpoint_tags(out / CHECKPOINTS_DIR):
+        if has_info(tag):
+            info = read_info(tag)
             if info.get("finetune") != config.mode_spec() or Path(info.get("init_from") or "") != Path(start):
                 raise ValueError(
                     f"{out} holds a fine-tune from {info.get('init_from')} in mode {(info.get('finetune') or {}).get('mode')} "
@@ -207,12 +209,17 @@ def _check_same_finetune(out: Path, config: FinetuneConfig, start: Path) -> None
             return
 
 
+@flow(name="sft-ingest", flow_run_name="sft-ingest-{run.run_id}")
+def sft_ingest_flow(config: IngestConfig, run: StageRun, inputs: list[str]) -> dict:
+    """01_ingest of instruction data: chat, Alpaca and question/answer records become conversations;
+    other shapes are rejects with their reasons."""
+    return run_stage_flow(Ingest(config, adapter=instruction_record), run, inputs)
+
+
 @flow(name="sft-data", flow_run_name="sft-data-{run.run_id}")
 def sft_flow(config: SftConfig, run: StageRun) -> dict:
     """sft_tokens: render, loss-mask and pack instruction examples."""
-    from flows.curate import _run_stage_flow
-
-    return _run_stage_flow(SftTokenize(config), run)
+    return run_stage_flow(SftTokenize(config), run)
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{run_id}")
@@ -225,17 +232,10 @@ def evaluate_flow(checkpoint: str, run_id: str, config: EvaluateConfig = Evaluat
     logger = get_run_logger()
     tag = resolve_checkpoint(checkpoint)
     results = evaluate_checkpoint(tag, config)
-    directory = Path(output_dir) if output_dir else (tag.parents[1] if tag.parent.name == "checkpoints" else tag)
+    directory = Path(output_dir) if output_dir else training_output_of(tag)
     results["output"] = str(write_results(results, directory))
     create_table_artifact(table=results["rows"], key=artifact_key(run_id, "evaluation"),
                           description=f"Evaluation of {tag}")
     for row in results["rows"]:
         logger.info("%s: %s (n=%s)", row["metric"].strip(), row["value"], row["n"])
     return results
-
-
-def last_val_loss(path: Path) -> float | None:
-    """The newest validation loss in a metrics file."""
-    vals = [json.loads(line).get("val_loss") for line in path.read_text().splitlines()]
-    vals = [v for v in vals if v is not None]
-    return vals[-1] if vals else None

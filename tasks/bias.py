@@ -1,4 +1,4 @@
-"""Stage 05_bias: remove toxic and hateful documents without erasing the groups they mention.
+"""Stage 06_bias: remove toxic and hateful documents without erasing the groups they mention.
 
 Scorers (combined as a noisy-or, each in [0, 1]):
 
@@ -348,7 +348,7 @@ class Scorer:
 class Bias(Stage):
     """Remove toxic documents; keep the ones that only mention identities; audit the outcome."""
 
-    name = "05_bias"
+    name = "06_bias"
     Config = BiasConfig
     phases = ("score", "report")
     owned_outputs = (*Stage.owned_outputs, REPORT_MD, REPORT_JSON, REPORT_PNG)
@@ -469,7 +469,7 @@ def _fmt(x) -> str:
 
 def render_report(report: dict) -> str:
     lines = [
-        "# Bias and toxicity audit (05_bias)", "",
+        "# Bias and toxicity audit (06_bias)", "",
         f"{report['documents']:,} documents; removed {report['removed']:,} ({report['removal_rate']:.2%}); "
         f"without the identity guard {report['removed_without_guard']:,} ({report['removal_rate_without_guard']:.2%}).",
         "", "Disparity = removal rate of documents mentioning the axis or term / overall removal rate "

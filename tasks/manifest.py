@@ -18,22 +18,6 @@ from tasks import __version__
 
 MANIFEST = "_manifest.json"
 
-STAGES = ["01_ingest", "02_exact_dedup", "03_near_dedup", "04_pii", "05_bias", "06_publish"]
-SHORT_NAMES = {name.split("_", 1)[1]: name for name in STAGES}
-
-
-def stage_dir_name(stage: str) -> str:
-    """'exact_dedup', '02', '02_exact_dedup' -> '02_exact_dedup'."""
-    if stage in STAGES:
-        return stage
-    if stage in SHORT_NAMES:
-        return SHORT_NAMES[stage]
-    for name in STAGES:
-        if name.startswith(stage + "_"):
-            return name
-    raise ValueError(f"unknown stage {stage!r}; stages are: {', '.join(SHORT_NAMES)}")
-
-
 def canonical_json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 

@@ -1,4 +1,4 @@
-"""Stage 03_near_dedup: MinHash LSH clusters of near-duplicate documents; one of each is kept.
+"""Stage 04_near_dedup: MinHash LSH clusters of near-duplicate documents; one of each is kept.
 
 Four phases, each resumable, with memory bounded by a shard or a partition:
 
@@ -139,7 +139,7 @@ def _split_doc(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class NearDedup(Stage):
     """Cluster near-duplicate documents with MinHash LSH; keep one per cluster."""
 
-    name = "03_near_dedup"
+    name = "04_near_dedup"
     Config = NearDedupConfig
     phases = ("signature", "pairs", "cluster", "filter")
     owned_outputs = (*Stage.owned_outputs, REPORT_MD, REPORT_JSON)
@@ -383,7 +383,7 @@ def render_report(report: dict) -> str:
     """The report as markdown: settings, cluster sizes, largest clusters, example pairs."""
     cfg = report["config"]
     lines = [
-        "# Near-duplicate report (03_near_dedup)", "",
+        "# Near-duplicate report (04_near_dedup)", "",
         f"Threshold {cfg['threshold']}, {cfg['num_perm']} permutations, {cfg['ngram']}-{cfg['shingle']} shingles, "
         f"{report['bands']} bands x {report['rows']} rows, verification: {cfg['verify']}, keep: {cfg['keep']}.", "",
         f"- candidate pairs: {report['candidate_pairs']:,}",

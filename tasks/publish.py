@@ -1,4 +1,4 @@
-"""Stage 06_publish: the final, evenly sized shards of a run plus its dataset card.
+"""Stage 08_publish: the final, evenly sized shards of a run plus its dataset card.
 
 The card (`dataset_card.md` and `dataset_card.json`) says what the data is and how it got
 here: documents and bytes, each upstream stage's rows in/out and what it removed or rejected
@@ -52,7 +52,7 @@ def upstream_manifests(stage_dir: Path) -> list[StageManifest]:
 class Publish(Stage):
     """Re-cut the documents into evenly sized shards and write the dataset card."""
 
-    name = "06_publish"
+    name = "08_publish"
     Config = PublishConfig
     phases = ("write",)
     owned_outputs = (*Stage.owned_outputs, CARD_MD, CARD_JSON)

@@ -8,8 +8,8 @@ Shapes (one record each; anything else is a reject with its reason):
     {"instruction": ..., "input": ..., "output": ...}                             Alpaca
     {"question": ..., "answer": ...}   (GSM8K)   {"prompt": ..., "response"|"completion": ...}
 
-The ingest reader (`IngestConfig.record_format = "instruction"`) reads them, with its rejects,
-and stores each conversation as `{"messages": [...]}` JSON in the document's `text`.
+The ingest stage reads them through the adapter `instruction_record` (`Ingest(adapter=instruction_record)`),
+with its rejects, and stores each conversation as `{"messages": [...]}` JSON in the document's `text`.
 
 Chat template (special tokens from `tasks.tokenize.CHAT_TOKENS`):
 
@@ -33,9 +33,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.ingest import InvalidRecord
 from tasks.manifest import write_json_atomic
 from tasks.shards import REMOVED_DIR, OutputFile, ShardWriter, iter_batches, list_shards, sha256_file
 from tasks.stage import Stage, StageContext, UnitResult
@@ -47,12 +49,20 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 VAL_EXAMPLES = "val_examples.jsonl"
 
 
-class InvalidExample(ValueError):
+class InvalidExample(InvalidRecord):
     """A record that is not an instruction example; `reason` is its rejects reason."""
 
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
+
+def instruction_record(record: dict, text_field: str, id_field: str | None) -> dict:
+    """The ingest adapter for instruction data: a fine-tuning example as a document, its conversation
+    as `{"messages": [...]}` JSON text, its id kept; raises InvalidExample.
+
+        Ingest(adapter=instruction_record)
+    """
+    out = {text_field: orjson.dumps({"messages": to_messages(record)}).decode()}
+    if id_field and id_field in record:
+        out[id_field] = record[id_field]
+    return out
 
 
 def _text(value, field: str) -> str:
@@ -179,7 +189,7 @@ class SftConfig(BaseModel):
 
 
 class SftTokenize(Stage):
-    """Render, mask and pack instruction examples (from `01_ingest` with record_format=instruction)."""
+    """Render, mask and pack instruction examples (from `01_ingest` with the instruction_record adapter)."""
 
     name = "sft_tokens"
     Config = SftConfig

@@ -26,9 +26,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from tasks.layout import STAGES
 from tasks.manifest import (
     MANIFEST,
-    STAGES,
     StageManifest,
     config_hash,
     manifest_fingerprint,

@@ -47,13 +47,11 @@ NAMED_CONFIGS: dict[str, GPTConfig] = {
 }
 
 
-class PretrainConfig(BaseModel):
-    """How a model is pretrained on a run's token shards."""
+class LoopConfig(BaseModel):
+    """What pretraining and fine-tuning share: the loop, its checkpoints, and how it is launched."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field("tiny", description=f"Named model size: {', '.join(NAMED_CONFIGS)}.")
-    model_overrides: dict = Field(default_factory=dict, description="GPTConfig fields to change, e.g. block_size.")
     steps: int = Field(300, ge=1, description="Optimizer steps.")
     micro_batch: int = Field(16, ge=1, description="Sequences per worker per micro-step.")
     grad_accum: int = Field(1, ge=1, description="Micro-steps per optimizer step.")
@@ -79,19 +77,28 @@ class PretrainConfig(BaseModel):
     spike_window: int = Field(20, ge=2, description="Steps in the recent mean.")
     max_spikes: int = Field(3, ge=0, description="Spikes (or NaNs) tolerated before the run stops.")
 
+    def loop(self) -> LoopConfig:
+        """Only the shared loop fields (what a worker receives of this config)."""
+        return LoopConfig.model_validate(self.model_dump(include=set(LoopConfig.model_fields)))
+
+
+class PretrainConfig(LoopConfig):
+    """How a model is pretrained on a run's token shards."""
+
+    model: str = Field("tiny", description=f"Named model size: {', '.join(NAMED_CONFIGS)}.")
+    model_overrides: dict = Field(default_factory=dict, description="GPTConfig fields to change, e.g. block_size.")
+
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         base = NAMED_CONFIGS[self.model].__dict__ | {"vocab_size": vocab_size} | self.model_overrides
         return GPTConfig(**base)
 
 
-
-
 FINETUNE_MODE_FIELDS = ("mode", "trainable_blocks", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 
 
-class FinetuneConfig(PretrainConfig):
+class FinetuneConfig(LoopConfig):
     """How a checkpoint is fine-tuned on instruction data (same launcher and checkpoints as pretraining;
-    the model comes from the checkpoint, so `model` and `model_overrides` are not used)."""
+    the model comes from the checkpoint)."""
 
     steps: int = Field(200, ge=1, description="Optimizer steps.")
     micro_batch: int = Field(8, ge=1, description="Packed sequences per worker per micro-step.")
@@ -112,6 +119,46 @@ class FinetuneConfig(PretrainConfig):
 
     def mode_spec(self) -> dict:
         return {k: getattr(self, k) for k in FINETUNE_MODE_FIELDS}
+
+
+class WorkerConfig(BaseModel):
+    """What one Ray Train worker receives, built and checked on the driver (a misspelt field fails there,
+    not on a remote worker). JSON round-trips: `python -m training.train CONFIG.json` reads one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    loop: LoopConfig = Field(description="Steps, batch sizes, schedule, checkpoint cadence, spike handling.")
+    model: GPTConfig = Field(description="The model's shape.")
+    deepspeed: dict = Field(description="The DeepSpeed config itself (read on the driver from infra/deepspeed/).")
+    use_gpu: bool = Field(description="Decided on the driver from the cluster's resources.")
+    output_dir: str = Field(description="Checkpoints, metrics and TensorBoard go here.")
+    tokenizer: str | None = Field(None, description="Copied into every checkpoint.")
+    stop_after: int | None = Field(None, description="Tests: stop after this step, as an interruption would.")
+    debug_kill_at: int | None = Field(None, description="Tests: SIGKILL the rank-0 worker at this step, once.")
+    debug_spike_at: int | None = Field(None, description="Tests: a loss spike at this step, once.")
+
+
+class PretrainWorkerConfig(WorkerConfig):
+    kind: Literal["pretrain"] = "pretrain"
+    tokens_dir: str = Field(description="Token shards (train and val splits).")
+
+
+class FinetuneWorkerConfig(WorkerConfig):
+    kind: Literal["finetune"] = "finetune"
+    sft_dir: str = Field(description="Packed instruction rows (train and val splits).")
+    init_from: str = Field(description="The verified checkpoint whose weights start the fine-tune.")
+    finetune: dict = Field(description="The fine-tuning mode: FinetuneConfig.mode_spec().")
+
+
+def parse_worker_config(data: dict | str) -> PretrainWorkerConfig | FinetuneWorkerConfig:
+    """A worker config from its JSON (or a dict of it); `kind` says which."""
+    import json
+
+    data = json.loads(data) if isinstance(data, str) else data
+    kind = data.get("kind", "pretrain")
+    if kind not in ("pretrain", "finetune"):
+        raise ValueError(f"worker config kind must be pretrain or finetune, not {kind!r}")
+    return (PretrainWorkerConfig if kind == "pretrain" else FinetuneWorkerConfig).model_validate(data)
 
 
 class EvaluateConfig(BaseModel):

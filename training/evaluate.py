@@ -174,7 +174,7 @@ def _split_last_answer(messages: list[dict]) -> tuple[list[dict], str]:
 def evaluate_checkpoint(checkpoint: str | Path, cfg: EvaluateConfig = EvaluateConfig()) -> dict:
     """Every evaluation that applies to the checkpoint; `rows` is the results table."""
     from tasks.sft import VAL_EXAMPLES, to_messages
-    from training.checkpoint import load_model
+    from training.load import load_model
 
     torch.manual_seed(0)
     model, info, tokenizer = load_model(checkpoint)
@@ -236,10 +236,10 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvaluateConfig = EvaluateCo
 
 def _tokens_of(info: dict) -> str | None:
     """A fine-tune's pretraining tokens: those of the checkpoint it started from."""
-    from training.checkpoint import CHECKPOINT_INFO, checkpoint_info
+    from training.checkpoint import has_info, read_info
 
     start = info.get("init_from")
-    return checkpoint_info(Path(start)).get("tokens_dir") if start and (Path(start) / CHECKPOINT_INFO).exists() else None
+    return read_info(Path(start)).get("tokens_dir") if start and has_info(Path(start)) else None
 
 
 def write_results(results: dict, directory: Path) -> Path:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from tasks.tokenize import CHAT_TOKENS, EOT
+from tasks.tokenize import CHAT_TOKENS, EOT, TOKENIZER_FILE
+from training.checkpoint import tokenizer_path
 
 
 def hf_config(model_cfg: dict, eot_id: int | None) -> dict:
@@ -35,9 +36,10 @@ def hf_config(model_cfg: dict, eot_id: int | None) -> dict:
 
 
 def export_hf(checkpoint: str | Path, output: Path) -> Path:
+    """`checkpoint`: a verified checkpoint directory (`training.checkpoint.resolve_checkpoint`)."""
     from safetensors.torch import save_file
 
-    from training.checkpoint import load_model
+    from training.load import load_model
 
     model, info, tokenizer = load_model(checkpoint, merge=True)
     output = Path(output)
@@ -55,7 +57,7 @@ def export_hf(checkpoint: str | Path, output: Path) -> Path:
     (output / "config.json").write_text(json.dumps(hf_config(info["model"], eot), indent=1))
     (output / "generation_config.json").write_text(json.dumps({"bos_token_id": eot, "eos_token_id": eot}, indent=1))
     if tokenizer is not None:
-        shutil.copyfile(Path(info["checkpoint"]) / "tokenizer.json", output / "tokenizer.json")
+        shutil.copyfile(tokenizer_path(info["checkpoint"]), output / TOKENIZER_FILE)
         special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT,
                    "additional_special_tokens": list(CHAT_TOKENS)}
         (output / "special_tokens_map.json").write_text(json.dumps(special, indent=1))
@@ -69,7 +71,7 @@ def export_hf(checkpoint: str | Path, output: Path) -> Path:
 
 
 def export_pt(checkpoint: str | Path, output: Path) -> Path:
-    from training.checkpoint import load_model
+    from training.load import load_model
 
     model, info, _ = load_model(checkpoint, merge=True, fp32_master=True)
     output = Path(output)

@@ -191,3 +191,16 @@ def stop_ids(tokenizer, chat: bool) -> set[int]:
 
 def decode(tokenizer, ids: list[int], stop: set[int] = frozenset()) -> str:
     return tokenizer.decode([i for i in ids if i not in stop], skip_special_tokens=False)
+
+
+def stream_text(model, tokenizer, prompt: list[int], cfg: GenerationConfig, stop: set[int] = frozenset()
+                ) -> Iterator[str]:
+    """The generated text in pieces as tokens decode (sampling or greedy); a piece that ends inside a
+    multi-byte character waits for the rest of it."""
+    shown, tokens = "", []
+    for token in stream(model, prompt, cfg, stop):
+        tokens.append(token)
+        text = decode(tokenizer, tokens, stop)
+        if not text.endswith("\ufffd"):
+            yield text[len(shown):]
+            shown = text

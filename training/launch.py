@@ -12,7 +12,17 @@ import json
 import os
 from pathlib import Path
 
-from training.config import FINETUNE_MODE_FIELDS, FinetuneConfig, PretrainConfig
+from tasks.tokenize import INDEX_FILE, TOKENIZER_FILE
+from training.checkpoint import read_info, tokenizer_path
+from training.config import (
+    FinetuneConfig,
+    FinetuneWorkerConfig,
+    GPTConfig,
+    LoopConfig,
+    PretrainConfig,
+    PretrainWorkerConfig,
+    WorkerConfig,
+)
 
 INFRA = Path(__file__).resolve().parents[1] / "infra" / "deepspeed"
 __all__ = ["FinetuneConfig", "PretrainConfig", "finetune", "pretrain", "worker_config"]
@@ -34,37 +44,32 @@ def deepspeed_json(name: str, use_gpu: bool) -> dict:
 
 
 def worker_config(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, vocab_size: int,
-                  use_gpu: bool, stop_after: int | None = None) -> dict:
-    return {
-        **cfg.model_dump(exclude={"model", "model_overrides", "deepspeed", "use_gpu"}),
-        "model": cfg.gpt_config(vocab_size).__dict__, "deepspeed": deepspeed_json(cfg.deepspeed, use_gpu),
-        "use_gpu": use_gpu, "tokens_dir": str(tokens_dir), "output_dir": str(output_dir), "stop_after": stop_after,
-        "tokenizer": str(Path(tokens_dir) / "tokenizer.json"),
-    }
+                  use_gpu: bool, **debug) -> PretrainWorkerConfig:
+    """Worker config of a pretraining run; `debug`: stop_after, debug_kill_at, debug_spike_at (tests)."""
+    return PretrainWorkerConfig(
+        loop=cfg.loop(), model=cfg.gpt_config(vocab_size), deepspeed=deepspeed_json(cfg.deepspeed, use_gpu),
+        use_gpu=use_gpu, tokens_dir=str(tokens_dir), output_dir=str(output_dir),
+        tokenizer=str(Path(tokens_dir) / TOKENIZER_FILE), **debug)
 
 
 def finetune_worker_config(cfg: FinetuneConfig, checkpoint: Path, sft_dir: Path, output_dir: Path,
-                           use_gpu: bool) -> dict:
+                           use_gpu: bool, **debug) -> FinetuneWorkerConfig:
     """Worker config of a fine-tune: the model and tokenizer come from `checkpoint` (a verified step-* dir)."""
-    info = json.loads((Path(checkpoint) / "loom.json").read_text())
-    skip = {"model", "model_overrides", "deepspeed", "use_gpu", "val_fraction", "system_prompt",
-            *FINETUNE_MODE_FIELDS}
-    return {
-        **cfg.model_dump(exclude=skip), "model": info["model"], "deepspeed": deepspeed_json(cfg.deepspeed, use_gpu),
-        "use_gpu": use_gpu, "finetune": cfg.mode_spec(), "init_from": str(checkpoint), "sft_dir": str(sft_dir),
-        "output_dir": str(output_dir), "tokenizer": str(Path(checkpoint) / "tokenizer.json"), "stop_after": None,
-    }
+    return FinetuneWorkerConfig(
+        loop=cfg.loop(), model=GPTConfig(**read_info(checkpoint)["model"]),
+        deepspeed=deepspeed_json(cfg.deepspeed, use_gpu), use_gpu=use_gpu, finetune=cfg.mode_spec(),
+        init_from=str(checkpoint), sft_dir=str(sft_dir), output_dir=str(output_dir),
+        tokenizer=str(tokenizer_path(checkpoint)), **debug)
 
 
 def pretrain(cfg: PretrainConfig, tokens_dir: Path, output_dir: Path, ray_address: str | None = None,
-             stop_after: int | None = None, debug: dict | None = None):
+             **debug):
     """Run Ray Train's TorchTrainer over `cfg.num_workers` workers; returns Ray's Result.
-    `debug` adds fault-injection keys to the worker config (tests: debug_kill_at, debug_spike_at)."""
-    index = json.loads((Path(tokens_dir) / "index.json").read_text())
+    `debug`: fault-injection fields of the worker config (tests: stop_after, debug_kill_at, debug_spike_at)."""
+    index = json.loads((Path(tokens_dir) / INDEX_FILE).read_text())
     deepspeed_json(cfg.deepspeed, False)  # a bad config fails before Ray starts
     use_gpu = connect(cfg, ray_address)
-    config = worker_config(cfg, Path(tokens_dir), Path(output_dir), index["vocab_size"], use_gpu, stop_after)
-    config.update(debug or {})
+    config = worker_config(cfg, Path(tokens_dir), Path(output_dir), index["vocab_size"], use_gpu, **debug)
     return fit(cfg, config, Path(output_dir), "pretrain")
 
 
@@ -77,7 +82,7 @@ def finetune(cfg: FinetuneConfig, checkpoint: Path, sft_dir: Path, output_dir: P
                "finetune")
 
 
-def connect(cfg: PretrainConfig, ray_address: str | None) -> bool:
+def connect(cfg: LoopConfig, ray_address: str | None) -> bool:
     """Join the Ray cluster at `ray_address` (or start a local instance) and decide whether workers train on
     GPUs: `cfg.use_gpu` when set, else whether the cluster has any. The cluster decides, not the driver: a
     RayJob's entrypoint or a Prefect worker usually runs where there is no GPU."""
@@ -103,17 +108,17 @@ def connect(cfg: PretrainConfig, ray_address: str | None) -> bool:
     return cfg.use_gpu
 
 
-def fit(cfg: PretrainConfig, config: dict, output_dir: Path, name: str):
+def fit(cfg: LoopConfig, config: WorkerConfig, output_dir: Path, name: str):
     """TorchTrainer over `cfg.num_workers` workers running `train_worker(config)` (after `connect`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from training.train import train_worker
 
-    use_gpu = config["use_gpu"]
+    use_gpu = config.use_gpu
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=config,
+        train_loop_config={"worker": config},  # Ray wants a dict; the typed config travels inside it
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         # on CPU each worker gets its share of the cores (Ray sets OMP_NUM_THREADS from it)
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu

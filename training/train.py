@@ -1,10 +1,11 @@
 """Pretraining: the per-worker loop (a DeepSpeed engine), checkpoints that resume exactly, metrics.
 
-Each Ray Train worker runs `train_worker(config)`:
+Each Ray Train worker runs `train_worker(config)`, with the typed `WorkerConfig` the launcher
+built on the driver (training/config.py):
 
-- builds the GPT of `config["model"]` and a DeepSpeed engine from `config["deepspeed"]` (the
-  config itself, read by the launcher from infra/deepspeed/, or a path), with micro-batch,
-  accumulation and learning rate from config;
+- builds the GPT of `config.model` and a DeepSpeed engine from `config.deepspeed` (the JSON the
+  launcher read from infra/deepspeed/), with micro-batch, accumulation and learning rate from
+  `config.loop`;
 - sets the learning rate every step (linear warmup, cosine decay to min_lr);
 - reads batches from token shards as a pure function of (seed, step, micro-step, rank);
 - every `ckpt_every` steps and at the end, **every rank** calls `save_checkpoint`, with
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -28,71 +28,32 @@ import random
 import shutil
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-CHECKPOINT_MANIFEST = "sha256.json"
-CHECKPOINT_INFO = "loom.json"  # what the checkpoint is: model config, fine-tuning mode, step (no torch needed)
-METRICS_FILE = "metrics.jsonl"
-RUN_INFO = "run_info.json"
+from training.checkpoint import (
+    CHECKPOINTS_DIR,
+    METRICS_FILE,
+    RUN_INFO,
+    latest_good_checkpoint,
+    prune,
+    tag_name,
+    tokenizer_path,
+    write_info,
+    write_manifest,
+)
+from training.config import FinetuneWorkerConfig, LoopConfig, WorkerConfig, parse_worker_config
 
 
-def lr_at(step: int, cfg: dict) -> float:
+def lr_at(step: int, loop: LoopConfig) -> float:
     """Linear warmup to `lr`, then cosine decay to `min_lr` at `steps`."""
-    if step < cfg["warmup_steps"]:
-        return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
-    progress = min(1.0, (step - cfg["warmup_steps"]) / max(1, cfg["steps"] - cfg["warmup_steps"]))
-    return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg["lr"] - cfg["min_lr"])
-
-
-# ---- checkpoints ------------------------------------------------------------------------------
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_checkpoint_manifest(tag_dir: Path) -> None:
-    files = {p.relative_to(tag_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(tag_dir.rglob("*")) if p.is_file() and p.name != CHECKPOINT_MANIFEST}
-    tmp = tag_dir / f".{CHECKPOINT_MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"files": files}, indent=1))
-    tmp.replace(tag_dir / CHECKPOINT_MANIFEST)
-
-
-def verify_checkpoint(tag_dir: Path) -> str | None:
-    """None when every file matches the manifest, else what is wrong."""
-    manifest = tag_dir / CHECKPOINT_MANIFEST
-    if not manifest.exists():
-        return "no manifest (the save did not finish)"
-    for name, meta in json.loads(manifest.read_text())["files"].items():
-        path = tag_dir / name
-        if not path.exists():
-            return f"{name} is missing"
-        if path.stat().st_size != meta["bytes"]:
-            return f"{name} is truncated ({path.stat().st_size} of {meta['bytes']} bytes)"
-        if _sha256(path) != meta["sha256"]:
-            return f"{name} does not match its sha256"
-    return None
-
-
-def checkpoint_tags(ckpt_dir: Path) -> list[Path]:
-    """Checkpoint directories, newest step first."""
-    return sorted((p for p in Path(ckpt_dir).glob("step-*") if p.is_dir()), reverse=True)
-
-
-def latest_good_checkpoint(ckpt_dir: Path, log=print) -> Path | None:
-    for tag in checkpoint_tags(ckpt_dir):
-        problem = verify_checkpoint(tag)
-        if problem is None:
-            return tag
-        log(f"checkpoint {tag.name} skipped: {problem}")
-    return None
+    if step < loop.warmup_steps:
+        return loop.lr * (step + 1) / loop.warmup_steps
+    progress = min(1.0, (step - loop.warmup_steps) / max(1, loop.steps - loop.warmup_steps))
+    return loop.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (loop.lr - loop.min_lr)
 
 
 def _rng_state() -> dict:
@@ -107,28 +68,31 @@ def _set_rng_state(state: dict) -> None:
 
 # ---- the worker loop ------------------------------------------------------------------------------
 
-def deepspeed_config(cfg: dict) -> dict:
-    ds = copy.deepcopy(cfg["deepspeed"]) if isinstance(cfg["deepspeed"], dict) else json.loads(
-        Path(cfg["deepspeed"]).read_text())
-    ds["train_micro_batch_size_per_gpu"] = cfg["micro_batch"]
-    ds["gradient_accumulation_steps"] = cfg["grad_accum"]
+def deepspeed_config(deepspeed: dict, loop: LoopConfig) -> dict:
+    """The engine's config: the run's DeepSpeed JSON with this loop's batch sizes and learning rate."""
+    ds = copy.deepcopy(deepspeed)
+    ds["train_micro_batch_size_per_gpu"] = loop.micro_batch
+    ds["gradient_accumulation_steps"] = loop.grad_accum
     ds.pop("train_batch_size", None)
-    ds.setdefault("optimizer", {}).setdefault("params", {})["lr"] = cfg["lr"]
+    ds.setdefault("optimizer", {}).setdefault("params", {})["lr"] = loop.lr
     if not torch.cuda.is_available():
-        ds["bf16"] = {"enabled": cfg.get("precision") == "bf16"}
+        ds["bf16"] = {"enabled": loop.precision == "bf16"}
         ds.pop("fp16", None)
     return ds
 
 
-def train_worker(cfg: dict) -> None:
-    """One Ray Train worker (also runs alone, without Ray, for tests and debugging)."""
-    if "use_gpu" in cfg:  # DeepSpeed picks its accelerator when first imported
-        os.environ["DS_ACCELERATOR"] = "cuda" if cfg["use_gpu"] else "cpu"
+def train_worker(cfg: WorkerConfig | dict) -> None:
+    """One Ray Train worker (also runs alone, without Ray, for tests and debugging). `cfg` is the typed
+    worker config, or Ray's train_loop_config dict holding it under "worker"."""
+    if isinstance(cfg, dict):
+        cfg = cfg["worker"] if "worker" in cfg else parse_worker_config(cfg)
+    loop = cfg.loop
+    os.environ["DS_ACCELERATOR"] = "cuda" if cfg.use_gpu else "cpu"  # DeepSpeed picks it when first imported
     import deepspeed
 
     from training.data import SftData, TokenData
     from training.finetune import prepare
-    from training.model import GPT, GPTConfig
+    from training.model import GPT
 
     try:
         import ray.train as ray_train
@@ -138,33 +102,35 @@ def train_worker(cfg: dict) -> None:
     except Exception:  # not under Ray Train
         ray_train, rank, world = None, int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
-    out = Path(cfg["output_dir"])
-    ckpt_dir = out / "checkpoints"
-    torch.manual_seed(cfg["seed"])
-    random.seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
-    model_cfg = GPTConfig(**cfg["model"])
+    out = Path(cfg.output_dir)
+    ckpt_dir = out / CHECKPOINTS_DIR
+    torch.manual_seed(loop.seed)
+    random.seed(loop.seed)
+    np.random.seed(loop.seed)
+    model_cfg = cfg.model
     model = GPT(model_cfg)
-    if cfg.get("init_from"):  # fine-tuning starts from a pretrained checkpoint's weights
-        from training.checkpoint import load_model
+    finetune = cfg.finetune if isinstance(cfg, FinetuneWorkerConfig) else None
+    if finetune is not None:  # fine-tuning starts from a pretrained checkpoint's weights
+        from training.load import load_model  # verified once, on the driver
 
-        model.load_state_dict(load_model(cfg["init_from"])[0].state_dict())  # LoRA of a fine-tune merged
-    trainable = prepare(model, cfg.get("finetune"))  # fine-tuning modes freeze or adapt parts of it
+        model.load_state_dict(load_model(cfg.init_from)[0].state_dict())  # LoRA of a fine-tune merged
+    trainable = prepare(model, finetune)  # fine-tuning modes freeze or adapt parts of it
     with _stale_build_lock_guard(lambda m: _log(rank, m)):  # DeepSpeed may JIT-build an op here
-        engine, _, _, _ = deepspeed.initialize(model=model, config=deepspeed_config(cfg), dist_init_required=True,
+        engine, _, _, _ = deepspeed.initialize(model=model, config=deepspeed_config(cfg.deepspeed, loop),
+                                               dist_init_required=True,
                                                model_parameters=[p for p in model.parameters() if p.requires_grad])
     device = engine.device
-    if cfg.get("sft_dir"):
-        train = SftData(cfg["sft_dir"], "train", model_cfg.block_size)
-        val = SftData(cfg["sft_dir"], "val", model_cfg.block_size)
+    if finetune is not None:
+        train = SftData(cfg.sft_dir, "train", model_cfg.block_size)
+        val = SftData(cfg.sft_dir, "val", model_cfg.block_size)
     else:
-        train = TokenData(cfg["tokens_dir"], "train", model_cfg.block_size)
-        val = TokenData(cfg["tokens_dir"], "val", model_cfg.block_size)
+        train = TokenData(cfg.tokens_dir, "train", model_cfg.block_size)
+        val = TokenData(cfg.tokens_dir, "val", model_cfg.block_size)
     nodes = _gather(_node_id(ray_train), world)  # where each rank ran (Ray node ids; hostnames without Ray)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_INFO).write_text(json.dumps({**trainable, "world_size": world, "train_tokens": train.tokens,
-                                                "nodes": nodes, "model": cfg["model"]}, indent=1))
+                                                "nodes": nodes, "model": asdict(cfg.model)}, indent=1))
 
     def restore(tag: Path) -> tuple[int, int, int]:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag.name)
@@ -179,16 +145,16 @@ def train_worker(cfg: dict) -> None:
     recent: list[float] = []
 
     writer = _tensorboard(out) if rank == 0 else None
-    tokens_per_step = cfg["micro_batch"] * cfg["grad_accum"] * world * model_cfg.block_size
+    tokens_per_step = loop.micro_batch * loop.grad_accum * world * model_cfg.block_size
     flops_per_token = model_cfg.flops_per_token()
     t_last = time.perf_counter()
-    while step < cfg["steps"]:
-        lr = lr_at(step, cfg)
+    while step < loop.steps:
+        lr = lr_at(step, loop)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         losses = []
-        for micro in range(cfg["grad_accum"]):
-            x, y = train.batch(cfg["micro_batch"], cfg["seed"], step + data_offset, micro, rank)
+        for micro in range(loop.grad_accum):
+            x, y = train.batch(loop.micro_batch, loop.seed, step + data_offset, micro, rank)
             _, loss = engine(x.to(device), y.to(device))
             engine.backward(loss)
             engine.step()
@@ -197,18 +163,18 @@ def train_worker(cfg: dict) -> None:
         tokens_seen += tokens_per_step
         loss = _mean_across_ranks(torch.stack(losses).mean(), world)
         metrics = {"step": step, "loss": loss, "lr": lr}
-        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
+        if step % loop.log_every == 0 or step == loop.steps:
             now = time.perf_counter()
-            rate = tokens_per_step * cfg["log_every"] / max(now - t_last, 1e-9)
+            rate = tokens_per_step * loop.log_every / max(now - t_last, 1e-9)
             t_last = now
             grad_norm = engine.get_global_grad_norm()
             metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else None, tokens_per_s=rate,
                            tokens_seen=tokens_seen,
-                           mfu=flops_per_token * rate / (cfg["peak_flops"] * world) if cfg.get("peak_flops") else None)
-        if _is_spike(loss, recent, cfg) or _debug_hook(cfg, "debug_spike_at", step, out):
+                           mfu=flops_per_token * rate / (loop.peak_flops * world) if loop.peak_flops else None)
+        if _is_spike(loss, recent, loop) or _debug_hook(cfg.debug_spike_at, "debug_spike_at", step, out):
             # roll back to the last good checkpoint and skip the data since it (all ranks see the same loss)
             spikes += 1
-            if spikes > cfg["max_spikes"]:
+            if spikes > loop.max_spikes:
                 raise RuntimeError(f"loss spiked {spikes} time(s), more than max_spikes (last at step {step}: {loss:.4g}); "
                                    "stopping. Lower the learning rate or inspect the data around these steps.")
             good = latest_good_checkpoint(ckpt_dir, log=lambda m: _log(rank, m)) if ckpt_dir.exists() else None
@@ -225,14 +191,14 @@ def train_worker(cfg: dict) -> None:
                        f"skipping {bad_step - step} steps of data")
             continue
         recent.append(loss)
-        _debug_hook(cfg, "debug_kill_at", step, out, rank=rank, kill=True)
-        if step % cfg["eval_every"] == 0 or step == cfg["steps"]:
-            val_loss = _evaluate(engine, val, cfg, rank, world, device)
+        _debug_hook(cfg.debug_kill_at, "debug_kill_at", step, out, rank=rank, kill=True)
+        if step % loop.eval_every == 0 or step == loop.steps:
+            val_loss = _evaluate(engine, val, loop, rank, world, device)
             metrics.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50)))
         if rank == 0:
             _write_metrics(out, writer, metrics)
         checkpoint = None
-        if step % cfg["ckpt_every"] == 0 or step == cfg["steps"]:
+        if step % loop.ckpt_every == 0 or step == loop.steps:
             checkpoint = _save(engine, ckpt_dir, step, tokens_seen, rank, world, cfg, data_offset)
         if ray_train is not None and ("val_loss" in metrics or checkpoint is not None or "tokens_per_s" in metrics):
             report = {k: v for k, v in metrics.items() if v is not None}
@@ -240,7 +206,7 @@ def train_worker(cfg: dict) -> None:
                 ray_train.report(report, checkpoint=ray_train.Checkpoint.from_directory(str(checkpoint)))
             else:
                 ray_train.report(report)
-        if cfg.get("stop_after") and step >= cfg["stop_after"]:  # tests: an interruption
+        if cfg.stop_after and step >= cfg.stop_after:  # tests: an interruption
             raise SystemExit(f"stopped after step {step} (stop_after)")
     if writer is not None:
         writer.close()
@@ -296,17 +262,17 @@ def _gather(value, world: int) -> list:
     return [value]
 
 
-def _is_spike(loss: float, recent: list[float], cfg: dict) -> bool:
+def _is_spike(loss: float, recent: list[float], loop: LoopConfig) -> bool:
     """NaN or infinity, or more than `spike_factor` times the mean of the last `spike_window` losses."""
     if not math.isfinite(loss):
         return True
-    window = recent[-cfg["spike_window"]:]
-    return len(window) == cfg["spike_window"] and loss > cfg["spike_factor"] * (sum(window) / len(window))
+    window = recent[-loop.spike_window:]
+    return len(window) == loop.spike_window and loss > loop.spike_factor * (sum(window) / len(window))
 
 
-def _debug_hook(cfg: dict, name: str, step: int, out: Path, rank: int = 0, kill: bool = False) -> bool:
+def _debug_hook(at: int | None, name: str, step: int, out: Path, rank: int = 0, kill: bool = False) -> bool:
     """Fault injection for tests: fires once per output directory at the configured step."""
-    if cfg.get(name) != step or rank != 0:
+    if at != step or rank != 0:
         return False
     marker = out / f".{name}"
     if marker.exists():
@@ -319,38 +285,39 @@ def _debug_hook(cfg: dict, name: str, step: int, out: Path, rank: int = 0, kill:
     return True
 
 
-def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world: int, cfg: dict,
+def _save(engine, ckpt_dir: Path, step: int, tokens_seen: int, rank: int, world: int, cfg: WorkerConfig,
           data_offset: int = 0) -> Path:
     import torch.distributed as dist
 
-    tag = f"step-{step:07d}"
+    tag = tag_name(step)
+    model = asdict(cfg.model)
     states = _gather(_rng_state(), world)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={
-        "step": step, "tokens_seen": tokens_seen, "data_offset": data_offset, "rng": states, "model": cfg["model"]})
+        "step": step, "tokens_seen": tokens_seen, "data_offset": data_offset, "rng": states, "model": model})
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
         # self-describing: generate, evaluate and export need only this directory
-        if cfg.get("tokenizer"):
-            shutil.copyfile(cfg["tokenizer"], ckpt_dir / tag / "tokenizer.json")
-        (ckpt_dir / tag / CHECKPOINT_INFO).write_text(json.dumps({
-            "step": step, "tokens_seen": tokens_seen, "model": cfg["model"], "finetune": cfg.get("finetune"),
-            "kind": "finetune" if cfg.get("finetune") else "pretrain", "tokens_dir": cfg.get("tokens_dir"),
-            "sft_dir": cfg.get("sft_dir"), "init_from": cfg.get("init_from"), "seed": cfg["seed"]}, indent=1))
-        write_checkpoint_manifest(ckpt_dir / tag)
-        for old in checkpoint_tags(ckpt_dir)[cfg["keep_checkpoints"]:]:
-            shutil.rmtree(old, ignore_errors=True)
+        if cfg.tokenizer:
+            shutil.copyfile(cfg.tokenizer, tokenizer_path(ckpt_dir / tag))
+        finetune = cfg.finetune if isinstance(cfg, FinetuneWorkerConfig) else None
+        write_info(ckpt_dir / tag, {
+            "step": step, "tokens_seen": tokens_seen, "model": model, "finetune": finetune, "kind": cfg.kind,
+            "tokens_dir": getattr(cfg, "tokens_dir", None), "sft_dir": getattr(cfg, "sft_dir", None),
+            "init_from": getattr(cfg, "init_from", None), "seed": cfg.loop.seed})
+        write_manifest(ckpt_dir / tag)
+        prune(ckpt_dir, cfg.loop.keep_checkpoints)
     if dist.is_initialized():
         dist.barrier()
     return ckpt_dir / tag
 
 
 @torch.no_grad()
-def _evaluate(engine, val, cfg: dict, rank: int, world: int, device) -> float:
+def _evaluate(engine, val, loop: LoopConfig, rank: int, world: int, device) -> float:
     engine.eval()
     losses = []
-    for i in range(cfg["eval_batches"]):
-        x, y = val.batch(cfg["micro_batch"], cfg["seed"] + 1, 0, i, rank)  # the same batches every time
+    for i in range(loop.eval_batches):
+        x, y = val.batch(loop.micro_batch, loop.seed + 1, 0, i, rank)  # the same batches every time
         losses.append(engine(x.to(device), y.to(device))[1].float())
     engine.train()
     return _mean_across_ranks(torch.stack(losses).mean(), world)
@@ -394,7 +361,7 @@ def main() -> None:
     import socket
     import sys
 
-    cfg = json.loads(Path(sys.argv[1]).read_text())
+    cfg = parse_worker_config(Path(sys.argv[1]).read_text())
     with socket.socket() as s:  # a free port for the single-process gloo group
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

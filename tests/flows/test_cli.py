@@ -20,14 +20,50 @@ def loom(*args: str) -> str:
 
 
 def runs_json(workdir: Path, run_id: str) -> dict:
-    return {s["stage"]: s for s in json.loads(loom("runs", run_id, "--workdir", workdir, "--json"))}
+    return {s["stage"]: s for s in json.loads(loom("runs", run_id, "--workdir", workdir, "--json"))["stages"]}
 
 
-def test_help_on_every_command():
-    for command in ([], ["curate"], ["step"], ["runs"], ["demo"], ["tokenize"], ["pretrain"], ["bias"],
-                    ["bias", "train"], ["finetune"], ["generate"], ["evaluate"], ["export"], ["pipeline"], ["serve"],
-                    ["deploy"], ["check"]):
-        assert "Usage" in loom(*command, "--help")
+def test_every_command_documents_the_options_people_use():
+    """Each command's --help names the options a person needs for it (not only that help exists)."""
+    expected = {
+        (): ["curate", "step", "runs", "tokenize", "pretrain", "finetune", "generate", "evaluate", "export",
+             "pipeline", "serve", "deploy", "check", "demo", "bias"],
+        ("curate",): ["--run-id", "--workdir", "--config", "--workers", "--ray-address", "--force"],
+        ("step",): ["--run-id", "--input", "--output", "--force"],
+        ("runs",): ["--json", "--workdir"],
+        ("tokenize",): ["--run-id", "--vocab-size", "--tokenizer"],
+        ("pretrain",): ["--run-id", "--num-workers", "--steps", "--deepspeed", "--gpu"],
+        ("finetune",): ["--data", "--from", "--mode", "--output"],
+        ("generate",): ["--checkpoint", "--prompt", "--chat", "--num-beams", "--temperature", "--top-p"],
+        ("evaluate",): ["--checkpoint", "--gsm8k", "--crows-pairs"],
+        ("export",): ["--checkpoint", "--format", "--output"],
+        ("pipeline",): ["--sft-data", "--start-at", "--run-id"],
+        ("bias", "train"): ["--data", "--positive", "--lexicon"],
+        ("serve",): ["--limit"], ("deploy",): ["--work-pool"], ("check",): ["--ray-address"],
+        ("demo",): ["--pretrain-steps", "--finetune-steps"],
+    }
+    for command, words in expected.items():
+        shown = loom(*command, "--help")
+        assert [w for w in words if w not in shown] == [], command
+
+
+def test_bad_names_and_paths_are_one_line_errors(tmp_path):
+    """A run id that would leave the work directory, a work directory that is a file, an input that
+    does not exist: exit status 2 and one line saying why, never a traceback or a write outside."""
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["curate", str(tmp_path), "--run-id", "../../escape", "--workdir", str(tmp_path / "wd")], "bad run id"),
+        (["tokenize", "--run-id", "/tmp/abs", "--workdir", str(tmp_path / "wd")], "bad run id"),
+        (["runs", "a/b", "--workdir", str(tmp_path / "wd")], "bad run id"),
+        (["runs", "--workdir", str(tmp_path / "afile")], "is a file"),
+        (["pretrain", "--run-id", "nope", "--workdir", str(tmp_path / "wd")], "no run 'nope'"),
+        (["generate", "--checkpoint", str(tmp_path / "none"), "--prompt", "x"], "does not exist"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, (args, result.output)
+    assert not (tmp_path.parent / "escape").exists() and not Path("/tmp/abs").exists()
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +90,7 @@ def mixed_corpus(shared, tmp_path_factory):
 def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefect_server, mixed_corpus, tmp_path):
     wd = tmp_path / "wd"
     out = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--workers", "2")
-    assert "curate run mix" in out and "06_publish" in out
+    assert "curate run mix" in out and "08_publish" in out
     status = runs_json(wd, "mix")
     assert [s["status"] for s in status.values()] == ["complete"] * 6
     ingest = status["01_ingest"]
@@ -62,13 +98,13 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     assert ingest["rows_out"] == 1 + 1 + 300 + 35
     assert ingest["rejected"] == {"malformed_json": 1, "missing_text": 1, "empty_text": 1, "unsupported_format": 2}
     assert status["02_exact_dedup"]["removed"] == {"exact_duplicate": 25}
-    assert status["03_near_dedup"]["removed"] == {"near_duplicate": 10}
-    near = read_dir(wd / "runs/mix/03_near_dedup/_removed")
+    assert status["04_near_dedup"]["removed"] == {"near_duplicate": 10}
+    near = read_dir(wd / "runs/mix/04_near_dedup/_removed")
     assert all(t.endswith(" 12345") for t in near.column("text").to_pylist())  # the planted ones, nothing else
-    published = read_dir(wd / "runs/mix/06_publish")
+    published = read_dir(wd / "runs/mix/08_publish")
     assert published.num_rows == 302
     assert not any(t.isupper() for t in published.column("text").to_pylist())  # the originals were kept
-    card = json.loads((wd / "runs/mix/06_publish/dataset_card.json").read_text())
+    card = json.loads((wd / "runs/mix/08_publish/dataset_card.json").read_text())
     assert card["documents"] == 302 and card["stages"][1]["removed"] == {"exact_duplicate": 25}
     assert card["stages"][2]["removed"] == {"near_duplicate": 10}
 
@@ -83,8 +119,8 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     status = runs_json(wd, "mix")
     assert status["01_ingest"]["finished_at"] == finished["01_ingest"]
     assert status["02_exact_dedup"]["removed"] == {}  # upper-cased copies are different texts now
-    assert status["03_near_dedup"]["removed"] == {"near_duplicate": 35}  # near dedup folds case itself
-    assert status["06_publish"]["rows_out"] == 302
+    assert status["04_near_dedup"]["removed"] == {"near_duplicate": 35}  # near dedup folds case itself
+    assert status["08_publish"]["rows_out"] == 302
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[exact_dedup]\ncasefould = false\n")
@@ -97,14 +133,14 @@ def test_step_reruns_one_stage_and_marks_later_stages_stale(prefect_server, mixe
     loom("curate", mixed_corpus / "gsm8k.jsonl", mixed_corpus / "zz-planted.jsonl", "--workdir", wd, "--run-id", "r")
     before = runs_json(wd, "r")
     out = loom("step", "exact_dedup", "--run-id", "r", "--workdir", wd, "--force")
-    assert "now stale: 03_near_dedup, 04_pii, 05_bias, 06_publish" in out
+    assert "now stale: 04_near_dedup, 05_pii, 06_bias, 08_publish" in out
     after = runs_json(wd, "r")
     assert after["01_ingest"]["finished_at"] == before["01_ingest"]["finished_at"]
     assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
-    assert after["03_near_dedup"]["status"] == after["06_publish"]["status"] == "stale"
+    assert after["04_near_dedup"]["status"] == after["08_publish"]["status"] == "stale"
     for stage in ("near_dedup", "pii", "bias", "publish"):
         loom("step", stage, "--run-id", "r", "--workdir", wd)
-    assert runs_json(wd, "r")["06_publish"]["status"] == "complete"
+    assert runs_json(wd, "r")["08_publish"]["status"] == "complete"
     listing = json.loads(loom("runs", "--workdir", wd, "--json"))
     assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 6
 
@@ -143,14 +179,14 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
     removed = read_dir(tmp_path / "runs/demo/02_exact_dedup/_removed")
     assert {i for i in removed.column("id").to_pylist() if i.startswith("repost-")} == {
         f"repost-{i:03d}" for i in range(planted["exact_duplicates"])}
-    near = read_dir(tmp_path / "runs/demo/03_near_dedup/_removed").column("id").to_pylist()
+    near = read_dir(tmp_path / "runs/demo/04_near_dedup/_removed").column("id").to_pylist()
     assert {i for i in near if i.startswith("edited-")} == {f"edited-{i:03d}" for i in range(planted["near_duplicates"])}
-    published = "\n".join(read_dir(tmp_path / "runs/demo/06_publish").column("text").to_pylist())
+    published = "\n".join(read_dir(tmp_path / "runs/demo/08_publish").column("text").to_pylist())
     assert not any(value in published for value in planted["pii_values"])
-    assert status["04_pii"]["rows_out"] == status["03_near_dedup"]["rows_out"]
-    toxic = read_dir(tmp_path / "runs/demo/05_bias/_removed").column("id").to_pylist()
+    assert status["05_pii"]["rows_out"] == status["04_near_dedup"]["rows_out"]
+    toxic = read_dir(tmp_path / "runs/demo/06_bias/_removed").column("id").to_pylist()
     assert sorted(toxic) == planted["toxic"]
-    kept_ids = set(read_dir(tmp_path / "runs/demo/06_publish").column("id").to_pylist())
+    kept_ids = set(read_dir(tmp_path / "runs/demo/08_publish").column("id").to_pylist())
     assert set(planted["identity_mentions"]) <= kept_ids
     index = json.loads((tmp_path / "runs/demo/tokens/index.json").read_text())  # the demo goes on to tokenize
     assert index["totals"]["train"]["documents"] + index["totals"]["val"]["documents"] == len(kept_ids)
@@ -204,8 +240,8 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
     keys = {a["key"] for a in response.json()}
     curve = next(a for a in response.json() if a["key"] == "demo-pretrain")
     assert "](data:image/png;base64," in curve["data"]  # the loss curve shows in the UI itself
-    assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-03-near-dedup", "demo-04-pii", "demo-05-bias",
-            "demo-06-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity", "demo-tokens",
+    assert {"demo-01-ingest", "demo-02-exact-dedup", "demo-04-near-dedup", "demo-05-pii", "demo-06-bias",
+            "demo-08-publish", "demo-curate", "demo-bias-report", "demo-bias-disparity", "demo-tokens",
             "demo-pretrain-checkpoints", "demo-pretrain", "demo-finetune", "demo-finetune-checkpoints",
             "demo-evaluation", "demo-pipeline", "demo-dataset-card", "demo-near-dedup-report"} <= keys
 

@@ -115,7 +115,7 @@ def test_one_stage_reruns_through_its_deployment_and_later_stages_become_stale(s
     run_stage(Ingest(text_field="question", id_field=None), run_id="rerun", stage_dir=run / "01_ingest",
               inputs=[str(text)], mapper=local_mapper(1))
     run_stage(ExactDedup(), run_id="rerun", stage_dir=run / "02_exact_dedup", inputs=[str(run / "01_ingest")])
-    run_stage(NearDedup(), run_id="rerun", stage_dir=run / "03_near_dedup", inputs=[str(run / "02_exact_dedup")])
+    run_stage(NearDedup(), run_id="rerun", stage_dir=run / "04_near_dedup", inputs=[str(run / "02_exact_dedup")])
     before = {s: json.loads((run / s / "_manifest.json").read_text()) for s in ("01_ingest", "02_exact_dedup")}
     flow_run = run_deployment("exact-dedup/loom-exact-dedup", timeout=300, parameters={
         "run": {"run_id": "rerun", "force": True, "workers": 1}, "config": {"strip_punctuation": False}})
@@ -125,7 +125,7 @@ def test_one_stage_reruns_through_its_deployment_and_later_stages_become_stale(s
     assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
     assert after["02_exact_dedup"]["config"]["strip_punctuation"] is False
     status = json.loads(CliRunner().invoke(app, ["runs", "rerun", "--workdir", str(workdir), "--json"]).output)
-    assert {s["stage"]: s["status"] for s in status}["03_near_dedup"] == "stale"
+    assert {s["stage"]: s["status"] for s in status}["04_near_dedup"] == "stale"
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ def test_curate_and_a_two_worker_pretrain_across_two_nodes_match_a_local_run(
     for name, address in (("cluster", two_node_cluster), ("local", None)):
         args = ["curate", str(corpus), "--run-id", "r", "--workdir", str(tmp_path / name), "--workers", "2"]
         _loom(*args, *(["--ray-address", address] if address else []), api_url=prefect_server)
-    published = {name: read_dir(tmp_path / name / "runs/r/06_publish").sort_by("id") for name in ("cluster", "local")}
+    published = {name: read_dir(tmp_path / name / "runs/r/08_publish").sort_by("id") for name in ("cluster", "local")}
     assert published["cluster"].num_rows > 0
     assert published["cluster"].column("text").to_pylist() == published["local"].column("text").to_pylist()
 

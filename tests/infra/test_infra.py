@@ -29,6 +29,7 @@ ZERO_CONFIGS = {"zero0": 0, "zero1": 1, "zero2": 2, "zero3": 3, "zero3-offload":
 def test_every_deepspeed_config_passes_deepspeeds_parser():
     from deepspeed.runtime.config import DeepSpeedConfig
 
+    from training.config import LoopConfig
     from training.launch import deepspeed_json
     from training.train import deepspeed_config
 
@@ -43,8 +44,7 @@ def test_every_deepspeed_config_passes_deepspeeds_parser():
         if offload:
             assert parsed.zero_config.offload_optimizer.device == "cpu" and parsed.zero_config.offload_param.device == "cpu"
         # what a worker builds its engine from: the run's batch sizes and learning rate, checked again
-        worker = deepspeed_config({"deepspeed": deepspeed_json(name, use_gpu=True), "micro_batch": 4, "grad_accum": 8,
-                                   "lr": 1e-4})
+        worker = deepspeed_config(deepspeed_json(name, use_gpu=True), LoopConfig(micro_batch=4, grad_accum=8, lr=1e-4))
         again = DeepSpeedConfig(worker)
         assert (again.train_micro_batch_size_per_gpu, again.gradient_accumulation_steps, again.train_batch_size) == (
             4, 8, 32)
@@ -77,21 +77,22 @@ def test_zero_0_2_and_3_engines_train_alike_and_their_checkpoints_load(small_tok
     agree across stages, and every checkpoint loads to the same weights (ZeRO-3's through zero_to_fp32)."""
     import torch
 
-    from training.checkpoint import load_model
+    from training.checkpoint import resolve_checkpoint
     from training.launch import PretrainConfig, worker_config
+    from training.load import load_model
 
     losses, weights = {}, {}
     for name in ("zero0", "zero2", "zero3"):
         cfg = PretrainConfig(steps=4, eval_every=4, ckpt_every=4, log_every=2, eval_batches=1, micro_batch=4,
                              deepspeed=name)
         config = worker_config(cfg, small_tokens, tmp_path / name, 512, use_gpu=False)
-        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        (tmp_path / f"{name}.json").write_text(config.model_dump_json())
         proc = subprocess.run([sys.executable, "-m", "training.train", str(tmp_path / f"{name}.json")], cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [m["loss"] for m in metrics if "loss" in m]
-        weights[name] = load_model(tmp_path / name / "checkpoints")[0].state_dict()
+        weights[name] = load_model(resolve_checkpoint(tmp_path / name / "checkpoints"))[0].state_dict()
     assert len(losses["zero0"]) >= 2
     for name in ("zero2", "zero3"):
         assert losses[name] == pytest.approx(losses["zero0"], rel=1e-4), name

@@ -1,4 +1,4 @@
-"""05_bias: obfuscated terms, innocent words that contain listed ones, the identity guard,
+"""06_bias: obfuscated terms, innocent words that contain listed ones, the identity guard,
 the audit arithmetic, a classifier trained on real labels, and the stage's outputs."""
 
 import csv

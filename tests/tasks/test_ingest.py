@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tasks.ingest import Ingest, _line_blocks, derived_id, expand_inputs
+from tasks.ingest import Ingest
+from tasks.inputs import derived_id, expand_inputs
+from tasks.readers import line_blocks
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
 
@@ -144,7 +146,7 @@ def test_gutenberg_text_file_is_stripped(shared, tmp_path):
 
 
 def test_a_stage_directory_as_input_gives_its_documents_not_its_reports(shared, tmp_path):
-    """`loom step pii --input runs/r/03_near_dedup`: the report JSON beside the shards is not a corpus."""
+    """`loom step pii --input runs/r/04_near_dedup`: the report JSON beside the shards is not a corpus."""
     _, docs, _ = ingest([shared / "pretrain/wikitext2_tok"], tmp_path / "stage")
     (tmp_path / "stage/near_dedup_report.json").write_text(json.dumps({"clusters": 3}, indent=2))
     _, again, rejects = ingest([tmp_path / "stage"], tmp_path / "again")
@@ -185,7 +187,7 @@ def test_line_blocks_match_plain_line_splitting_at_any_block_size(block):
     lines = [b"", b"short", b"x" * 25, b"{}", b"", b"y" * 9, b"tail"]
     for data in (b"\n".join(lines), b"\n".join(lines) + b"\n", b"", b"\n", b"z" * 40):
         got, oversize = {}, {}
-        for start, block_lines, over in _line_blocks(io.BytesIO(data), limit=10, block=block):
+        for start, block_lines, over in line_blocks(io.BytesIO(data), limit=10, block=block):
             got.update(enumerate(block_lines, start))
             oversize.update(over)
         expected = data.split(b"\n")

@@ -1,4 +1,4 @@
-"""03_near_dedup: datasketch-identical signatures, transitive clusters, the same result with any
+"""04_near_dedup: datasketch-identical signatures, transitive clusters, the same result with any
 number of workers, shards or partitions, and sane handling of empty and very short texts."""
 
 import json
@@ -48,7 +48,7 @@ def _write(path, texts, prefix="d"):
 
 
 def _run(tmp_path, inputs, workers=1, shard_bytes=256 << 20, unit_bytes=64 << 20, **config):
-    ingest_dir, out = tmp_path / "01_ingest", tmp_path / "03_near_dedup"
+    ingest_dir, out = tmp_path / "01_ingest", tmp_path / "04_near_dedup"
     run_stage(Ingest(shard_bytes=shard_bytes, unit_bytes=unit_bytes), run_id="t", stage_dir=ingest_dir,
               inputs=[str(i) for i in inputs], mapper=local_mapper(workers))
     outcome = run_stage(NearDedup(**config), run_id="t", stage_dir=out, inputs=[str(ingest_dir)],
@@ -124,8 +124,8 @@ def test_same_clusters_and_kept_documents_with_any_workers_shards_or_partitions(
     assert all((copy in gone) != (original in gone) for copy, original in copies.items())
     assert len(gone) == len(copies)
     assert all(s >= 0.8 for s in gone.values())
-    assert (tmp_path / "a/03_near_dedup" / REPORT_MD).exists()
-    report = json.loads((tmp_path / "a/03_near_dedup" / REPORT_JSON).read_text())
+    assert (tmp_path / "a/04_near_dedup" / REPORT_MD).exists()
+    report = json.loads((tmp_path / "a/04_near_dedup" / REPORT_JSON).read_text())
     assert report["clusters"] == len(set(removed.column("cluster_id").to_pylist()))
     assert manifest.rows_in == manifest.rows_out + len(gone)
 

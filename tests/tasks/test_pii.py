@@ -1,4 +1,4 @@
-"""04_pii: Presidio offline on real labeled spans, adversarial formats, text without PII left
+"""05_pii: Presidio offline on real labeled spans, adversarial formats, text without PII left
 byte for byte, merged overlaps, replacement strategies, and no PII outside the documents."""
 
 import json
@@ -13,10 +13,6 @@ from tasks.pii import (
     Pii,
     PiiConfig,
     PiiModelError,
-    _decoder,
-    _GreedyNer,
-    _ner_docs,
-    _TokenEmbeddings,
     analyzer,
     find_pii,
     luhn_ok,
@@ -24,6 +20,8 @@ from tasks.pii import (
     replace_spans,
     surrogate,
 )
+from tasks.pii.fast_ner import GreedyNer, TokenEmbeddings, decoder, ner_docs
+from tasks.pii.names import cued_names, cued_places, listed_names, name_lines, ner_view, other_mentions
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
 
@@ -55,7 +53,7 @@ def test_batched_ner_decoding_gives_spacys_entities(shared):
     wiki = [line for line in (shared / "pretrain/wikitext2_tok/valid.txt").read_text().split("\n") if line.strip()]
     texts = [r["full_text"] for r in records] + wiki[:300] + [" ".join(wiki)[:50_000], "", "Paris"]
     nlp = analyzer(PiiConfig().model).nlp_engine.nlp["en"]
-    assert _GreedyNer.for_pipeline(nlp) is not None and _decoder(nlp).embeddings is not None
+    assert GreedyNer.for_pipeline(nlp) is not None and decoder(nlp).embeddings is not None
     theirs = list(nlp.pipe(texts, batch_size=64))
     assert sum(len(d.ents) for d in theirs) > 500
     # spaCy as it loads, computing every lexeme attribute (ours computes only those read)
@@ -64,11 +62,23 @@ def test_batched_ner_decoding_gives_spacys_entities(shared):
     assert [[(e.start, e.end, e.label_) for e in d.ents] for d in untrimmed.pipe(texts, batch_size=64)] == [
         [(e.start, e.end, e.label_) for e in d.ents] for d in theirs]
     for _ in range(2):  # the second time, every token's embedding comes from the first
-        ours = list(_ner_docs(nlp, texts, 64))
+        ours = list(ner_docs(nlp, texts, 64))
         for a, b in zip(ours, theirs):
             assert [(e.start, e.end, e.label_) for e in a.ents] == [(e.start, e.end, e.label_) for e in b.ents], \
                 a.text[:80]
             assert [t.ent_iob_ for t in a] == [t.ent_iob_ for t in b]
+
+
+def test_the_fast_ner_path_and_spacys_own_give_the_same_spans(shared):
+    """`[pii] fast_ner = false` (spaCy's nlp.pipe on an untouched pipeline) finds what the fast path
+    finds, span for span, on labeled PII texts and real prose."""
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())[:200]
+    wiki = [line for line in (shared / "pretrain/wikitext2_tok/valid.txt").read_text().split("\n") if line.strip()]
+    texts = [r["full_text"] for r in records] + wiki[:150]
+    fast, plain = find_pii(texts, PiiConfig()), find_pii(texts, PiiConfig(fast_ner=False))
+    assert analyzer(PiiConfig().model, False) is not analyzer(PiiConfig().model, True)
+    assert sum(1 for spans in fast for s in spans if s[2] in ("PERSON", "LOCATION")) > 100
+    assert [[s[:3] for s in spans] for spans in plain] == [[s[:3] for s in spans] for spans in fast]
 
 
 def test_token_embeddings_are_the_embedding_layers_output():
@@ -78,7 +88,7 @@ def test_token_embeddings_are_the_embedding_layers_output():
     tok2vec = nlp.get_pipe("ner").model.layers[0]
     docs = [nlp.make_doc(t) for t in ("Call Ana Lima on Monday.", "Ana Lima lives in Porto.", "ana")]
     expected = np.concatenate(tok2vec.layers[0].layers[0].predict(docs))
-    embeddings = _TokenEmbeddings.for_tok2vec(tok2vec)
+    embeddings = TokenEmbeddings.for_tok2vec(tok2vec)
     embeddings.MAX_ROWS = 12
     sizes = []
     for batch in (docs, docs, docs[1:], docs):
@@ -102,10 +112,9 @@ def test_names_the_small_model_misses_come_from_the_name_lists():
 def test_names_from_their_place_in_the_text():
     """Lists of names, a middle initial, a family tie, a sentence whose subject a listed name is; lists
     of lower-case words are left alone even where they are also surnames."""
-    from tasks.pii import _listed_names
 
     def names(text):
-        return [text[s:e] for s, e, _ in _listed_names(text)]
+        return [text[s:e] for s, e, _ in listed_names(text)]
 
     assert names("They had 6: Efimiya, Mary, Ariana, Isabel, Teresa and Jodi.") == [
         "Efimiya", "Mary", "Ariana", "Isabel", "Teresa", "Jodi"]
@@ -120,14 +129,13 @@ def test_names_from_their_place_in_the_text():
     assert names("The Vide A. Persson version recorded for Capital Cube") == ["Vide A. Persson"]
 
 
-def test_names_after_a_cue_and_their_other_mentions():
+def test_names_after_a_cue_and_theirother_mentions():
     """A name after "my name is", "Name:", "call me", "Mrs." is PERSON listed or not; in lower-case text
     only after the name cues (not "call me tomorrow"). Once a name of two words is found, its other
     mentions are too, and its first or last word alone, unless the text uses that word in lower case."""
-    from tasks.pii import _cued_names, _other_mentions
 
     def cued(text):
-        return [text[s:e] for s, e, _ in _cued_names(text)]
+        return [text[s:e] for s, e, _ in cued_names(text)]
 
     assert cued("Hello. My name is Rubija") == ["Rubija"]
     assert cued("she was born on 8/5/1989. her maiden name is nyberg") == ["nyberg"]
@@ -141,11 +149,11 @@ def test_names_after_a_cue_and_their_other_mentions():
 
     def others(text, names):  # what is found outside the names given
         spans = [(text.index(n), text.index(n) + len(n), "PERSON", 0.85) for n in names]
-        return sorted({text[s:e] for s, e, _, _ in _other_mentions(text, spans, listed=True)
+        return sorted({text[s:e] for s, e, _, _ in other_mentions(text, spans, listed=True)
                        if not any(a <= s and e <= b for a, b, _, _ in spans)})
 
     text = "A film directed by Maciej Borkowski and starring Borkowski; Maciej Borkowski won."
-    assert {text[s:e] for s, e, _, _ in _other_mentions(text, [(19, 35, "PERSON", 0.85)], listed=True)} == {
+    assert {text[s:e] for s, e, _, _ in other_mentions(text, [(19, 35, "PERSON", 0.85)], listed=True)} == {
         "Maciej Borkowski", "Maciej", "Borkowski"}
     assert others("Till Lindemann sang. Till noon we waited, till the end.", ["Till Lindemann"]) == []
     assert others("KING RICHARD: Yes. Then the KING spoke, and Richard left.", ["KING RICHARD"]) == []
@@ -158,18 +166,16 @@ def test_names_in_signature_blocks_and_lower_case_text():
     with no capitals, are PERSON; a firm's line and the same words with capitals in prose are not."""
     block = "> \n> Marta Palermo\n> Cityscan\n> 1072 Pohlstrasse 9\n> Suite 85"
     assert ("Marta Palermo", "PERSON") in _found(block)
-    from tasks.pii import _name_lines
 
     text = "Broker:\nMorgan Stanley\nThe Winter Tale\nCHAPTER ONE\nDreux Joly"
-    assert [text[s:e] for s, e, _ in _name_lines(text)] == ["Dreux Joly"]
+    assert [text[s:e] for s, e, _ in name_lines(text)] == ["Dreux Joly"]
     lower = "follow up with patricia desrosiers in a couple of months."
     assert any(t == "PERSON" and "patricia" in v for v, t in _found(lower))
-    from tasks.pii import _ner_view
 
-    assert _ner_view(lower) == "follow up with Patricia Desrosiers in a couple of months."
-    assert _ner_view("> Hi\n>> quoted") == "  Hi\n   quoted"
-    assert _ner_view("Rose and Will met.") == "Rose and Will met."
-    assert _ner_view(lower, listed=False) == lower  # `[pii] name_lists = false`: no lists at all
+    assert ner_view(lower) == "follow up with Patricia Desrosiers in a couple of months."
+    assert ner_view("> Hi\n>> quoted") == "  Hi\n   quoted"
+    assert ner_view("Rose and Will met.") == "Rose and Will met."
+    assert ner_view(lower, listed=False) == lower  # `[pii] name_lists = false`: no lists at all
 
 
 @pytest.mark.parametrize("text,value,entity", [
@@ -234,10 +240,9 @@ def test_a_postal_address_is_masked_whole(text, address):
 
 
 def test_places_by_the_words_before_them():
-    from tasks.pii import _cued_places
 
     def places(text):
-        return [text[s:e] for s, e, _ in _cued_places(text)]
+        return [text[s:e] for s, e, _ in cued_places(text)]
 
     assert places("Mr. Auðbjörnsson flew to Reguengos de Monsaraz on Tuesday morning.") == ["Reguengos de Monsaraz"]
     assert places("a man who grew up in KNIVSTA. Where: Erwetegem Country Club.") == ["KNIVSTA", "Erwetegem"]

@@ -11,19 +11,20 @@ import pytest
 import torch
 
 from tasks.ingest import Ingest
-from tasks.sft import SftTokenize, pack, render, to_messages
+from tasks.sft import SftTokenize, instruction_record, pack, render, to_messages
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
 from tasks.tokenize import Tokenize, load_tokenizer
-from training.checkpoint import load_model, load_weights, resolve_checkpoint
+from training.checkpoint import resolve_checkpoint
 from training.data import SftData
 from training.launch import FinetuneConfig, PretrainConfig, finetune_worker_config, worker_config
+from training.load import load_model, load_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _train(config: dict, path: Path) -> None:
-    path.write_text(json.dumps(config))
+    path.write_text(config.model_dump_json())
     proc = subprocess.run([sys.executable, "-m", "training.train", str(path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,7 +52,7 @@ def sft_rows(shared, pretrained, tmp_path_factory):
     reader and the SFT stage."""
     tmp = tmp_path_factory.mktemp("sft")
     inputs = [str(shared / "sft/gsm8k/train.jsonl"), str(shared / "sft/alpaca_libre/alpaca_libre_tasks_v2.jsonl")]
-    ingest = run_stage(Ingest(record_format="instruction"), run_id="t", stage_dir=tmp / "01", inputs=inputs,
+    ingest = run_stage(Ingest(adapter=instruction_record), run_id="t", stage_dir=tmp / "01", inputs=inputs,
                        mapper=local_mapper(2))
     sft = run_stage(SftTokenize(tokenizer=str(pretrained / "tokenizer.json"), block_size=128, val_fraction=0.05),
                     run_id="t", stage_dir=tmp / "sft", inputs=[str(tmp / "01")], mapper=local_mapper(1))
@@ -164,12 +165,12 @@ def test_lora_changes_only_the_adapters_and_merges_on_load(pretrained, finetuned
         if ".base." in name:
             assert torch.equal(tensor, base[name.replace(".base.", ".")])
     assert any(k.endswith("lora_B") and tensor.abs().sum() > 0 for k, tensor in adapted.items())  # B left zero
-    merged, info, _ = load_model(finetuned["lora"])
+    merged, info, _ = load_model(resolve_checkpoint(finetuned["lora"]))
     assert info["finetune"]["mode"] == "lora"
     plain = merged.state_dict()
     assert set(plain) == set(base)  # merged back into a plain GPT
     assert not torch.equal(plain["transformer.h.0.attn.c_attn.weight"], base["transformer.h.0.attn.c_attn.weight"])
-    unmerged, _, _ = load_model(finetuned["lora"], merge=False)
+    unmerged, _, _ = load_model(resolve_checkpoint(finetuned["lora"]), merge=False)
     x = torch.randint(0, 1024, (2, 32))
     with torch.no_grad():
         assert torch.allclose(merged(x)[0], unmerged(x)[0], atol=1e-4)
@@ -181,17 +182,17 @@ def test_export_round_trip_to_hugging_face(finetuned, tmp_path):
     from training.export import export_hf, export_pt
 
     for mode in ("full", "lora"):
-        out = export_hf(finetuned[mode], tmp_path / mode)
+        out = export_hf(resolve_checkpoint(finetuned[mode]), tmp_path / mode)
         hf = GPT2LMHeadModel.from_pretrained(out).eval()
         tokenizer = PreTrainedTokenizerFast.from_pretrained(out)
-        ours, _, ours_tokenizer = load_model(finetuned[mode])
+        ours, _, ours_tokenizer = load_model(resolve_checkpoint(finetuned[mode]))
         text = "ROMEO: What is 7 plus 5?"
         ids = tokenizer(text, return_tensors="pt").input_ids
         assert ids[0].tolist() == ours_tokenizer.encode(text).ids
         with torch.no_grad():
             np.testing.assert_allclose(hf(ids).logits.numpy(), ours(ids)[0].numpy(), atol=1e-4)
         assert tokenizer.convert_tokens_to_ids("<|end|>") == ours_tokenizer.token_to_id("<|end|>")
-    path = export_pt(finetuned["frozen"], tmp_path / "frozen.pt")
+    path = export_pt(resolve_checkpoint(finetuned["frozen"]), tmp_path / "frozen.pt")
     saved = torch.load(path)
     from training.model import GPT, GPTConfig
 

@@ -12,8 +12,10 @@ import pytest
 from tasks.ingest import Ingest
 from tasks.stage import local_mapper, run_stage
 from tasks.tokenize import Tokenize, read_tokens
+from training.checkpoint import latest_good_checkpoint, write_manifest
+from training.config import LoopConfig
 from training.launch import PretrainConfig, pretrain, worker_config
-from training.train import latest_good_checkpoint, lr_at, write_checkpoint_manifest
+from training.train import lr_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,8 +40,8 @@ def _run(tokens: Path, out: Path, stop_after=None, debug: dict | None = None, ex
     vocab = json.loads((tokens / "index.json").read_text())["vocab_size"]
     path = out.parent / f"{out.name}-{stop_after}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    config = worker_config(cfg, tokens, out, vocab, use_gpu=False, stop_after=stop_after) | (debug or {})
-    path.write_text(json.dumps(config))
+    config = worker_config(cfg, tokens, out, vocab, use_gpu=False, stop_after=stop_after, **(debug or {}))
+    path.write_text(config.model_dump_json())
     proc = subprocess.run([sys.executable, "-m", "training.train", str(path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     if expect_ok:
@@ -94,7 +96,7 @@ def test_a_corrupt_checkpoint_is_reported_and_skipped(tmp_path):
         tag = tmp_path / f"step-{step:07d}"
         tag.mkdir()
         (tag / "model.pt").write_bytes(bytes(range(256)) * 4)
-        write_checkpoint_manifest(tag)
+        write_manifest(tag)
     (tmp_path / "step-0000030/model.pt").write_bytes(b"cut")  # truncated
     (tmp_path / "step-0000020/model.pt").write_bytes(bytes(range(255, -1, -1)) * 4)  # same size, other bytes
     messages = []
@@ -103,7 +105,7 @@ def test_a_corrupt_checkpoint_is_reported_and_skipped(tmp_path):
 
 
 def test_learning_rate_schedule():
-    cfg = {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 10, "steps": 110}
+    cfg = LoopConfig(lr=1.0, min_lr=0.1, warmup_steps=10, steps=110)
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
 
@@ -144,7 +146,7 @@ def test_a_killed_worker_is_restarted_by_ray_and_resumes(tokens, tmp_path):
     try:
         result = pretrain(PretrainConfig(steps=30, eval_every=10, ckpt_every=10, log_every=5, num_workers=2,
                                          micro_batch=8, max_failures=1), tokens, tmp_path / "train",
-                          debug={"debug_kill_at": 15})
+                          debug_kill_at=15)
     finally:
         ray.shutdown()
     assert result.error is None and result.metrics["step"] == 30
@@ -164,7 +166,7 @@ def test_gpt2_124m_bf16_on_one_gpu_reports_throughput_and_mfu(tokens, tmp_path):
     vocab = json.loads((tokens / "index.json").read_text())["vocab_size"]
     config = worker_config(cfg, tokens, tmp_path / "gpu", vocab, use_gpu=True)
     path = tmp_path / "gpu.json"
-    path.write_text(json.dumps(config))
+    path.write_text(config.model_dump_json())
     proc = subprocess.run([sys.executable, "-m", "training.train", str(path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

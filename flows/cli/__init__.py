@@ -1,0 +1,38 @@
+"""The `loom` command line, split by what a person does: curation (curate, step, bias), training
+(tokenize, pretrain, finetune, generate, evaluate, export) and operations (runs, pipeline, demo,
+serve, deploy, check). The commands hold no flow logic: they check what was typed, call a flow,
+and print what `flows.reporting` makes of the result.
+
+    loom curate corpus/ more.jsonl.gz --run-id r1     # ingest -> exact/near dedup -> pii -> bias -> publish
+    loom step exact_dedup --run-id r1 --force         # rerun one stage; later stages become stale
+    loom step ingest --input x.jsonl --output out/    # one stage on any input
+    loom runs [r1]                                    # runs, or one run's stages
+    loom tokenize --run-id r1                         # BPE tokenizer + token shards of the published data
+    loom pretrain --run-id r1 --num-workers 2         # GPT on Ray Train + DeepSpeed, resumable
+    loom finetune --run-id r1 --data sft.jsonl        # supervised fine-tuning: full, frozen or LoRA
+    loom generate --checkpoint CKPT --prompt "Hi" --chat   # sampling or beam search, KV cache
+    loom evaluate --checkpoint CKPT                   # perplexity, BLEU/ROUGE, exact match, CrowS-Pairs
+    loom export --checkpoint CKPT --format hf -o out/ # Hugging Face GPT-2, or one fp32 state dict
+    loom pipeline corpus/ --sft-data sft.jsonl        # curate -> tokenize -> pretrain -> finetune -> evaluate
+    loom demo                                         # everything, on a corpus built on the spot
+"""
+
+from __future__ import annotations
+
+import typer
+
+from flows.cli import curation, operations, training  # noqa: F401 (each registers its commands on `app`)
+from flows.cli.common import app
+from flows.reporting import console
+from tasks import __version__
+
+
+@app.callback(invoke_without_command=True)
+def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        console.print(f"loom {__version__}")
+        raise typer.Exit()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,132 @@
+"""Curation commands: `loom curate`, `loom step`, `loom bias train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from flows.cli.common import (
+    ConfigOption,
+    RayOption,
+    WorkdirOption,
+    WorkersOption,
+    app,
+    command_config,
+    fail,
+    open_run,
+    run_flow,
+    run_paths,
+)
+from flows.reporting import console, print_outcome
+
+
+@app.command()
+def curate(
+    inputs: list[str] = typer.Argument(..., help="Files, directories or globs of JSONL (.gz/.zst), Parquet, text."),
+    workdir: str | None = WorkdirOption,
+    run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
+    config: Path | None = ConfigOption,
+    workers: int | None = WorkersOption,
+    ray_address: str | None = RayOption,
+    force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
+) -> None:
+    """Run the curate flow: ingest -> exact/near dedup -> pii -> bias -> publish, skipping complete stages."""
+    from flows.config import default_run_id
+    from flows.curate import curate_flow
+
+    cfg = command_config(config, workers, ray_address=ray_address)
+    inputs = [str(Path(i).absolute()) for i in inputs]
+    paths = run_paths(workdir, run_id or default_run_id(inputs))
+    summaries = run_flow(lambda: curate_flow(inputs=inputs, run_id=paths.run_id, workdir=str(paths.workdir),
+                                             config=cfg, force=force), errors=(FileNotFoundError,))
+    print_outcome(summaries, f"curate run {paths.run_id}")
+
+
+@app.command()
+def step(
+    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, near_dedup, pii, bias or publish (or 01_ingest, ...)."),
+    run_id: str | None = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
+    inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
+    force: bool = typer.Option(False, "--force", help="Rerun even if complete; later stages become stale."),
+    workdir: str | None = WorkdirOption,
+    config: Path | None = ConfigOption,
+    workers: int | None = WorkersOption,
+    ray_address: str | None = RayOption,
+) -> None:
+    """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
+    from flows.curate import PIPELINE, StageRun, downstream_of, run_one_stage, step_flow
+    from tasks.layout import stage_dir_name
+    from tasks.stage import run_statuses
+
+    try:
+        name = stage_dir_name(stage)
+    except ValueError as e:
+        fail(str(e))
+    if name not in PIPELINE:
+        fail(f"stage {name} is not implemented yet; implemented: {', '.join(PIPELINE)}")
+
+    if inputs:
+        if output is None:
+            fail("--input needs --output DIR")
+        cfg = command_config(config, workers, ray_address=ray_address)
+        out = output.absolute()
+        step_run = run_id or f"step-{out.name}"
+        run_paths(workdir, step_run)  # the id is checked like any run's
+        summaries = run_flow(lambda: step_flow(stage=name, inputs=[str(Path(i).absolute()) for i in inputs],
+                                               output_dir=str(out), run_id=step_run, config=cfg, force=force),
+                             errors=(FileNotFoundError,))
+        print_outcome(summaries, f"step {name}")
+        return
+
+    if not run_id:
+        fail("give --run-id R to rerun a stage of a run, or --input PATH... --output DIR")
+    paths, run_inputs, cfg = open_run(workdir, run_id, config, workers, ray_address)
+    run = StageRun(run_id=run_id, workdir=str(paths.workdir), force=force, workers=cfg.workers,
+                   ray_address=cfg.ray_address)
+    summary = run_flow(lambda: run_one_stage(name, run, cfg.for_stage(name), run_inputs), errors=(FileNotFoundError,),
+                       hint=f" (run the stages before {name} first, e.g. loom curate)")
+    print_outcome([summary], f"step {name} of run {run_id}")
+    statuses = {s.stage: s for s in run_statuses(paths.root, list(PIPELINE))}
+    stale = [s for s in downstream_of(name) if statuses[s].status == "stale"]
+    if stale:
+        console.print(f"[yellow]now stale:[/yellow] {', '.join(stale)} "
+                      f"(rerun with `loom step <stage> --run-id {run_id}` or `loom curate`)")
+
+
+bias_app = typer.Typer(help="The bias and toxicity filter (06_bias): train its classifier.", no_args_is_help=True)
+app.add_typer(bias_app, name="bias")
+
+
+@bias_app.command("train")
+def bias_train(
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="CSV with a text and a label column."),
+    text_column: str = typer.Option("text", "--text-column", help="Column holding the text."),
+    label_column: str = typer.Option("label", "--label-column", help="Column holding the label."),
+    positive: list[str] = typer.Option(..., "--positive", help="Label value(s) that mean toxic (repeat the option)."),
+    output: Path = typer.Option(Path("bias-classifier.npz"), "--output", "-o", help="Where the model is saved."),
+    lexicon: list[str] | None = typer.Option(None, "--lexicon", help="Word lists the stage will also use "
+                                             "(the threshold is calibrated with them)."),
+    max_false_removal: float = typer.Option(0.10, "--max-false-removal", min=0.0, max=1.0,
+                                            help="Calibrate the threshold to remove at most this share of non-toxic rows."),
+) -> None:
+    """Train the hashed n-gram logistic regression the bias stage loads ([bias] classifier = PATH)."""
+    import csv
+
+    from tasks.bias import train_and_save
+
+    with open(data, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        missing = {text_column, label_column} - set(reader.fieldnames or [])
+        if missing:
+            fail(f"{data} has no column(s) {', '.join(sorted(missing))}; columns: {', '.join(reader.fieldnames or [])}")
+        rows = [(r[text_column] or "", (r[label_column] or "").strip()) for r in reader]
+    labels = [int(label in set(positive)) for _, label in rows]
+    if not 0 < sum(labels) < len(labels):
+        fail(f"--positive {positive} marks {sum(labels)} of {len(labels)} rows: need both classes")
+    console.print(f"training on {len(rows):,} rows ({sum(labels):,} toxic) ...")
+    meta = train_and_save([t for t, _ in rows], labels, output, max_false_removal=max_false_removal,
+                          lexicons=tuple(lexicon or ()))
+    console.print(f"saved {output} ({output.stat().st_size / 1e6:.1f} MB); calibrated threshold "
+                  f"{meta['threshold']:.3f}. Use it with:\n  [bias]\n  classifier = \"{output}\"")

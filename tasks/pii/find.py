@@ -1,0 +1,136 @@
+"""Finding PII spans in texts and merging them: NER, Presidio's pattern recognizers where their
+patterns match, Loom's own pattern recognizers, names and places; overlaps merged so no fragment
+survives between two placeholders."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from tasks.pii.config import MAX_NLP_CHARS, NER_ENTITIES, PRESIDIO_PATTERN_ENTITIES, PiiConfig
+from tasks.pii.engine import analyzer, freeze_loaded, pattern_gates
+from tasks.pii.fast_ner import ner_docs
+from tasks.pii.names import (
+    cued_names,
+    cued_places,
+    listed_names,
+    name_lines,
+    name_lists,
+    ner_view,
+    other_mentions,
+)
+from tasks.pii.patterns import OWN_FINDERS, PLAUSIBLE
+
+# ---- finding and replacing ----------------------------------------------------------------------
+
+def _chunks(text: str) -> list[tuple[int, str]]:
+    """(offset, piece) with pieces of at most MAX_NLP_CHARS, cut at line breaks where possible."""
+    if len(text) <= MAX_NLP_CHARS:
+        return [(0, text)]
+    out, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + MAX_NLP_CHARS)
+        if end < len(text):
+            cut = text.rfind("\n", start + MAX_NLP_CHARS // 2, end)
+            end = cut + 1 if cut > 0 else end
+        out.append((start, text[start:end]))
+        start = end
+    return out
+
+
+def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
+    """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted."""
+    from presidio_analyzer.nlp_engine import NlpArtifacts
+
+    engine = analyzer(cfg.model, cfg.fast_ner)
+    if cfg.name_lists:
+        name_lists()
+    freeze_loaded()
+    nlp_engine = engine.nlp_engine
+    nlp = nlp_engine.nlp["en"]
+    ner_labels = nlp_engine.ner_model_configuration.model_to_presidio_entity_mapping
+    ner_score = nlp_engine.ner_model_configuration.default_score
+    gates = pattern_gates(engine)
+    pieces = [(i, offset, piece) for i, text in enumerate(texts) for offset, piece in _chunks(text)]
+    found: list[list] = [[] for _ in texts]
+    wanted = set(cfg.entities)
+    ner_wanted = wanted & NER_ENTITIES
+    texts_only = (ner_view(p, cfg.name_lists) for _, _, p in pieces)
+    docs = ner_docs(nlp, texts_only, cfg.batch_size, cfg.fast_ner) if ner_wanted else map(nlp.make_doc, texts_only)
+    for (i, offset, piece), doc in zip(pieces, docs):
+        spans = []
+        # Presidio's pattern recognizers run only where their pattern could match. NER results
+        # are read off the doc as Presidio's SpacyRecognizer would (mapped label, default score),
+        # without building its per-token artifacts for every document.
+        plausible = [e for e in wanted - NER_ENTITIES if e not in PLAUSIBLE or PLAUSIBLE[e](piece)]
+        entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES
+                    and (e not in gates or gates[e](piece))]
+        if entities:
+            # Presidio raises a weak match's score when a context word ("ssn", "iban", "card") is
+            # near, comparing its lemmas. The NER-only pipeline has no lemmatizer, so the words in
+            # lower case stand in (Presidio matches context words as substrings: "cards" has "card").
+            artifacts = NlpArtifacts(entities=[], tokens=doc, tokens_indices=[t.idx for t in doc],
+                                     lemmas=[t.lower_ for t in doc], nlp_engine=nlp_engine, language="en", scores=[])
+            spans = [(r.start, r.end, r.entity_type, r.score)
+                     for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=artifacts)]
+        spans += [(start, end, entity, score) for entity in plausible if entity in OWN_FINDERS
+                  for start, end, score in OWN_FINDERS[entity](piece)]
+        for ent in doc.ents:
+            entity = ner_labels.get(ent.label_)
+            if entity in ner_wanted:
+                end = ent.start_char + _name_length(piece[ent.start_char:ent.end_char])
+                if end > ent.start_char:  # not numbers tagged PERSON (Presidio issue #1173), code identifiers
+                    spans.append((ent.start_char, end, entity, ner_score))
+        found[i] += [(start + offset, end + offset, entity, score) for start, end, entity, score in spans
+                     if score >= cfg.threshold(entity)]
+        if "PERSON" in wanted and cfg.name_lists:
+            found[i] += [(s + offset, e + offset, "PERSON", score)
+                         for s, e, score in itertools.chain(listed_names(piece), name_lines(piece),
+                                                            cued_names(piece))
+                         if score >= cfg.threshold("PERSON")]
+        if "LOCATION" in wanted and cfg.place_cues:
+            found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in cued_places(piece)
+                         if score >= cfg.threshold("LOCATION")]
+    if "PERSON" in wanted:
+        for text, spans in zip(texts, found):
+            spans += other_mentions(text, spans, cfg.name_lists)
+    return [merge_spans(spans) for spans in found]
+
+
+_NAME_LIKE = re.compile(r"[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*")
+
+
+def _name_length(span: str) -> int:
+    """How much of an NER span looks like a person or place name (0: none of it). The span
+    is cut at its first line break; what is left must be words of letters (with spaces,
+    hyphens, apostrophes, initials' dots between them), up to a space or punctuation; words
+    glued to digits or symbols are code (`arg1`, `m_expr`, `x==y`), and numbers tagged PERSON
+    (Presidio issue #1173) have no letters."""
+    head = span.split("\n", 1)[0]
+    m = _NAME_LIKE.match(head)
+    if not m:
+        return 0
+    after = head[m.end(): m.end() + 1]
+    if after and not (after.isspace() or after in ",;:!?\"'’)"):  # glued to a digit or symbol: code, not a name
+        return 0
+    return m.end()
+
+
+def merge_spans(spans: list[tuple[int, int, str, float]]) -> list[tuple[int, int, str, float]]:
+    """Overlapping or touching spans become one. A span inside another takes the outer one's type (a
+    street named after a person is an address, a name in an e-mail address is an e-mail); otherwise
+    the highest-scoring (then longest) part gives the type."""
+    merged: list[list] = []
+    for start, end, entity, score in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            last = merged[-1]
+            inner, outer = end <= last[1], start == last[0] and end >= last[1]
+            if (start, end) == (last[0], last[1]) or not (inner or outer):
+                if (score, end - start) > (last[3], last[1] - last[0]):
+                    last[2], last[3] = entity, score
+            elif outer:
+                last[2], last[3] = entity, score
+            last[1] = max(last[1], end)
+        else:
+            merged.append([start, end, entity, score])
+    return [tuple(m) for m in merged]

@@ -1,0 +1,220 @@
+"""Pattern recognizers of Loom's own, for every language: street addresses (many countries' street words),
+phone numbers, payment cards (Luhn), IBANs written in lower case (checked by Presidio's recognizer), and
+secrets (provider API keys and tokens, private key blocks, `password=` values). Each finder yields
+(start, end, score); `PLAUSIBLE` holds the cheap tests that decide which recognizers can match a text."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from functools import lru_cache
+
+# Cheap tests that decide which recognizers can possibly match a text.
+_SECRET_PREFIXES = re.compile(r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_|sk-|AIza")
+_SECRET_WORDS = ("pass", "pwd", "secret", "key", "token")  # password, api_key, access_token, PRIVATE KEY...
+
+
+def _secret_plausible(text: str) -> bool:
+    """Whether any of SECRET_PATTERNS could match: a provider's prefix, or a word of the password
+    pattern in any case (casefold, as the pattern's IGNORECASE also matches 'ſ' and the Kelvin sign)."""
+    if _SECRET_PREFIXES.search(text):
+        return True
+    folded = text.casefold()
+    return any(word in folded for word in _SECRET_WORDS)
+
+
+PLAUSIBLE = {
+    "EMAIL_ADDRESS": re.compile(r"@").search,
+    "PHONE_NUMBER": re.compile(r"(?:\d\D{0,3}){7}").search,
+    "CREDIT_CARD": re.compile(r"(?:\d[ -]?){12}").search,
+    "IBAN_CODE": re.compile(r"[A-Za-z]{2}[ -]?\d{2}").search,
+    "IP_ADDRESS": re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d|:[0-9A-Fa-f]{0,4}:").search,
+    "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}").search,
+    "STREET_ADDRESS": re.compile(r"\d").search,
+    "SECRET": _secret_plausible,
+}
+
+_STREET_SUFFIX = (
+    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
+    r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Alley|Crescent|Close|Row|Walk|Plaza|Loop|Path)"
+)
+LETTER = r"[^\W\d_]"  # any letter, in any script
+_WORD = r"(?:" + LETTER + r"[\w'’-]*\.?|\d{1,3}(?:st|nd|rd|th))"  # a word, or an ordinal (East 29th Avenue)
+# Street names by their language's own street word: Søndergade 52, Hansinegata 120, Loorenstrasse 149,
+# Gesterbyntie 68, Populierenstraat 374, Rue Gafsa 62, Via Franscini 71, ul. Cicha 86.
+_STREET_WORD_END = (r"(?:stra(?:ss|ß)e|str\.|gasse|weg|gata|gatan|vej|veien|vegen|väg|vägen|katu|tie|laan|"
+                    r"straat|steeg|dreef|utca|ulica|allee|platz|damm|ufer|(?<!bri)gade)")
+_STREET_PREFIX = r"(?:Rue|Via|Viale|Rua|Calle|Avenida|Avda\.|Piazza|Strada|Carrer|Boulevard|Chemin|Allée|ul\.|ulica)"
+STREET_ADDRESS = re.compile(
+    r"\b\d{1,6}[A-Za-z]?\s+(?P<named>(?:" + _WORD + r"\s+){0,4})" + _STREET_SUFFIX + r"\b\.?"
+    r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|#)\.?\s*[\w-]+)?"
+    r"|\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?"
+    r"|(?<![\w-])(?:" + LETTER + r"[\w'’-]*" + _STREET_WORD_END + r"|" + _STREET_PREFIX + r"(?:[ \t]+" + _WORD
+    + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?"
+    # a post office box, and the US military's addresses (ship or unit, then FPO/APO/DPO and state code)
+    r"|\b(?P<box>P\.?[ \t]?O\.?[ \t]+Box[ \t]+\d{1,6})\b"
+    r"|\b(?i:(?:USNS|USNV|USS|USCGC)[ \t]+" + LETTER + r"[\w'’-]*|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+\d{3,5}|"
+    r"Unit[ \t]+\d{3,5}[ \t]+Box[ \t]+\d{3,5})\s+(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\d{5}\b"
+)
+# Two streets that meet: "the corner of Nieuwe Baan 473 St. and Inna Loop St."
+_CORNER = re.compile(r"\bcorner of[ \t]+(?P<first>" + LETTER + r"[\w'’.-]*(?:[ \t]+[\w'’.-]+){0,4}?)[ \t]+and[ \t]+"
+                     r"(?P<second>" + LETTER + r"[\w'’.-]*(?:[ \t]+" + LETTER + r"[\w'’.-]*){0,3})")
+# The rest of a postal address after its street line, part by part: a unit (Suite 12), a postcode, a
+# state code, a place (LAPPEENRANTA, Mora de Rubielos, Cyprus (Greek)), or a place and its postcode.
+_POSTCODE = r"(?:\d{4,6}(?:-\d{4})?|\d{2}-\d{3}|\d{3} \d{2}|[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2})(?![\w-])"
+# between parts: a line break (the next line may open with a bullet: > • · * -, or ??? where a bullet
+# did not survive decoding), a comma, a field separator of a flattened record (| > • ·), or a run of spaces
+BULLET = r"(?:[>•·*-]|\?{3})"  # what opens a quoted or bulleted line
+_ADDRESS_SEP = rf"(?:[ \t]*(?:\r?\n|[,;|>•·]|\?{{3}})[ \t\r\n,]*(?:{BULLET}[ \t]*)?|[ \t]{{2,}})"
+_ADDRESS_PART = re.compile(
+    r"(?P<sep>" + _ADDRESS_SEP + r"|[ \t]+(?=(?i:apt|apartment|suite|ste|unit|flat|floor|box)\b))"
+    r"(?:(?P<unit>(?i:apt|apartment|suite|ste|unit|flat|floor|fl|room|box)\.?[ \t]*#?\d[\w-]*)"
+    r"|(?P<postcode>" + _POSTCODE + r")"
+    r"|(?P<place>" + LETTER + r"[\w'’.-]*(?:[ -](?:" + LETTER + r"[\w'’.-]*|\(" + LETTER + r"+\))){0,3})"
+    r"(?:[ \t,]+(?P<place_postcode>" + _POSTCODE + r"))?)"
+)
+_ADDRESS_END = re.compile(r"[ \t]*(?:$|\r?\n|[.?!](?:\s|$))")  # the last part of an address ends its line or sentence
+SENTENCE_END = re.compile(r"[.?!](?:\s|$)")
+_BUILDING_NUMBER = re.compile(r"\d{1,6}[A-Za-z]?[ \t]+$")
+# Lower-case particles a street name after its number may hold; any other word there must be
+# capitalized (or the name must hold a street word, below), so "in 2019 Apple sold 3 million" and
+# "in 2001 at the Royal Court" are not addresses, nor are dates ("13 December 2012").
+MONTH_NAMES = "January February March April May June July August September October November December"
+DAY_NAMES = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday"
+_MONTHS = frozenset(f"{MONTH_NAMES} Jan. Feb. Mar. Apr. Jun. Jul. Aug. Sep. Sept. Oct. Nov. Dec.".split())
+_STREET_LOWER = frozenset(("de", "du", "des", "del", "della", "delle", "dei", "di", "da", "do", "dos", "das", "van",
+                           "von", "der", "den", "het", "la", "le", "les", "el", "y", "i", "z", "u"))
+# Street words written in lower case: with one of them the other words may be in any case
+# ("Árpád fejedelem útja 62.", "6614 Luite tee 87", "2224 Trenerys gate 232").
+_STREET_WORDS = frozenset(("tér", "út", "útja", "utca", "u.", "ulica", "ul.", "rkp.", "trg", "rue", "via", "rua",
+                           "calle", "vei", "veien", "vej", "gade", "gata", "gate", "gatan", "tee", "tie", "katu",
+                           "weg", "str.", "strasse", "straße", "laan", "straat", "plein", "náměstí", "nám."))
+
+
+def _addresses(text: str):
+    """Postal addresses: two streets' corner, or a street line widened to the building number before
+    it and to the parts of the address after it (unit, place, state, postcode) up to the last part
+    that only an address has (a unit or a postcode) or to a place that ends the line or sentence, so
+    that a place name in prose after a street is not taken along."""
+    for m in _CORNER.finditer(text):  # "corner of Bygget 64 and Komel Club"
+        first = m.group("first")
+        kept = list(itertools.takewhile(lambda w: w.group()[0].isupper() or w.group()[0].isdigit(),
+                                        re.finditer(r"\S+", m.group("second"))))
+        if kept and first[0].isupper() and (first.rstrip(".")[-1].isdigit() or re.search(_STREET_SUFFIX + r"\b", first)):
+            yield m.start("first"), m.start("second") + kept[-1].end(), 0.6
+    at = 0
+    while m := STREET_ADDRESS.search(text, at):
+        words = (m.group("words") or m.group("named") or "").split()
+        if words and (any(w in _MONTHS for w in words) or not (
+                any(w.lower() in _STREET_WORDS for w in words)
+                or all(w[0].isupper() or w[0].isdigit() or w in _STREET_LOWER for w in words))):
+            at = m.start() + 1  # lower-case prose between numbers, or a date (13 December 2012)
+            continue
+        start, end = m.start(), m.end()
+        before = _BUILDING_NUMBER.search(text, max(0, start - 12), start)
+        start = before.start() if before else start
+        pos, score, fallback = end, 0.6, None
+        for _ in range(6):
+            part = _ADDRESS_PART.match(text, pos)
+            if not part:
+                break
+            place = part.group("place")
+            if place is not None and not place[0].isupper():
+                break
+            if part.group("unit") or part.group("postcode") or part.group("place_postcode"):
+                end, score = part.end(), 0.9  # a whole address: it outranks a place or name NER found inside it
+            elif place is not None and fallback is None:  # "lives at 333 Golfskálinn 78, Borgarnes."
+                cut = SENTENCE_END.search(place)
+                place_end = part.start("place") + (cut.start() if cut else len(place))
+                if _ADDRESS_END.match(text, place_end):
+                    fallback = place_end
+            pos = part.end()
+        if score < 0.9 and fallback is not None:  # no unit or postcode: the place that ends the line
+            end = fallback
+        yield start, end, score
+        at = end
+
+
+SECRET_PATTERNS = [
+    ("aws_access_key", re.compile(r"\b(?P<secret>(?:AKIA|ASIA)[0-9A-Z]{16})\b")),
+    ("github_token", re.compile(r"\b(?P<secret>gh[pousr]_[A-Za-z0-9]{36,255})\b")),
+    ("slack_token", re.compile(r"\b(?P<secret>xox[abposr]-[A-Za-z0-9-]{10,})")),
+    ("stripe_key", re.compile(r"\b(?P<secret>[sr]k_(?:live|test)_[A-Za-z0-9]{16,})\b")),
+    ("openai_key", re.compile(r"\b(?P<secret>sk-(?:proj-)?[A-Za-z0-9_-]{20,})")),
+    ("google_api_key", re.compile(r"\b(?P<secret>AIza[0-9A-Za-z_-]{35})")),
+    ("private_key", re.compile(r"(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
+                               re.DOTALL)),
+    ("password_assignment", re.compile(
+        r"(?i)\b(?:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*[:=]\s*"
+        r"(?P<q>[\"']?)(?P<secret>[^\s\"',;]{4,})(?P=q)")),
+]
+
+
+# Phone numbers in national and international formats (7 to 15 digits in groups, optional country
+# code, area code in parentheses, extension), and an unbroken run of 7 to 15 digits after a word
+# that names a phone ("Fax: 9498777106"), which alone would more often be an id.
+PHONE = re.compile(
+    r"(?<![\w.+/-])(?P<secret>(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,8}){1,4}"
+    r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?)(?![\w.-]*\d)"
+    r"|(?i:phone|mobile|cell|tel|fax|desk|office|call|whatsapp|sms)\b\W{0,3}(?P<run>\+?\d{7,15})(?![\w.-]*\d)"
+)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
+# Card numbers of 12 to 19 digits, alone or in groups; kept only when they pass Luhn.
+CARD = re.compile(r"(?<![\w-])(?P<secret>\d(?:[ -]?\d){11,18})(?![\w-])")
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        n = int(d) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def _secrets(text: str):
+    for _kind, pattern in SECRET_PATTERNS:
+        for m in pattern.finditer(text):
+            yield m.start("secret"), m.end("secret"), 1.0
+
+
+def _phones(text: str):
+    for m in PHONE.finditer(text):
+        group = "secret" if m.group("secret") else "run"
+        value = m.group(group)
+        digits = sum(c.isdigit() for c in value)
+        if 7 <= digits <= 15 and not _ISO_DATE.match(value):
+            yield m.start(group), m.end(group), 0.4
+
+
+def _cards(text: str):
+    for m in CARD.finditer(text):
+        digits = re.sub(r"\D", "", m.group("secret"))
+        if luhn_ok(digits) and len(set(digits)) > 2:
+            yield m.start("secret"), m.end("secret"), 1.0
+
+
+_IBAN_ANY_CASE = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[ -]?\d{2}(?:[ -]?[A-Za-z0-9]){9,30}")
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _ibans_in_lower_case(text: str):
+    """IBANs with lower-case letters ("my iban is gb42nawi04454264788619"). Presidio's IBAN recognizer
+    matches upper case only; here it runs, with its checksum and country formats, on the text with
+    ASCII letters in upper case (the offsets do not move), and keeps what Presidio missed."""
+    if all(m.group().isupper() for m in _IBAN_ANY_CASE.finditer(text)):
+        return
+    for r in iban_recognizer().analyze(text.translate(_ASCII_UPPER), ["IBAN_CODE"]):
+        if not text[r.start:r.end].isupper():
+            yield r.start, r.end, r.score
+
+
+@lru_cache(maxsize=1)
+def iban_recognizer():
+    from presidio_analyzer.predefined_recognizers import IbanRecognizer
+
+    return IbanRecognizer()
+
+
+# Our own recognizers, called directly: (start, end, score) per finding.
+OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER": _phones, "CREDIT_CARD": _cards,
+                "IBAN_CODE": _ibans_in_lower_case}

@@ -1,0 +1,232 @@
+"""One reader per input format. Each is a generator of `(position, record, encoding, raw)` for the
+records it could read; what it cannot read it hands to `sink.reject(...)` with a reason, so nothing is
+dropped silently. `sink` is the per-file writer of the ingest stage (`tasks.ingest.FileSink`): it also
+counts blank lines and remembers the last position read, so a read error part-way through a file
+names where it happened.
+
+    *.jsonl / *.ndjson     jsonl_records: one JSON object per line (the hot loop: one orjson call a line)
+    *.json                 json_records: a JSON array, one (pretty-printed) object, or JSON lines
+    *.parquet              parquet_records: one row per record
+    *.txt / *.md / *.rst   text_records: one document per file
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from typing import Protocol
+
+import orjson
+
+from tasks.inputs import InputFile, open_binary
+from tasks.shards import iter_batches
+from tasks.text_cleaning import DecodeError, decode_bytes
+
+READ_BLOCK = 4 << 20  # bytes read from a file at a time
+RAW_HEAD = 4096  # bytes of an oversize line kept for its reject
+
+# position, parsed record (or text), encoding, raw value for rejects. Encoding None: UTF-8 parsed by orjson or
+# read from Parquet, so nothing in it needs mending; otherwise the encoding the bytes were decoded from.
+Record = tuple[int, object, "str | None", object]
+
+
+class Sink(Protocol):
+    stats: dict
+    last: int | None
+
+    def reject(self, position: int, reason: str, raw=None, detail: str = "") -> None: ...
+
+
+def text_records(f: InputFile, compression: str | None, sink: Sink, max_bytes: int, fallback: str | None
+                 ) -> Iterator[Record]:
+    """A whole text file as one document (its record is the decoded text itself)."""
+    if compression is None and f.size > max_bytes:
+        sink.reject(0, "oversize", detail=f"{f.size} bytes > max_doc_bytes")
+        return
+    with open_binary(f.path, compression) as fh:
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        sink.reject(0, "oversize", raw=raw[:RAW_HEAD], detail="decompressed size > max_doc_bytes")
+        return
+    try:
+        text, encoding = decode_bytes(raw, fallback)
+    except DecodeError as e:
+        sink.reject(0, "undecodable", raw=raw, detail=str(e))
+        return
+    yield 0, text, encoding, raw
+
+
+def parquet_records(f: InputFile) -> Iterator[Record]:
+    position = 0
+    for batch in iter_batches(f.path, 4096):
+        for record in batch.to_pylist():
+            yield position, record, None, record
+            position += 1
+
+
+def json_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterator[Record]:
+    """A .json file: an array of records, one pretty-printed object, or JSON lines after all."""
+    if fh.peek(64).lstrip()[:1] == b"[":
+        raw = fh.read()
+        try:
+            records, encoding = _parse_whole(raw, fallback)
+        except (DecodeError, orjson.JSONDecodeError) as e:
+            sink.reject(0, "malformed_json", raw=raw[:RAW_HEAD], detail=str(e))
+            return
+        encoding = None if encoding == "utf-8" else encoding
+        for position, record in enumerate(records if isinstance(records, list) else [records]):
+            yield position, record, encoding, record
+        return
+    if not _one_document(fh):
+        yield from jsonl_records(fh, sink, max_bytes, fallback)
+        return
+    raw = fh.read(max_bytes + 1)
+    parsed = None
+    if len(raw) <= max_bytes:
+        with contextlib.suppress(DecodeError, orjson.JSONDecodeError):
+            parsed = _parse_whole(raw, fallback)
+    if parsed is None:  # not one document after all: line by line, with rejects
+        yield from jsonl_records(io.BufferedReader(_Chained(raw, fh)), sink, max_bytes, fallback)
+    else:
+        yield 0, parsed[0], None if parsed[1] == "utf-8" else parsed[1], parsed[0]
+
+
+def jsonl_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterator[Record]:
+    """One JSON value per line; lines orjson refuses are mended (legacy encodings, lone surrogate
+    escapes) or become rejects (oversize, undecodable, malformed); blank lines are counted."""
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    for start, lines, oversize in line_blocks(fh, max_bytes):
+        for lineno, line in enumerate(lines, start):
+            try:
+                record = loads(line)
+            except (decode_error, TypeError):
+                record, encoding = _mend_line(lineno, line, oversize, sink, max_bytes, fallback)
+                if record is not None:
+                    yield lineno, record, encoding, line
+                continue
+            yield lineno, record, None, line
+        sink.last = start + len(lines) - 1
+
+
+def _mend_line(lineno: int, line, oversize: dict, sink: Sink, limit: int, fallback: str | None) -> tuple[object, str]:
+    """A line orjson refused: oversize, blank, legacy-encoded, or lone surrogate escapes."""
+    if line is None:
+        sink.reject(lineno, "oversize", raw=oversize[lineno], detail=f"line > {limit} bytes")
+        return None, ""
+    if not line.strip():
+        sink.stats["blank_lines"] += 1
+        return None, ""
+    try:
+        text, encoding = decode_bytes(line, fallback)
+    except DecodeError as e:
+        sink.reject(lineno, "undecodable", raw=line, detail=str(e))
+        return None, ""
+    try:
+        return orjson.loads(text), encoding
+    except orjson.JSONDecodeError as e:
+        try:  # orjson refuses lone surrogate escapes that json accepts; the ingest stage mends them
+            return json.loads(text), encoding
+        except ValueError:
+            sink.reject(lineno, "malformed_json", raw=text, detail=str(e))
+            return None, ""
+
+
+def _parse_whole(raw: bytes, fallback: str | None) -> tuple[object, str]:
+    """A whole file as one JSON value (legacy encodings decoded); raises DecodeError or JSONDecodeError."""
+    text, encoding = decode_bytes(raw, fallback)
+    return orjson.loads(text), encoding
+
+
+def line_blocks(f, limit: int, block: int = READ_BLOCK) -> Iterator[tuple[int, list, dict[int, bytes]]]:
+    """(number of the first line, lines, oversize) per block read; never holds more than
+    about `limit` + `block` bytes. An oversize line is None in `lines` and its first bytes
+    are in `oversize`, keyed by line number. When the stream breaks part-way (a truncated
+    archive), the complete lines before the break are yielded, then the error is raised."""
+    lineno = 1
+    carry = b""
+    pending = b""
+    while True:
+        chunk, error = (pending, None) if pending else _read_block(f, block)
+        pending = b""
+        if not chunk and error is None:
+            break
+        lines = chunk.split(b"\n")
+        if carry:
+            lines[0] = carry + lines[0]
+        carry = lines.pop()
+        oversize: dict[int, bytes] = {}
+        if lines and max(map(len, lines)) > limit:
+            for i, line in enumerate(lines):
+                if len(line) > limit:
+                    oversize[lineno + i] = line[:RAW_HEAD]
+                    lines[i] = None
+        if len(carry) > limit and error is None:  # a line longer than the limit: keep its head, skip to its end
+            head = carry[:RAW_HEAD]
+            carry = b""
+            while True:
+                rest, error = _read_block(f, block)
+                cut = rest.find(b"\n")
+                head += rest[: max(0, min(RAW_HEAD - len(head), len(rest) if cut < 0 else cut))]
+                if error is not None or not rest or cut >= 0:
+                    break
+            if cut >= 0 and error is None:
+                pending = rest[cut + 1:]
+            oversize[lineno + len(lines)] = head
+            lines.append(None)
+        if lines:
+            yield lineno, lines, oversize
+            lineno += len(lines)
+        if error is not None:
+            raise error
+    if carry:  # last line without a newline
+        yield lineno, [carry] if len(carry) <= limit else [None], {lineno: carry[:RAW_HEAD]}
+
+
+def _read_block(f, size: int) -> tuple[bytes, Exception | None]:
+    """Up to `size` bytes, and the error if the stream broke part-way (truncated archive)."""
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got < size and (piece := f.read1(size - got)):
+            parts.append(piece)
+            got += len(piece)
+    except Exception as e:
+        return b"".join(parts), e
+    return b"".join(parts), None
+
+
+def _one_document(fh) -> bool:
+    """Whether a .json file opening with "{" is one (pretty-printed) object rather than JSON lines:
+    its first line is not a JSON value on its own. Undecided (a first line longer than what the
+    stream buffers) counts as JSON lines."""
+    head = fh.peek(1 << 16)
+    cut = head.find(b"\n")
+    if head.lstrip()[:1] != b"{" or cut < 0:
+        return False
+    try:
+        orjson.loads(head[:cut])
+    except orjson.JSONDecodeError:
+        return True
+    return False
+
+
+class _Chained(io.RawIOBase):
+    """Bytes already read, then the rest of the stream: a file read again from its start."""
+
+    def __init__(self, head: bytes, rest):
+        self._head, self._rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read1(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
