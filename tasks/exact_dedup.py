@@ -15,11 +15,9 @@ whitespace collapse, so "Hello,  World!" and "hello world" are duplicates.
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,8 +26,7 @@ import xxhash
 from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.manifest import read_manifest
-from tasks.shards import filter_shard, iter_batches, list_shards
+from tasks.shards import filter_shard, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
 
 _PUNCT = re.compile(r"[^\w\s]+")
@@ -169,25 +166,17 @@ class ExactDedup(Stage):
     Config = ExactDedupConfig
     phases = ("hash", "group", "filter")
 
-    def _shards(self, ctx: StageContext) -> list[Path]:
-        return list_shards(ctx.input_dir)
-
-    def _partitions(self, ctx: StageContext) -> int:
-        upstream = read_manifest(ctx.input_dir)
-        rows = upstream.rows_out if upstream else 0
-        return max(1, math.ceil(rows / self.config.rows_per_partition))
-
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         if phase == "group":
-            return [f"p{p:04d}" for p in range(self._partitions(ctx))]
-        return [s.stem for s in self._shards(ctx)]
+            return [f"p{p:04d}" for p in range(ctx.partitions(self.config.rows_per_partition))]
+        return ctx.input_shard_names()
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         return {"hash": self._hash, "group": self._group, "filter": self._filter}[phase](ctx, key)
 
     def _hash(self, ctx: StageContext, key: str) -> UnitResult:
-        shard_index = [s.stem for s in self._shards(ctx)].index(key)
-        parts = self._partitions(ctx)
+        shard_index = ctx.input_shard_names().index(key)
+        parts = ctx.partitions(self.config.rows_per_partition)
         h1s, h2s, idss = [], [], []
         # batch by batch: only hashes and ids are held, never the shard's text
         for batch in iter_batches(ctx.input_dir / f"{key}.parquet", BATCH_ROWS, columns=["id", "text"]):
@@ -237,7 +226,7 @@ class ExactDedup(Stage):
                 "kept_id": kept_ids.take(pa.array(group[dup])),
             }
         )
-        shard_names = [s.stem for s in self._shards(ctx)]
+        shard_names = ctx.input_shard_names()
         shard_col = dups.column("shard").to_numpy()
         for shard in np.unique(shard_col):
             out = ctx.work_dir / "dups" / shard_names[shard] / f"{key}.arrow"

@@ -113,7 +113,8 @@ class RunPaths:
         return self.root / RUN_FILE
 
     def stage(self, name: str) -> Path:
-        return self.root / stage_dir_name(name)
+        """A stage's directory: a curate stage by any of its names ('pii', '05', '05_pii'), or `tokens`."""
+        return self.tokens if name == TOKENS else self.root / stage_dir_name(name)
 
     @property
     def published(self) -> Path:

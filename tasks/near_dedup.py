@@ -23,9 +23,7 @@ depends only on the input: not on the number of workers, shards or partitions.
 from __future__ import annotations
 
 import json
-import math
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -34,9 +32,9 @@ import pyarrow.compute as pc
 from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.manifest import read_manifest, write_json_atomic
+from tasks.manifest import write_json_atomic
 from tasks.minhash import MAX_HASH, signatures
-from tasks.shards import filter_shard, iter_batches, list_shards
+from tasks.shards import filter_shard, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
 
 REPORT_MD = "near_dedup_report.md"
@@ -144,20 +142,12 @@ class NearDedup(Stage):
     phases = ("signature", "pairs", "cluster", "filter")
     owned_outputs = (*Stage.owned_outputs, REPORT_MD, REPORT_JSON)
 
-    def _shards(self, ctx: StageContext) -> list[Path]:
-        return list_shards(ctx.input_dir)
-
-    def _partitions(self, ctx: StageContext) -> int:
-        upstream = read_manifest(ctx.input_dir)
-        rows = upstream.rows_out if upstream else 0
-        return max(1, math.ceil(rows * self.config.lsh_params()[0] / self.config.rows_per_partition))
-
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         if phase == "pairs":
-            return [f"p{p:04d}" for p in range(self._partitions(ctx))]
+            return [f"p{p:04d}" for p in range(ctx.partitions(self.config.rows_per_partition, self.config.lsh_params()[0]))]
         if phase == "cluster":
             return ["all"]
-        return [s.stem for s in self._shards(ctx)]
+        return ctx.input_shard_names()
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         return {"signature": self._signature, "pairs": self._pairs, "cluster": self._cluster,
@@ -168,8 +158,8 @@ class NearDedup(Stage):
     def _signature(self, ctx: StageContext, key: str) -> UnitResult:
         cfg = self.config
         bands, rows = cfg.lsh_params()
-        shard = [s.stem for s in self._shards(ctx)].index(key)
-        parts = self._partitions(ctx)
+        shard = ctx.input_shard_names().index(key)
+        parts = ctx.partitions(self.config.rows_per_partition, self.config.lsh_params()[0])
         sig_path = ctx.work_dir / "sig" / f"{key}.u32"
         sig_path.parent.mkdir(parents=True, exist_ok=True)
         spills: dict[int, list[pa.Table]] = {p: [] for p in range(parts)}
@@ -223,7 +213,7 @@ class NearDedup(Stage):
         """Signatures of the given documents, read from the saved per-shard files."""
         out = np.empty((len(docs), self.config.num_perm), dtype=np.uint32)
         shard_of, row_of = _split_doc(docs)
-        names = [s.stem for s in self._shards(ctx)]
+        names = ctx.input_shard_names()
         block = 65536
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
@@ -276,7 +266,7 @@ class NearDedup(Stage):
         similarity = _similarity(sig, gone, keeper)
         del sig
 
-        names = [s.stem for s in self._shards(ctx)]
+        names = ctx.input_shard_names()
         kept_ids = self._ids_of(ctx, nodes[keeper], names)
         shard_of, row_of = _split_doc(nodes[gone])
         for shard in np.unique(shard_of):
@@ -307,7 +297,7 @@ class NearDedup(Stage):
             kept[labels] = members[first]
             return kept
         shard_of, row_of = _split_doc(nodes[members])
-        names = [s.stem for s in self._shards(ctx)]
+        names = ctx.input_shard_names()
         lengths = np.empty(len(members), dtype=np.int64)
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)

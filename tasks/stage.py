@@ -15,6 +15,7 @@ local processes; the Prefect flows pass one that maps a Prefect task over the un
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -37,7 +38,7 @@ from tasks.manifest import (
     write_json_atomic,
     write_manifest,
 )
-from tasks.shards import REJECTS_DIR, REMOVED_DIR
+from tasks.shards import REJECTS_DIR, REMOVED_DIR, list_shards
 
 WORK_DIR = "_work"  # spill files and per-unit completion markers; removed once the manifest is written
 ATTEMPT = "attempt.json"
@@ -65,6 +66,17 @@ class StageContext:
     def input_dir(self) -> Path:
         """The upstream stage directory, for every stage but ingest."""
         return Path(self.inputs[0])
+
+    def input_shard_names(self) -> list[str]:
+        """The upstream stage's document shards by name (part-00000, ...), in order."""
+        return [s.stem for s in list_shards(self.input_dir)]
+
+    def partitions(self, rows_per_partition: int, rows_per_document: int = 1) -> int:
+        """How many partitions hold the upstream stage's documents (times `rows_per_document`, e.g. one
+        row per LSH band) at `rows_per_partition` rows each: the fan-out of a shuffle."""
+        upstream = read_manifest(self.input_dir)
+        rows = upstream.rows_out if upstream else 0
+        return max(1, math.ceil(rows * rows_per_document / rows_per_partition))
 
 
 class Stage:

@@ -19,20 +19,23 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-WorkdirOption = typer.Option(None, "--workdir", "-w", envvar="LOOM_WORKDIR",
-                             help="Work directory holding runs/ (default ./loom-work).")
-ConfigOption = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
-                            help="TOML, YAML or JSON file with one section per stage.")
-WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Local processes for shard work (default: all cores).")
-DeepSpeedOption = typer.Option(None, "--deepspeed", help="DeepSpeed config: zero0, zero1, zero2, zero3, "
-                               "zero3-offload (infra/deepspeed/) or a JSON file; default zero2 on GPUs, zero1 on CPU.")
-GpuOption = typer.Option(None, "--gpu/--no-gpu", help="Train on GPUs, one per worker (default: when the Ray "
-                         "cluster has GPUs).")
-RayOption = typer.Option(None, "--ray-address", envvar="LOOM_RAY_ADDRESS",
-                         help="Run shard work on Ray: 'auto', 'ray://host:10001', or 'local' (start one).")
-NumWorkersOption = typer.Option(None, "--num-workers", "-n", min=1, help="Ray Train workers.")
-CheckpointOption = typer.Option(..., "--checkpoint", "--from", help="A checkpoint (step-* directory), or a training "
-                                "output (runs/R/train, runs/R/finetune): its newest good checkpoint.")
+class Options:
+    """The options several commands share (Typer reads them as the commands' parameter defaults)."""
+
+    workdir = typer.Option(None, "--workdir", "-w", envvar="LOOM_WORKDIR",
+                           help="Work directory holding runs/ (default ./loom-work).")
+    config = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                          help="TOML, YAML or JSON file with one section per stage.")
+    workers = typer.Option(None, "--workers", "-j", min=1, help="Local processes for shard work (default: all cores).")
+    deepspeed = typer.Option(None, "--deepspeed", help="DeepSpeed config: zero0, zero1, zero2, zero3, zero3-offload "
+                             "(infra/deepspeed/) or a JSON file; default zero2 on GPUs, zero1 on CPU.")
+    gpu = typer.Option(None, "--gpu/--no-gpu", help="Train on GPUs, one per worker (default: when the Ray cluster "
+                       "has GPUs).")
+    ray_address = typer.Option(None, "--ray-address", envvar="LOOM_RAY_ADDRESS",
+                               help="Run shard work on Ray: 'auto', 'ray://host:10001', or 'local' (start one).")
+    num_workers = typer.Option(None, "--num-workers", "-n", min=1, help="Ray Train workers.")
+    checkpoint = typer.Option(..., "--checkpoint", "--from", help="A checkpoint (step-* directory), or a training "
+                              "output (runs/R/train, runs/R/finetune): its newest good checkpoint.")
 
 
 def fail(message: str):

@@ -6,29 +6,18 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.common import (
-    ConfigOption,
-    RayOption,
-    WorkdirOption,
-    WorkersOption,
-    app,
-    command_config,
-    fail,
-    open_run,
-    run_flow,
-    run_paths,
-)
+from flows.cli.common import Options, app, command_config, fail, open_run, run_flow, run_paths
 from flows.reporting import console, print_outcome
 
 
 @app.command()
 def curate(
     inputs: list[str] = typer.Argument(..., help="Files, directories or globs of JSONL (.gz/.zst), Parquet, text."),
-    workdir: str | None = WorkdirOption,
+    workdir: str | None = Options.workdir,
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
-    config: Path | None = ConfigOption,
-    workers: int | None = WorkersOption,
-    ray_address: str | None = RayOption,
+    config: Path | None = Options.config,
+    workers: int | None = Options.workers,
+    ray_address: str | None = Options.ray_address,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
 ) -> None:
     """Run the curate flow: ingest -> exact/near dedup -> pii -> bias -> publish, skipping complete stages."""
@@ -50,10 +39,10 @@ def step(
     inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
     force: bool = typer.Option(False, "--force", help="Rerun even if complete; later stages become stale."),
-    workdir: str | None = WorkdirOption,
-    config: Path | None = ConfigOption,
-    workers: int | None = WorkersOption,
-    ray_address: str | None = RayOption,
+    workdir: str | None = Options.workdir,
+    config: Path | None = Options.config,
+    workers: int | None = Options.workers,
+    ray_address: str | None = Options.ray_address,
 ) -> None:
     """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
     from flows.curate import PIPELINE, StageRun, downstream_of, run_one_stage, step_flow

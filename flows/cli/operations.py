@@ -8,10 +8,7 @@ from pathlib import Path
 import typer
 
 from flows.cli.common import (
-    ConfigOption,
-    RayOption,
-    WorkdirOption,
-    WorkersOption,
+    Options,
     app,
     checkpoint_of,
     command_config,
@@ -32,7 +29,7 @@ def _ingest_fingerprint(inputs: list[str]) -> str:
 @app.command()
 def runs(
     run_id: str | None = typer.Argument(None, help="Show this run's stages."),
-    workdir: str | None = WorkdirOption,
+    workdir: str | None = Options.workdir,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List runs, or show each stage of one run: complete, stale, partial or missing, with counts."""
@@ -88,10 +85,10 @@ def pipeline(
     sft_data: list[str] | None = typer.Option(None, "--sft-data", help="Instruction data for fine-tuning "
                                               "(repeat; none: the pretrained model is evaluated)."),
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run id (default: derived from the inputs)."),
-    workdir: str | None = WorkdirOption,
-    config: Path | None = ConfigOption,
-    workers: int | None = WorkersOption,
-    ray_address: str | None = RayOption,
+    workdir: str | None = Options.workdir,
+    config: Path | None = Options.config,
+    workers: int | None = Options.workers,
+    ray_address: str | None = Options.ray_address,
     start_at: str = typer.Option("curate", "--start-at", help="First step: curate, tokenize, pretrain, finetune "
                                  "or evaluate (the steps before it must be done)."),
 ) -> None:
@@ -118,7 +115,7 @@ def pipeline(
 
 @app.command()
 def serve(
-    workdir: str | None = WorkdirOption,
+    workdir: str | None = Options.workdir,
     limit: int | None = typer.Option(None, "--limit", min=1, help="Flow runs at the same time (default: no limit)."),
 ) -> None:
     """Serve a deployment of every Loom flow from this process, for the Prefect UI (no work pool needed).
@@ -154,7 +151,7 @@ def deploy(
 
 @app.command()
 def check(
-    workdir: str | None = WorkdirOption,
+    workdir: str | None = Options.workdir,
     ray_address: str | None = typer.Option(None, "--ray-address", envvar="LOOM_RAY_ADDRESS",
                                            help="The Ray cluster (default: 'auto', the one this machine is part of)."),
 ) -> None:
@@ -190,9 +187,9 @@ def check(
 
 @app.command()
 def demo(
-    workdir: str | None = WorkdirOption,
-    workers: int | None = WorkersOption,
-    ray_address: str | None = RayOption,
+    workdir: str | None = Options.workdir,
+    workers: int | None = Options.workers,
+    ray_address: str | None = Options.ray_address,
     pretrain_steps: int = typer.Option(150, "--pretrain-steps", min=1, help="Steps of the short pretrain."),
     finetune_steps: int = typer.Option(150, "--finetune-steps", min=1, help="Steps of the short fine-tune."),
 ) -> None:

@@ -8,14 +8,7 @@ from pathlib import Path
 import typer
 
 from flows.cli.common import (
-    CheckpointOption,
-    ConfigOption,
-    DeepSpeedOption,
-    GpuOption,
-    NumWorkersOption,
-    RayOption,
-    WorkdirOption,
-    WorkersOption,
+    Options,
     app,
     checkpoint_of,
     command_config,
@@ -31,10 +24,10 @@ from flows.reporting import console, print_evaluation, print_outcome, print_toke
 @app.command()
 def tokenize(
     run_id: str = typer.Option(..., "--run-id", "-r", help="The curated run whose published shards are encoded."),
-    workdir: str | None = WorkdirOption,
-    config: Path | None = ConfigOption,
-    workers: int | None = WorkersOption,
-    ray_address: str | None = RayOption,
+    workdir: str | None = Options.workdir,
+    config: Path | None = Options.config,
+    workers: int | None = Options.workers,
+    ray_address: str | None = Options.ray_address,
     tokenizer: Path | None = typer.Option(None, "--tokenizer", exists=True, dir_okay=False,
                                           help="Reuse this tokenizer.json instead of training one."),
     vocab_size: int | None = typer.Option(None, "--vocab-size", min=300, help="BPE vocabulary size."),
@@ -61,14 +54,14 @@ def tokenize(
 @app.command()
 def pretrain(
     run_id: str = typer.Option(..., "--run-id", "-r", help="The run whose token shards train the model."),
-    workdir: str | None = WorkdirOption,
-    config: Path | None = ConfigOption,
-    num_workers: int | None = NumWorkersOption,
-    ray_address: str | None = RayOption,
+    workdir: str | None = Options.workdir,
+    config: Path | None = Options.config,
+    num_workers: int | None = Options.num_workers,
+    ray_address: str | None = Options.ray_address,
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides \\[pretrain])."),
     model: str | None = typer.Option(None, "--model", help="Named model size: tiny, small, gpt2, gpt2-medium."),
-    deepspeed: str | None = DeepSpeedOption,
-    gpu: bool | None = GpuOption,
+    deepspeed: str | None = Options.deepspeed,
+    gpu: bool | None = Options.gpu,
 ) -> None:
     """Pretrain a GPT on a run's token shards: Ray Train workers, each a DeepSpeed engine; resumes
     from the last good checkpoint."""
@@ -90,14 +83,14 @@ def finetune(
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Run whose pretrained model is fine-tuned; "
                                       "output goes to runs/R/finetune."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Output directory (default runs/R/finetune)."),
-    workdir: str | None = WorkdirOption,
-    config: Path | None = ConfigOption,
+    workdir: str | None = Options.workdir,
+    config: Path | None = Options.config,
     mode: str | None = typer.Option(None, "--mode", help="full, frozen or lora."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="Optimizer steps (overrides \\[finetune])."),
-    num_workers: int | None = NumWorkersOption,
-    ray_address: str | None = RayOption,
-    deepspeed: str | None = DeepSpeedOption,
-    gpu: bool | None = GpuOption,
+    num_workers: int | None = Options.num_workers,
+    ray_address: str | None = Options.ray_address,
+    deepspeed: str | None = Options.deepspeed,
+    gpu: bool | None = Options.gpu,
 ) -> None:
     """Fine-tune a checkpoint on instruction data (loss on responses only, packed sequences) with the
     same Ray + DeepSpeed launcher, checkpoints and monitoring as pretraining."""
@@ -127,7 +120,7 @@ def finetune(
 
 @app.command()
 def generate(
-    checkpoint: str = CheckpointOption,
+    checkpoint: str = Options.checkpoint,
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue (with --chat: the user's message)."),
     chat: bool = typer.Option(False, "--chat", help="Chat template: the prompt is a user turn; stop at <|end|>."),
     system: str | None = typer.Option(None, "--system", help="With --chat: a system message."),
@@ -170,8 +163,8 @@ def generate(
 
 @app.command()
 def evaluate(
-    checkpoint: str = CheckpointOption,
-    config: Path | None = ConfigOption,
+    checkpoint: str = Options.checkpoint,
+    config: Path | None = Options.config,
     gsm8k: Path | None = typer.Option(None, "--gsm8k", exists=True, help="GSM8K JSONL for final-answer exact match."),
     crows_pairs: Path | None = typer.Option(None, "--crows-pairs", exists=True,
                                             help="CrowS-Pairs CSV (or directory) for the stereotype score."),
@@ -199,7 +192,7 @@ def evaluate(
 
 @app.command()
 def export(
-    checkpoint: str = CheckpointOption,
+    checkpoint: str = Options.checkpoint,
     format: str = typer.Option("hf", "--format", "-f", help="hf: Hugging Face GPT-2 directory; pt: one fp32 "
                                "state dict file (consolidated from DeepSpeed's ZeRO shards)."),
     output: Path = typer.Option(..., "--output", "-o", help="Directory (hf) or file (pt)."),
