@@ -26,7 +26,9 @@ from tasks.bias import Bias, BiasConfig
 from tasks.exact_dedup import ExactDedup, ExactDedupConfig
 from tasks.ingest import Ingest, IngestConfig
 from tasks.layout import RunPaths
-from tasks.near_dedup import REPORT_MD, NearDedup, NearDedupConfig
+from tasks.near_dedup import REPORT_JSON as NEAR_DEDUP_REPORT_JSON
+from tasks.near_dedup import NearDedup, NearDedupConfig
+from tasks.near_dedup import render_report as render_near_dedup_report
 from tasks.pii import Pii, PiiConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
 from tasks.stage import Stage
@@ -70,7 +72,14 @@ def exact_dedup_flow(run: StageRun, config: ExactDedupConfig = ExactDedupConfig(
 @flow(name="near-dedup", flow_run_name="near-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
 def near_dedup_flow(run: StageRun, config: NearDedupConfig = NearDedupConfig()) -> dict:
     """04_near_dedup: MinHash LSH clusters of near duplicates; one document per cluster is kept."""
-    return _run_with_report(NearDedup(config), run, REPORT_MD, "near-dedup-report", "Near-duplicate report")
+    return _run_with_report(NearDedup(config), run, _near_dedup_artifact, "near-dedup-report", "Near-duplicate report")
+
+
+def _near_dedup_artifact(stage_dir: Path) -> str | None:
+    """The near-dedup report for the control plane: where the documents are and their similarities, no
+    text (the stage directory's own report, in the data plane, shows their opening words)."""
+    path = stage_dir / NEAR_DEDUP_REPORT_JSON
+    return render_near_dedup_report(json.loads(path.read_text()), with_text=False) if path.exists() else None
 
 
 @flow(name="pii", flow_run_name="pii-{run.run_id}", task_runner=ProcessPoolTaskRunner())
@@ -82,7 +91,7 @@ def pii_flow(run: StageRun, config: PiiConfig = PiiConfig()) -> dict:
 @flow(name="bias", flow_run_name="bias-{run.run_id}", task_runner=ProcessPoolTaskRunner())
 def bias_flow(run: StageRun, config: BiasConfig = BiasConfig()) -> dict:
     """06_bias: remove toxic documents, keep those that only mention identities, audit removal by identity."""
-    summary = _run_with_report(Bias(config), run, BIAS_REPORT_MD, "bias-report", "Bias audit")
+    summary = _run_with_report(Bias(config), run, _markdown_file(BIAS_REPORT_MD), "bias-report", "Bias audit")
     report = Path(summary["output"]) / BIAS_REPORT_JSON
     if report.exists():
         axes = json.loads(report.read_text())["axes"]
@@ -93,12 +102,18 @@ def bias_flow(run: StageRun, config: BiasConfig = BiasConfig()) -> dict:
     return summary
 
 
-def _run_with_report(stage: Stage, run: StageRun, report: str, key: str, what: str) -> dict:
-    """Run a stage flow, then publish the markdown report it wrote as a Prefect artifact."""
+def _markdown_file(name: str):
+    """A report the stage wrote in markdown, as it is (for reports that hold counts and names of terms only)."""
+    return lambda stage_dir: (stage_dir / name).read_text() if (stage_dir / name).exists() else None
+
+
+def _run_with_report(stage: Stage, run: StageRun, render, key: str, what: str) -> dict:
+    """Run a stage flow, then publish its report as a Prefect artifact: `render(stage_dir)` gives the
+    markdown, which must carry no document text (Prefect is the control plane)."""
     summary = _run_stage_flow(stage, run)
-    path = Path(summary["output"]) / report
-    if path.exists():
-        create_markdown_artifact(markdown=path.read_text(), key=artifact_key(run.run_id, key),
+    markdown = render(Path(summary["output"]))
+    if markdown is not None:
+        create_markdown_artifact(markdown=markdown, key=artifact_key(run.run_id, key),
                                  description=f"{what} of run {run.run_id}")
     return summary
 
@@ -106,7 +121,7 @@ def _run_with_report(stage: Stage, run: StageRun, report: str, key: str, what: s
 @flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=ProcessPoolTaskRunner())
 def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict:
     """08_publish: evenly sized final shards and the dataset card."""
-    return _run_with_report(Publish(config), run, CARD_MD, "dataset-card", "Dataset card")
+    return _run_with_report(Publish(config), run, _markdown_file(CARD_MD), "dataset-card", "Dataset card")
 
 
 @flow(name="tokenize", flow_run_name="tokenize-{run.run_id}", task_runner=ProcessPoolTaskRunner())

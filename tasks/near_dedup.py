@@ -333,6 +333,7 @@ class NearDedup(Stage):
         for lab in top_labels.tolist():
             docs = members[label[members] == lab]
             largest.append({"cluster_id": int(cluster_id[lab]), "size": len(docs),
+                            "kept_at": _locators(names, nodes[[kept_node[lab]]])[0],
                             "kept": self._texts(ctx, names, nodes[[kept_node[lab]]])[0][:300]})
         examples = []
         if len(gone):
@@ -340,9 +341,11 @@ class NearDedup(Stage):
             picks = picks[np.argsort(similarity[picks])]
             kept_texts = self._texts(ctx, names, nodes[keeper[picks]])
             gone_texts = self._texts(ctx, names, nodes[gone[picks]])
-            for p, kt, gt in zip(picks.tolist(), kept_texts, gone_texts):
+            kept_at, gone_at = _locators(names, nodes[keeper[picks]]), _locators(names, nodes[gone[picks]])
+            for j, (p, kt, gt) in enumerate(zip(picks.tolist(), kept_texts, gone_texts)):
                 examples.append({"cluster_id": int(cluster_id[label[gone[p]]]),
-                                 "similarity": round(float(similarity[p]), 3), "kept": kt[:500], "removed": gt[:500]})
+                                 "similarity": round(float(similarity[p]), 3), "kept_at": kept_at[j],
+                                 "removed_at": gone_at[j], "kept": kt[:500], "removed": gt[:500]})
         report = {"config": cfg.model_dump(mode="json"), **stats, "cluster_sizes": histogram,
                   "largest_clusters": largest, "example_pairs": examples}
         write_json_atomic(ctx.stage_dir / REPORT_JSON, report)
@@ -369,9 +372,23 @@ class NearDedup(Stage):
         return filter_shard(ctx.input_dir / f"{key}.parquet", ctx.stage_dir, key, drops, "near_duplicate")
 
 
-def render_report(report: dict) -> str:
-    """The report as markdown: settings, cluster sizes, largest clusters, example pairs."""
+def _locators(names: list[str], docs: np.ndarray) -> list[str]:
+    """Where documents are in the stage's input ("part-00003:152": shard and row): no personal data."""
+    shard_of, row_of = _split_doc(docs)
+    return [f"{names[s]}:{r}" for s, r in zip(shard_of.tolist(), row_of.tolist())]
+
+
+def render_report(report: dict, with_text: bool = True) -> str:
+    """The report as markdown: settings, cluster sizes, largest clusters, example pairs. `with_text`:
+    the documents' opening words too (the stage directory's own report, in the data plane); without,
+    where each document is and the similarities only (what Prefect's artifact shows)."""
     cfg = report["config"]
+    if not with_text:  # reports written before locators existed show nothing of the documents
+        report = {**report,
+                  "largest_clusters": [{**c, "kept": c.get("kept_at", "-")} for c in report["largest_clusters"]],
+                  "example_pairs": [{**e, "kept": e.get("kept_at", "-"), "removed": e.get("removed_at", "-")}
+                                    for e in report["example_pairs"]]}
+    what = "document (start)" if with_text else "document (shard:row)"
     lines = [
         "# Near-duplicate report (04_near_dedup)", "",
         f"Threshold {cfg['threshold']}, {cfg['num_perm']} permutations, {cfg['ngram']}-{cfg['shingle']} shingles, "
@@ -381,10 +398,10 @@ def render_report(report: dict) -> str:
         f"- clusters: {report['clusters']:,} holding {report['documents_in_clusters']:,} documents", "",
         "## Cluster sizes", "", "| size | clusters |", "|---:|---:|",
         *(f"| {size} | {count:,} |" for size, count in report["cluster_sizes"].items()), "",
-        "## Largest clusters", "", "| cluster | size | kept document (start) |", "|---:|---:|---|",
+        "## Largest clusters", "", f"| cluster | size | kept {what} |", "|---:|---:|---|",
         *(f"| {c['cluster_id']} | {c['size']} | {_cell(c['kept'])} |" for c in report["largest_clusters"]), "",
         "## Example pairs (lowest similarity first)", "",
-        "| cluster | similarity | kept | removed |", "|---:|---:|---|---|",
+        f"| cluster | similarity | kept {what} | removed {what} |", "|---:|---:|---|---|",
         *(f"| {e['cluster_id']} | {e['similarity']} | {_cell(e['kept'])} | {_cell(e['removed'])} |"
           for e in report["example_pairs"]),
     ]

@@ -21,6 +21,11 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Prefect configures logging when first imported, and logging.config.dictConfig closes every handler made
+# before: absl's (imported by rouge_score) then closes the stream it holds, which under pytest is the capture
+# file. Importing Prefect here, before any test, makes that happen once and first, whatever order tests run in.
+import prefect.main  # noqa: E402, F401
+
 
 def pytest_collection_modifyitems(config, items):
     import shutil

@@ -24,7 +24,8 @@ PLACEHOLDERS = {
 DEFAULT_THRESHOLDS = {"US_SSN": 0.3, "PHONE_NUMBER": 0.4, "CREDIT_CARD": 0.3}
 MAX_NLP_CHARS = 100_000  # longer texts go to spaCy in pieces cut at line breaks
 NER_BATCH_CHARS = 200_000  # characters per NER batch (peak memory: about 1 GB)
-PII_COUNTS = pa.field("pii_counts", pa.map_(pa.string(), pa.int32()), nullable=False)
+# entity -> count, as JSON text: every loader (Hugging Face datasets among them) reads a string column
+PII_COUNTS = pa.field("pii_counts", pa.string(), nullable=False)
 
 
 class PiiModelError(RuntimeError):
@@ -58,6 +59,11 @@ class PiiConfig(BaseModel):
     place_cues: bool = Field(True, description="Also find LOCATION names by the words before them ('flew to', "
                              "'grew up in', 'based in', 'originally from', 'University of'): places the small "
                              "English model misses. Places elsewhere are left to NER.")
+
+    meta_keep: list[str] = Field(default_factory=list, description="Record fields (kept in `meta`) published "
+                                 "verbatim, unscrubbed: fields known to hold no personal data, e.g. a license.")
+    meta_drop: list[str] = Field(default_factory=list, description="Record fields removed from `meta` before "
+                                 "publishing. Every other string value in `meta` is scrubbed like the text.")
 
     def threshold(self, entity: str) -> float:
         return self.thresholds.get(entity, DEFAULT_THRESHOLDS.get(entity, self.default_threshold))

@@ -312,10 +312,10 @@ def test_stage_changes_only_pii_and_reports_only_counts(tmp_path):
     manifest, docs = _scrub(tmp_path, [*clean, secret_text])
     rows = {r["id"]: r for r in docs.to_pylist()}
     for i, text in enumerate(clean):  # no PII: byte for byte the same, and no counts
-        assert rows[f"d{i}"]["text"].encode() == text.encode() and rows[f"d{i}"]["pii_counts"] == []
+        assert rows[f"d{i}"]["text"].encode() == text.encode() and rows[f"d{i}"]["pii_counts"] == "{}"
     scrubbed = rows["d2"]["text"]
     assert "maria.garcia@example.com" not in scrubbed and "555 2671" not in scrubbed and "<EMAIL>" in scrubbed
-    assert dict(rows["d2"]["pii_counts"])["EMAIL_ADDRESS"] == 1
+    assert json.loads(rows["d2"]["pii_counts"])["EMAIL_ADDRESS"] == 1
     assert manifest.stats["documents_touched"] == 1 and manifest.stats["entities"]["EMAIL_ADDRESS"] == 1
     assert 0 < manifest.stats["share_of_chars_replaced"] < 0.5
     # the raw values appear nowhere but the input: not in the manifest or any other file written
@@ -330,3 +330,39 @@ def test_stage_changes_only_pii_and_reports_only_counts(tmp_path):
 def test_missing_model_is_a_clear_error():
     with pytest.raises(PiiModelError, match="pip install"):
         analyzer("en_core_web_not_installed")
+
+
+def test_ids_and_record_fields_with_personal_data_are_scrubbed_too(shared, tmp_path):
+    """PII planted in ids and in extra record fields (kept in `meta`) reaches no 05_pii output: an id
+    holding PII becomes a stable keyed hash (the mapping stays in the stage directory), every string
+    field is scrubbed like the text, and config names fields to keep verbatim or drop."""
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())[:40]
+    emails = [s["entity_value"] for r in records for s in r["spans"] if s["entity_type"] == "EMAIL_ADDRESS"][:3]
+    planted = ["jane.roe@example.org", "+1 415 555 2671", *emails]
+    with open(tmp_path / "in.jsonl", "w") as f:
+        f.write(json.dumps({"id": "jane.roe@example.org", "text": "A note about tea.", "email": "jane.roe@example.org",
+                            "license": "cc-by-4.0", "internal": "+1 415 555 2671"}) + "\n")
+        f.write(json.dumps({"id": "doc-2", "text": "Kettles.", "author": {"phone": "+1 415 555 2671",
+                                                                        "contacts": emails}}) + "\n")
+        for i, r in enumerate(records):
+            f.write(json.dumps({"id": f"r{i}", "text": "Plain words.", "note": r["full_text"]}) + "\n")
+    run_stage(Ingest(), run_id="t", stage_dir=tmp_path / "01", inputs=[str(tmp_path / "in.jsonl")],
+              mapper=local_mapper(1))
+    scrub = Pii(meta_keep=["license"], meta_drop=["internal"])
+    first = run_stage(scrub, run_id="t", stage_dir=tmp_path / "05", inputs=[str(tmp_path / "01")],
+                      mapper=local_mapper(1))
+    rows = read_dir(tmp_path / "05").to_pylist()
+    published = json.dumps(rows)
+    assert not [v for v in planted if v in published]
+    assert first.manifest.stats["ids_replaced"] == 1 and first.manifest.stats["meta_fields_dropped"] == 1
+    hashed = rows[0]["id"]
+    assert hashed.startswith("pii-") and [r["id"] for r in rows[1:3]] == ["doc-2", "r0"]
+    meta = json.loads(rows[0]["meta"])["fields"]
+    assert meta["license"] == "cc-by-4.0" and "internal" not in meta and meta["email"] == "<EMAIL>"
+    assert read_dir(tmp_path / "05" / "_id_map").to_pylist() == [{"id": hashed, "original_id": "jane.roe@example.org"}]
+    notes = [json.loads(r["meta"])["fields"]["note"] for r in rows[2:]]
+    texts = [r["full_text"] for r in records]
+    assert notes == [replace_spans(t, s, "placeholder") for t, s in zip(texts, find_pii(texts, PiiConfig()))]
+    again = run_stage(Pii(meta_keep=["license"], meta_drop=["internal"]), run_id="t", stage_dir=tmp_path / "05",
+                      inputs=[str(tmp_path / "01")], mapper=local_mapper(1), force=True)
+    assert again.manifest.stats["ids_replaced"] == 1 and read_dir(tmp_path / "05").to_pylist()[0]["id"] == hashed
