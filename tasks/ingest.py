@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.inputs import InputFile, derived_id, expand_inputs, format_of, open_binary
 from tasks.manifest import files_fingerprint, write_json_atomic
-from tasks.readers import json_records, jsonl_records, parquet_records, text_records
+from tasks.readers import binary_kind, json_records, jsonl_records, parquet_records, text_records
 from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter
 from tasks.stage import Stage, StageContext, UnitResult
 from tasks.text_cleaning import clean_text, normalize_unicode, strip_gutenberg
@@ -42,6 +42,17 @@ from tasks.text_cleaning import clean_text, normalize_unicode, strip_gutenberg
 BATCH_CHARS = 4 << 20  # characters of text cleaned and written together
 # Characters clean_text rewrites (\r, C0/C1 controls, DEL, BOM), as an RE2 class for pyarrow.
 _DIRTY_RE2 = r"[\x00-\x08\x0b-\x1f\x7f-\x{9f}\x{feff}]"
+
+
+_PROBLEMS = {  # what a person is told about an input that was not read
+    "fifo": "a named pipe: not read (it could block forever)",
+    "device": "a device file: not read",
+    "socket": "a socket: not read",
+    "dangling_symlink": "a symbolic link to nothing",
+    "symlink_loop": "a symbolic link back into a directory being read: followed once, not again",
+    "hidden": "a hidden file or directory (name starts with '.' or '_'): not read",
+    "missing": "vanished between listing and reading",
+}
 
 
 class InvalidRecord(ValueError):
@@ -268,7 +279,8 @@ class Ingest(Stage):
         return {**super().config_dict(), **adapter}  # another record shape, another stage output
 
     def input_fingerprint(self, inputs: list[str]) -> str:
-        return files_fingerprint([(f.key, f.path) for f in expand_inputs(inputs)])
+        return files_fingerprint([(f"{f.key}\0{f.problem}" if f.problem else f.key, None if f.problem else f.path)
+                                  for f in expand_inputs(inputs)])
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         units: list[list[dict]] = [[]]
@@ -277,7 +289,8 @@ class Ingest(Stage):
             if units[-1] and unit_size + f.size > self.config.unit_bytes:
                 units.append([])
                 unit_size = 0
-            units[-1].append({"path": str(f.path), "key": f.key, "source": f.source, "size": f.size})
+            units[-1].append({"path": str(f.path), "key": f.key, "source": f.source, "size": f.size,
+                              "problem": f.problem})
             unit_size += f.size
         plan = {f"part-{i:05d}": files for i, files in enumerate(units) if files}
         write_json_atomic(ctx.work_dir / "plan.json", plan)
@@ -290,7 +303,7 @@ class Ingest(Stage):
         stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "gutenberg_stripped": 0}
         rows_out = 0
         for entry in plan[key]:
-            f = InputFile(Path(entry["path"]), entry["key"], entry["source"], entry["size"])
+            f = InputFile(Path(entry["path"]), entry["key"], entry["source"], entry["size"], entry.get("problem"))
             stats["files"] += 1
             stats["bytes_read"] += f.size
             sink = FileSink(f, self.config, writer, rejects, stats, self.adapter)
@@ -310,6 +323,9 @@ class Ingest(Stage):
         """Every record of one file into `sink`, by the reader of its format; an error part-way keeps
         what was read and becomes a reject naming where."""
         f, cfg = sink.f, self.config
+        if f.problem:
+            sink.reject(0, f.problem, detail=_PROBLEMS.get(f.problem, ""))
+            return
         fmt, compression = format_of(f.path)
         if fmt is None:
             sink.reject(0, "unsupported_format", detail=f"suffix {''.join(f.path.suffixes) or '(none)'}")
@@ -324,10 +340,16 @@ class Ingest(Stage):
             return
         try:
             if fmt == "parquet":
+                if (kind := binary_kind(f.path, None)) not in (None, "parquet"):
+                    sink.reject(0, "binary", detail=f"{kind} content in a .parquet file")
+                    return
                 for record in parquet_records(f):
                     sink.add(*record)
                 return
             with open_binary(f.path, compression) as fh:
+                if (kind := binary_kind(fh)) is not None:
+                    sink.reject(0, "binary", detail=f"{kind} content, not {fmt} text")
+                    return
                 reader = json_records if fmt == "json" else jsonl_records
                 for record in reader(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback):
                     sink.add(*record)

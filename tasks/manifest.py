@@ -92,10 +92,14 @@ def manifest_fingerprint(stage_dir: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def files_fingerprint(files: list[tuple[str, Path]]) -> str:
-    """Fingerprint of raw input files: name, size and modification time (as make does)."""
+def files_fingerprint(files: list[tuple[str, Path | None]]) -> str:
+    """Fingerprint of raw input files: name, size and modification time (as make does). A file given
+    without a path (one that is not read: a FIFO, a dangling link) counts by its name alone."""
     digest = hashlib.sha256()
     for key, path in files:
+        if path is None:
+            digest.update(f"{key}\0-\n".encode())
+            continue
         st = path.stat()
         digest.update(f"{key}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]

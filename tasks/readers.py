@@ -50,12 +50,51 @@ def text_records(f: InputFile, compression: str | None, sink: Sink, max_bytes: i
     if len(raw) > max_bytes:
         sink.reject(0, "oversize", raw=raw[:RAW_HEAD], detail="decompressed size > max_doc_bytes")
         return
+    if (kind := _binary_head(raw[:BINARY_PROBE])) is not None:
+        sink.reject(0, "binary", detail=f"{kind} content, not text")
+        return
     try:
         text, encoding = decode_bytes(raw, fallback)
     except DecodeError as e:
         sink.reject(0, "undecodable", raw=raw, detail=str(e))
         return
     yield 0, text, encoding, raw
+
+
+BINARY_PROBE = 8192  # bytes looked at to tell binary content from text
+_MAGIC = {  # file signatures of common binary formats (each holds a byte no text starts with, or a NUL)
+    b"\x89PNG": "PNG", b"\x7fELF": "ELF", b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"%PDF-": "PDF",
+    b"\x28\xb5\x2f\xfd": "zstd", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF", b"PAR1": "parquet",
+    b"BZh91AY&SY": "bzip2", b"\xfd7zXZ\x00": "xz", b"\xca\xfe\xba\xbe": "Mach-O", b"\xcf\xfa\xed\xfe": "Mach-O",
+    b"SQLite format 3\x00": "SQLite",
+}
+
+
+def _binary_head(head: bytes) -> str | None:
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return "NUL bytes in" if b"\x00" in head else None
+
+
+def binary_kind(source, compression: str | None = None) -> str | None:
+    """What binary format the start of a file (a path, or an open buffered stream, which is only peeked
+    at) looks like; None when it looks like text. NUL bytes never occur in UTF-8 or legacy-encoded text."""
+    if hasattr(source, "peek"):
+        try:
+            head = source.peek(BINARY_PROBE)[:BINARY_PROBE]
+        except (OSError, EOFError, ValueError):  # a broken stream: its reader says where it breaks
+            return None
+    else:
+        with open_binary(source, compression) as fh:
+            head = fh.read(BINARY_PROBE)
+    return _binary_head(head)
+
+
+def _skip_bom(fh) -> None:
+    """A UTF-8 byte order mark at the start of a JSON or JSON lines file is no part of its first record."""
+    if fh.peek(3)[:3] == b"\xef\xbb\xbf":
+        fh.read(3)
 
 
 def parquet_records(f: InputFile) -> Iterator[Record]:
@@ -68,6 +107,7 @@ def parquet_records(f: InputFile) -> Iterator[Record]:
 
 def json_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterator[Record]:
     """A .json file: an array of records, one pretty-printed object, or JSON lines after all."""
+    _skip_bom(fh)
     if fh.peek(64).lstrip()[:1] == b"[":
         raw = fh.read()
         try:
@@ -97,6 +137,7 @@ def jsonl_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Itera
     """One JSON value per line; lines orjson refuses are mended (legacy encodings, lone surrogate
     escapes) or become rejects (oversize, undecodable, malformed); blank lines are counted."""
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    _skip_bom(fh)
     for start, lines, oversize in line_blocks(fh, max_bytes):
         for lineno, line in enumerate(lines, start):
             try:

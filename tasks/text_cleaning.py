@@ -6,7 +6,9 @@ it runs once per document on the whole corpus.
 
 from __future__ import annotations
 
+import codecs
 import re
+import threading
 import unicodedata
 
 # C0/C1 controls except \t and \n, DEL, BOM/zero-width no-break space; \r is handled first.
@@ -27,16 +29,36 @@ class DecodeError(ValueError):
     """Bytes that are neither UTF-8 nor the configured fallback encoding."""
 
 
+_HIGH_BYTES = bytes(range(128))  # deleted by translate: what is left are the bytes >= 0x80
+_fallback_state = threading.local()
+
+
+def _fallback_run(error: UnicodeDecodeError) -> tuple[str, int]:
+    """A codec error handler: the bytes UTF-8 cannot decode, decoded with the fallback encoding."""
+    run = error.object[error.start:error.end]
+    _fallback_state.handled += len(run.translate(None, _HIGH_BYTES))
+    return run.decode(_fallback_state.encoding), error.end
+
+
+codecs.register_error("loom-fallback", _fallback_run)
+
+
 def decode_bytes(raw: bytes, fallback: str | None = "cp1252") -> tuple[str, str]:
-    """Decode as UTF-8, else as `fallback`; returns (text, encoding used)."""
+    """Decode as UTF-8; the byte runs that are not UTF-8 are decoded as `fallback`, each on its own, so
+    'naïve' in UTF-8 beside one stray cp1252 byte stays 'naïve'. Returns (text, encoding): "utf-8",
+    the fallback when every non-ASCII byte needed it, or "utf-8+<fallback>" for a mix."""
     try:
         return raw.decode("utf-8"), "utf-8"
     except UnicodeDecodeError as utf8_error:
         if fallback:
+            _fallback_state.encoding, _fallback_state.handled = fallback, 0
             try:
-                return raw.decode(fallback), fallback
+                text = raw.decode("utf-8", errors="loom-fallback")
             except UnicodeDecodeError:
                 pass
+            else:
+                pure = _fallback_state.handled == len(raw.translate(None, _HIGH_BYTES))
+                return text, fallback if pure else f"utf-8+{fallback}"
         raise DecodeError(f"not UTF-8 ({utf8_error.reason} at byte {utf8_error.start})"
                           + (f" nor {fallback}" if fallback else "")) from None
 

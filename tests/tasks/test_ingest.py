@@ -63,10 +63,10 @@ def test_formats_compression_and_stable_ids(tmp_path):
     (src / "e.json").write_text(json.dumps([{"id": "j1", "text": "from a JSON array"}]))
     (src / "sub").mkdir()
     (src / "sub" / "f.md").write_text("# A markdown file\n\nOne document.")
-    (src / ".hidden.jsonl").write_text(lines)  # hidden files are not input
+    (src / ".hidden.jsonl").write_text(lines)  # hidden files are not read, and say so
 
     _, docs, rejects = ingest([src], tmp_path / "out1")
-    assert rejects.num_rows == 0
+    assert rejects.column("reason").to_pylist() == ["hidden"]
     assert docs.num_rows == 5 * 3 + 3
     by_id = dict(zip(docs.column("id").to_pylist(), docs.column("text").to_pylist()))
     assert by_id["p1"] == "from parquet" and by_id["j1"] == "from a JSON array"
@@ -199,3 +199,45 @@ def test_line_blocks_match_plain_line_splitting_at_any_block_size(block):
                 assert got[n] is None and oversize[n] == line[:4096]
             else:
                 assert got[n] == line
+
+
+def test_inputs_that_cannot_be_read_are_rejects_never_skips_or_hangs(shared, tmp_path):
+    """A FIFO (never opened: it would block), a device, a dangling symlink, a symlink looping back into
+    the directory, hidden files, and binary content under a text name each become a reject with its
+    reason; a symlinked directory is read once; a BOM opens a JSON lines file without breaking its first
+    record; a stray legacy byte leaves the UTF-8 around it as it was."""
+    import os
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "good.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"id": "bom", "text": "first record"}\n')
+    (src / "mixed.txt").write_bytes("naïve ".encode() + b"\x93quoted\x94")
+    os.mkfifo(src / "pipe.jsonl")
+    os.symlink("/dev/null", src / "null.txt")
+    os.symlink(src / "gone.txt", src / "dangling.txt")
+    os.symlink(src, src / "sub" / "loop")
+    os.symlink(shared / "pretrain" / "gutenberg_raw", src / "books")  # a symlinked directory: read once
+    (src / ".hidden.jsonl").write_text('{"text": "x"}\n')
+    (src / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    (src / "elf.md").write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 64)
+    (src / "nul.jsonl").write_bytes(b'{"text": "a"}\n\x00\x01\x02')
+    (src / "json.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"text": "array item"}]).encode())
+
+    manifest, docs, rejects = ingest([src], tmp_path / "out")
+    reasons = {Path(s).name: r for s, r in zip(rejects.column("source").to_pylist(),
+                                               rejects.column("reason").to_pylist())}
+    assert reasons == {
+        "pipe.jsonl": "fifo", "null.txt": "device", "dangling.txt": "dangling_symlink", "loop": "symlink_loop",
+        ".hidden.jsonl": "hidden", "image.txt": "binary", "elf.md": "binary", "nul.jsonl": "binary",
+        "972_devils_dictionary.htm": "unsupported_format", "LICENSE_972": "unsupported_format"}
+    texts = dict(zip(docs.column("id").to_pylist(), docs.column("text").to_pylist()))
+    assert texts["bom"] == "first record" and "array item" in texts.values()
+    assert "naïve “quoted”" in texts.values()
+    assert sum("Devil" in t or "DEVIL" in t for t in texts.values()) >= 1  # the symlinked books were read
+    assert manifest.rows_in == manifest.rows_out + sum(manifest.rejected.values())
+
+
+def test_an_empty_directory_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no file"):
+        expand_inputs([str(tmp_path / "empty")])
