@@ -105,6 +105,16 @@ def save_run(paths: RunPaths, inputs: list[str], config: CurateConfig) -> None:
                                        "config": config.model_dump(mode="json")})
 
 
+def record_stage_config(paths: RunPaths, section: str, config: BaseModel) -> None:
+    """A stage's config given explicitly becomes the run's: later reruns of the stage use it."""
+    if not paths.run_file.exists():
+        return
+    data = json.loads(paths.run_file.read_text())
+    if data["config"].get(section) != config.model_dump(mode="json"):
+        data["config"][section] = config.model_dump(mode="json")
+        write_json_atomic(paths.run_file, data)
+
+
 def load_run(paths: RunPaths) -> tuple[list[str], CurateConfig]:
     """The inputs and config a run recorded; a clear error naming the runs there when it does not exist."""
     if not paths.run_file.exists():

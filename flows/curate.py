@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ProcessPoolTaskRunner
 from pydantic import BaseModel
 
-from flows.config import CurateConfig, default_run_id, load_run, save_run
+from flows.config import CurateConfig, default_run_id, load_run, record_stage_config, save_run
 from flows.reporting import artifact_key, summary_rows
 from flows.stage_flow import StageRun, run_stage_flow, task_runner
 from tasks.bias import REPORT_JSON as BIAS_REPORT_JSON
@@ -31,7 +31,7 @@ from tasks.near_dedup import NearDedup, NearDedupConfig
 from tasks.near_dedup import render_report as render_near_dedup_report
 from tasks.pii import Pii, PiiConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
-from tasks.stage import Stage
+from tasks.stage import Stage, run_statuses
 from tasks.tokenize import INDEX_FILE, Tokenize, TokenizeConfig
 
 # The stages that exist, in pipeline order; each reads the one before it.
@@ -52,27 +52,85 @@ def downstream_of(stage: str) -> list[str]:
 
 
 def _run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None) -> dict:
-    return run_stage_flow(stage, run, inputs, upstream=upstream_of(stage.name) if stage.name in PIPELINE else None)
+    summary = run_stage_flow(stage, run, inputs, upstream=upstream_of(stage.name) if stage.name in PIPELINE else None)
+    if stage.name in PIPELINE and not run.output_dir and run.report_stale and summary["status"] != "skipped":
+        _say_stale(run, stage.name)
+    return summary
+
+
+def _config_of(run: StageRun, section: str, given: BaseModel | None) -> BaseModel:
+    """The config a stage flow runs with. In a run: the one given, which is then recorded in the run's
+    run.json, or else the one the run recorded (a rerun from the Prefect UI with only a run id behaves as
+    `loom step --run-id` does). Outside a run: the one given, or the defaults."""
+    default = CurateConfig.model_fields[section].default_factory()
+    if run.output_dir:
+        return given or default
+    paths = run.paths()
+    if given is None:
+        try:
+            return getattr(load_run(paths)[1], section)
+        except FileNotFoundError:
+            return default
+    record_stage_config(paths, section, given)
+    return given
+
+
+def require_fresh(paths: RunPaths, tokens: bool) -> None:
+    """Refuse to train on stale data: the published shards (and with `tokens`, the token shards made from
+    them) must be complete and made from the current output of every stage before them."""
+    from tasks.stage import stage_status
+
+    last = run_statuses(paths.root, list(PIPELINE))[-1]
+    problem = None if last.status == "complete" else f"its published shards are {last.status}" + (
+        f" ({last.reason})" if last.reason else "")
+    if problem is None and tokens:
+        status = stage_status(paths.tokens, paths.published)
+        if status.status != "complete":
+            problem = f"its token shards are {status.status}" + (f" ({status.reason})" if status.reason else "")
+    if problem:
+        fix = "loom tokenize --force" if tokens and last.status == "complete" else "loom curate (or loom step)"
+        raise ValueError(f"run {paths.run_id}: {problem}. Rerun `{fix} --run-id {paths.run_id}` first, or pass "
+                         "--allow-stale to use them as they are.")
+
+
+def stale_after(paths: RunPaths, stage: str) -> list[str]:
+    """The stages after `stage` of a run that are stale now."""
+    statuses = {s.stage: s for s in run_statuses(paths.root, list(PIPELINE))}
+    return [s for s in downstream_of(stage) if statuses[s].status == "stale"]
+
+
+def _say_stale(run: StageRun, stage: str) -> None:
+    """After a rerun of one stage: which later stages are stale, in the log and as an artifact."""
+    stale = stale_after(run.paths(), stage)
+    if not stale:
+        return
+    get_run_logger().warning("%s reran: %s now stale (rerun them with `loom step <stage> --run-id %s` or "
+                             "`loom curate`)", stage, ", ".join(stale), run.run_id)
+    create_markdown_artifact(
+        markdown=f"# Stale stages in run {run.run_id}\n\n{stage} reran, so these stages were made from its old "
+                 "output:\n\n" + "".join(f"- {s}\n" for s in stale)
+                 + f"\nRerun them (`loom step <stage> --run-id {run.run_id}`, or `loom curate`).\n",
+        key=artifact_key(run.run_id, "stale"), description=f"Stale stages of run {run.run_id}")
 
 
 @flow(name="ingest", flow_run_name="ingest-{run.run_id}", task_runner=ProcessPoolTaskRunner())
-def ingest_flow(run: StageRun, inputs: list[str] | None = None, config: IngestConfig = IngestConfig()) -> dict:
+def ingest_flow(run: StageRun, inputs: list[str] | None = None, config: IngestConfig | None = None) -> dict:
     """01_ingest: read JSONL, Parquet and text files into document shards; bad records go to _rejects/."""
     if inputs is None:
         inputs = load_run(run.paths())[0]
-    return _run_stage_flow(Ingest(config), run, inputs)
+    return _run_stage_flow(Ingest(_config_of(run, "ingest", config)), run, inputs)
 
 
 @flow(name="exact-dedup", flow_run_name="exact-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
-def exact_dedup_flow(run: StageRun, config: ExactDedupConfig = ExactDedupConfig()) -> dict:
+def exact_dedup_flow(run: StageRun, config: ExactDedupConfig | None = None) -> dict:
     """02_exact_dedup: keep the first copy of each normalized text; the rest go to _removed/."""
-    return _run_stage_flow(ExactDedup(config), run)
+    return _run_stage_flow(ExactDedup(_config_of(run, "exact_dedup", config)), run)
 
 
 @flow(name="near-dedup", flow_run_name="near-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
-def near_dedup_flow(run: StageRun, config: NearDedupConfig = NearDedupConfig()) -> dict:
+def near_dedup_flow(run: StageRun, config: NearDedupConfig | None = None) -> dict:
     """04_near_dedup: MinHash LSH clusters of near duplicates; one document per cluster is kept."""
-    return _run_with_report(NearDedup(config), run, _near_dedup_artifact, "near-dedup-report", "Near-duplicate report")
+    return _run_with_report(NearDedup(_config_of(run, "near_dedup", config)), run, _near_dedup_artifact, "near-dedup-report", "Near-duplicate report")
 
 
 def _near_dedup_artifact(stage_dir: Path) -> str | None:
@@ -83,15 +141,15 @@ def _near_dedup_artifact(stage_dir: Path) -> str | None:
 
 
 @flow(name="pii", flow_run_name="pii-{run.run_id}", task_runner=ProcessPoolTaskRunner())
-def pii_flow(run: StageRun, config: PiiConfig = PiiConfig()) -> dict:
+def pii_flow(run: StageRun, config: PiiConfig | None = None) -> dict:
     """05_pii: replace personal data and secrets (Presidio, offline); only counts are reported."""
-    return _run_stage_flow(Pii(config), run)
+    return _run_stage_flow(Pii(_config_of(run, "pii", config)), run)
 
 
 @flow(name="bias", flow_run_name="bias-{run.run_id}", task_runner=ProcessPoolTaskRunner())
-def bias_flow(run: StageRun, config: BiasConfig = BiasConfig()) -> dict:
+def bias_flow(run: StageRun, config: BiasConfig | None = None) -> dict:
     """06_bias: remove toxic documents, keep those that only mention identities, audit removal by identity."""
-    summary = _run_with_report(Bias(config), run, _markdown_file(BIAS_REPORT_MD), "bias-report", "Bias audit")
+    summary = _run_with_report(Bias(_config_of(run, "bias", config)), run, _markdown_file(BIAS_REPORT_MD), "bias-report", "Bias audit")
     report = Path(summary["output"]) / BIAS_REPORT_JSON
     if report.exists():
         axes = json.loads(report.read_text())["axes"]
@@ -119,18 +177,20 @@ def _run_with_report(stage: Stage, run: StageRun, render, key: str, what: str) -
 
 
 @flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=ProcessPoolTaskRunner())
-def publish_flow(run: StageRun, config: PublishConfig = PublishConfig()) -> dict:
+def publish_flow(run: StageRun, config: PublishConfig | None = None) -> dict:
     """08_publish: evenly sized final shards and the dataset card."""
-    return _run_with_report(Publish(config), run, _markdown_file(CARD_MD), "dataset-card", "Dataset card")
+    return _run_with_report(Publish(_config_of(run, "publish", config)), run, _markdown_file(CARD_MD), "dataset-card", "Dataset card")
 
 
 @flow(name="tokenize", flow_run_name="tokenize-{run.run_id}", task_runner=ProcessPoolTaskRunner())
-def tokenize_flow(run: StageRun, config: TokenizeConfig = TokenizeConfig()) -> dict:
+def tokenize_flow(run: StageRun, config: TokenizeConfig | None = None, allow_stale: bool = False) -> dict:
     """tokens: train (or reuse) a byte-level BPE tokenizer on the published shards and encode them into
     train/validation token shards for pretraining."""
     if not run.input_dir:
+        if not allow_stale:
+            require_fresh(run.paths(), tokens=False)
         run = run.model_copy(update={"input_dir": str(run.paths().published)})
-    summary = _run_stage_flow(Tokenize(config), run)
+    summary = _run_stage_flow(Tokenize(_config_of(run, "tokenize", config)), run)
     index = Path(summary["output"]) / INDEX_FILE
     if index.exists():
         data = json.loads(index.read_text())
@@ -162,6 +222,7 @@ def curate_flow(
     workdir: str | None = None,
     config: CurateConfig = CurateConfig(),
     force: bool = False,
+    wait_for_lock: float = 0.0,
 ) -> list[dict]:
     """Ingest, deduplicate and publish a corpus; each stage is skipped when already complete."""
     run_id = run_id or default_run_id(inputs)
@@ -169,7 +230,7 @@ def curate_flow(
     summaries = []
     for stage in PIPELINE:
         run = StageRun(run_id=run_id, workdir=workdir, force=force, workers=config.workers,
-                       ray_address=config.ray_address)
+                       ray_address=config.ray_address, wait_for_lock=wait_for_lock, report_stale=False)
         summaries.append(run_one_stage(stage, run, config.for_stage(stage), inputs))
     create_table_artifact(table=summary_rows(summaries), key=artifact_key(run_id, "curate"),
                           description=f"Curate summary of run {run_id}")
@@ -178,17 +239,17 @@ def curate_flow(
 
 @flow(name="step", flow_run_name="step-{stage}-{run_id}")
 def step_flow(stage: str, inputs: list[str], output_dir: str, run_id: str, config: CurateConfig = CurateConfig(),
-              force: bool = False) -> list[dict]:
+              force: bool = False, wait_for_lock: float = 0.0) -> list[dict]:
     """One stage on any input, outside a run: the inputs go through ingest first (into
     `<output_dir>/_ingest`) unless the stage is ingest itself; the stage writes `output_dir`."""
     summaries, stage_input = [], None
     if stage != Ingest.name:  # any input goes through the ingest reader first
         ingest_dir = str(Path(output_dir) / "_ingest")
         run = StageRun(run_id=run_id, workers=config.workers, ray_address=config.ray_address, output_dir=ingest_dir,
-                       force=force)
+                       force=force, wait_for_lock=wait_for_lock)
         summaries.append(run_one_stage(Ingest.name, run, config.ingest, inputs))
         stage_input = ingest_dir
     run = StageRun(run_id=run_id, workers=config.workers, ray_address=config.ray_address, output_dir=output_dir,
-                   input_dir=stage_input, force=force)
+                   input_dir=stage_input, force=force, wait_for_lock=wait_for_lock)
     summaries.append(run_one_stage(stage, run, config.for_stage(stage), inputs if stage == Ingest.name else None))
     return summaries

@@ -82,13 +82,19 @@ def existing_deployments() -> set[str]:
 
 def runner_deployments(existing: set[str] | None = None, job_variables: dict | None = None) -> list:
     """RunnerDeployments of every flow; schedules only on those the server does not have yet."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
     existing = existing_deployments() if existing is None else existing
     out = []
     for d in DEPLOYMENTS:
         first_time = f"{d.flow.name}/{d.name}" not in existing
+        # one run of a deployment at a time: a schedule that overlaps a manual run queues behind it (Prefect's
+        # ENQUEUE collision strategy) instead of racing it for the same stage directories
         deployment = d.flow.to_deployment(name=d.name, description=d.description, tags=TAGS,
                                           schedules=d.schedules if first_time else None,
-                                          job_variables=job_variables)
+                                          job_variables=job_variables,
+                                          concurrency_limit=ConcurrencyLimitConfig(
+                                              limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
         if not first_time:
             # Prefect sends `schedules: []` for a deployment built without schedules, and the server
             # then deletes the ones people made in the UI: leave the field out of the update instead.

@@ -35,6 +35,10 @@ class StageRun(BaseModel):
     )
     input_dir: str | None = Field(None, description="Read this stage directory instead of the run's previous stage.")
     output_dir: str | None = Field(None, description="Write here instead of the run's stage directory.")
+    report_stale: bool = Field(True, description="After a rerun, say which later stages of the run are stale "
+                               "(off inside `curate`, which reruns them anyway).")
+    wait_for_lock: float = Field(0.0, ge=0, description="Seconds to wait while another process writes the same "
+                                 "stage directory (0: fail at once, naming that process).")
 
     def paths(self) -> RunPaths:
         return RunPaths.of(self.workdir, self.run_id)
@@ -73,7 +77,7 @@ def run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None,
     t0 = time.perf_counter()
     try:
         outcome = run_stage(stage, run_id=run.run_id, stage_dir=stage_dir, inputs=inputs,
-                            mapper=prefect_mapper, force=run.force, progress=progress)
+                            mapper=prefect_mapper, force=run.force, progress=progress, lock_wait=run.wait_for_lock)
     finally:
         progress.close()
     summary = stage_summary(outcome, time.perf_counter() - t0)

@@ -159,12 +159,16 @@ def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
 
 @flow(name="pretrain", flow_run_name="pretrain-{run_id}")
 def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfig = PretrainConfig(),
-                  ray_address: str | None = None) -> dict:
+                  ray_address: str | None = None, allow_stale: bool = False) -> dict:
     """Pretrain a GPT on the run's token shards with Ray Train + DeepSpeed; resumes from the last good checkpoint."""
     from training.launch import pretrain
 
     paths = RunPaths.of(workdir, run_id)
     tokens, out = paths.tokens, paths.train
+    if (tokens / INDEX_FILE).exists() and not allow_stale:
+        from flows.curate import require_fresh
+
+        require_fresh(paths, tokens=True)
     if not (tokens / INDEX_FILE).exists():
         raise FileNotFoundError(f"run {run_id} has no token shards: run `loom tokenize --run-id {run_id}` first")
     return _train("pretrain", run_id, out, config.steps, lambda: pretrain(config, tokens, out, ray_address=ray_address))

@@ -28,6 +28,41 @@ CARD_MD = "dataset_card.md"
 CARD_JSON = "dataset_card.json"
 
 
+class UniqueIds:
+    """The published output never holds two rows with one id. Policy: the first row (in input order) keeps
+    its id; a later row with the same id (two input files that both had a record "42") is published as
+    "42~2" ("~3", ... until unused), with `"duplicate_id_of": "42"` in its meta. Nothing is dropped."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+        self.renamed = 0
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        ids = table.column("id").to_pylist()
+        if self.seen.isdisjoint(ids) and len(set(ids)) == len(ids):  # the common case: every id new
+            self.seen.update(ids)
+            return table
+        metas = table.column("meta").to_pylist() if "meta" in table.column_names else None
+        for i, value in enumerate(ids):
+            if value not in self.seen:
+                self.seen.add(value)
+                continue
+            n = 2
+            while f"{value}~{n}" in self.seen:
+                n += 1
+            ids[i] = f"{value}~{n}"
+            self.seen.add(ids[i])
+            self.renamed += 1
+            if metas is not None:
+                meta = json.loads(metas[i]) if metas[i] else {}
+                meta["duplicate_id_of"] = value
+                metas[i] = json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+        table = table.set_column(table.column_names.index("id"), "id", pa.array(ids, pa.string()))
+        if metas is not None:
+            table = table.set_column(table.column_names.index("meta"), "meta", pa.array(metas, pa.string()))
+        return table
+
+
 class PublishConfig(BaseModel):
     """How the final shards are cut."""
 
@@ -73,7 +108,9 @@ class Publish(Stage):
         lengths: list[np.ndarray] = []
         writer = None
         written = 0  # text bytes in all closed shards plus the open one
+        ids = UniqueIds()
         for table in (pa.Table.from_batches([b]) for shard in shards for b in iter_batches(shard, 4096)):
+            table = ids.apply(table)
             sources.update(table.column("source").to_pylist())
             sizes = pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
             lengths.append(pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False))
@@ -108,7 +145,7 @@ class Publish(Stage):
             "rows_in": rows,
             "rows_out": rows,
             "outputs": [o.to_dict() for o in outputs + card_files],
-            "stats": {"text_bytes": total, "shards": len(outputs)},
+            "stats": {"text_bytes": total, "shards": len(outputs), "ids_renamed": ids.renamed},
         }
 
     @staticmethod

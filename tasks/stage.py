@@ -28,6 +28,7 @@ from typing import ClassVar
 from pydantic import BaseModel
 
 from tasks.layout import STAGES
+from tasks.lock import StageLock
 from tasks.manifest import (
     MANIFEST,
     StageManifest,
@@ -189,23 +190,34 @@ def run_stage(
     mapper: Mapper | None = None,
     force: bool = False,
     progress: ProgressCallback | None = None,
+    lock_wait: float = 0.0,
 ) -> StageOutcome:
-    """Run `stage` from `inputs` into `stage_dir`, skipping it if it is already complete."""
+    """Run `stage` from `inputs` into `stage_dir`, skipping it if it is already complete. One writer at a
+    time: another process writing the directory makes this fail fast (StageLocked), or wait up to
+    `lock_wait` seconds."""
     stage_dir = Path(stage_dir)
     inputs = [str(i) for i in inputs]
     ctx = StageContext(stage=stage.name, run_id=run_id, stage_dir=stage_dir, inputs=inputs)
     fingerprint = stage.input_fingerprint(inputs)
     chash = config_hash(stage.config_dict())
-    existing = read_manifest(stage_dir)
-    if (
-        existing is not None
-        and not force
-        and existing.config_hash == chash
-        and existing.input_fingerprint == fingerprint
-    ):
-        return StageOutcome(manifest=existing, skipped=True, stage_dir=stage_dir)
 
-    if existing is not None:  # about to be replaced: make it unreadable as "complete" first
+    def complete() -> StageManifest | None:
+        existing = read_manifest(stage_dir)
+        current = existing is not None and existing.config_hash == chash and existing.input_fingerprint == fingerprint
+        return existing if current and not force else None
+
+    if (done := complete()) is not None:
+        return StageOutcome(manifest=done, skipped=True, stage_dir=stage_dir)
+    with StageLock(stage_dir, wait=lock_wait):
+        if (done := complete()) is not None:  # the writer we waited for finished this very work
+            return StageOutcome(manifest=done, skipped=True, stage_dir=stage_dir)
+        return _run_locked(stage, ctx, fingerprint, chash, mapper, force, progress)
+
+
+def _run_locked(stage: Stage, ctx: StageContext, fingerprint: str, chash: str, mapper: Mapper | None, force: bool,
+                progress: ProgressCallback | None) -> StageOutcome:
+    stage_dir, run_id, inputs = ctx.stage_dir, ctx.run_id, ctx.inputs
+    if read_manifest(stage_dir) is not None:  # about to be replaced: make it unreadable as "complete" first
         (stage_dir / MANIFEST).unlink()
     attempt = {"config_hash": chash, "input_fingerprint": fingerprint}
     resumed = _prepare(stage, ctx, attempt, force)

@@ -34,6 +34,10 @@ class Options:
     ray_address = typer.Option(None, "--ray-address", envvar="LOOM_RAY_ADDRESS",
                                help="Run shard work on Ray: 'auto', 'ray://host:10001', or 'local' (start one).")
     num_workers = typer.Option(None, "--num-workers", "-n", min=1, help="Ray Train workers.")
+    allow_stale = typer.Option(False, "--allow-stale", help="Use the run's data even where a stage before it "
+                               "reran since it was made (stale).")
+    wait = typer.Option(False, "--wait", help="Queue behind another process writing the same stage directory "
+                        "instead of failing at once.")
     checkpoint = typer.Option(..., "--checkpoint", "--from", help="A checkpoint (step-* directory), or a training "
                               "output (runs/R/train, runs/R/finetune): its newest good checkpoint.")
 
@@ -97,14 +101,20 @@ def override(section, **options) -> None:
 T = TypeVar("T")
 
 
+WAIT_FOR_LOCK_S = 7 * 24 * 3600.0  # --wait: as long as the other writer takes
+
+
 def run_flow(call: Callable[[], T], errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError),
              hint: str = "") -> T:
     """Call a flow against one Prefect API for the command; the errors a person can fix become one line."""
     from flows.prefect_api import prefect_api
+    from tasks.lock import StageLocked
 
     with prefect_api():
         try:
             return call()
+        except StageLocked as e:  # another run is writing there: never a traceback
+            fail(str(e))
         except errors as e:
             fail(f"{e}{hint}")
 

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.common import Options, app, command_config, fail, open_run, run_flow, run_paths
+from flows.cli.common import (
+    WAIT_FOR_LOCK_S,
+    Options,
+    app,
+    command_config,
+    fail,
+    open_run,
+    run_flow,
+    run_paths,
+)
 from flows.reporting import console, print_outcome
 
 
@@ -19,6 +28,7 @@ def curate(
     workers: int | None = Options.workers,
     ray_address: str | None = Options.ray_address,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
+    wait: bool = Options.wait,
 ) -> None:
     """Run the curate flow: ingest -> exact/near dedup -> pii -> bias -> publish, skipping complete stages."""
     from flows.config import default_run_id
@@ -28,7 +38,8 @@ def curate(
     inputs = [str(Path(i).absolute()) for i in inputs]
     paths = run_paths(workdir, run_id or default_run_id(inputs))
     summaries = run_flow(lambda: curate_flow(inputs=inputs, run_id=paths.run_id, workdir=str(paths.workdir),
-                                             config=cfg, force=force), errors=(FileNotFoundError,))
+                                             config=cfg, force=force, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
+                         errors=(FileNotFoundError,))
     print_outcome(summaries, f"curate run {paths.run_id}")
 
 
@@ -39,15 +50,15 @@ def step(
     inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
     force: bool = typer.Option(False, "--force", help="Rerun even if complete; later stages become stale."),
+    wait: bool = Options.wait,
     workdir: str | None = Options.workdir,
     config: Path | None = Options.config,
     workers: int | None = Options.workers,
     ray_address: str | None = Options.ray_address,
 ) -> None:
     """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
-    from flows.curate import PIPELINE, StageRun, downstream_of, run_one_stage, step_flow
+    from flows.curate import PIPELINE, StageRun, run_one_stage, stale_after, step_flow
     from tasks.layout import stage_dir_name
-    from tasks.stage import run_statuses
 
     try:
         name = stage_dir_name(stage)
@@ -64,7 +75,8 @@ def step(
         step_run = run_id or f"step-{out.name}"
         run_paths(workdir, step_run)  # the id is checked like any run's
         summaries = run_flow(lambda: step_flow(stage=name, inputs=[str(Path(i).absolute()) for i in inputs],
-                                               output_dir=str(out), run_id=step_run, config=cfg, force=force),
+                                               output_dir=str(out), run_id=step_run, config=cfg, force=force,
+                                               wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
                              errors=(FileNotFoundError,))
         print_outcome(summaries, f"step {name}")
         return
@@ -73,12 +85,11 @@ def step(
         fail("give --run-id R to rerun a stage of a run, or --input PATH... --output DIR")
     paths, run_inputs, cfg = open_run(workdir, run_id, config, workers, ray_address)
     run = StageRun(run_id=run_id, workdir=str(paths.workdir), force=force, workers=cfg.workers,
-                   ray_address=cfg.ray_address)
+                   ray_address=cfg.ray_address, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0)
     summary = run_flow(lambda: run_one_stage(name, run, cfg.for_stage(name), run_inputs), errors=(FileNotFoundError,),
                        hint=f" (run the stages before {name} first, e.g. loom curate)")
     print_outcome([summary], f"step {name} of run {run_id}")
-    statuses = {s.stage: s for s in run_statuses(paths.root, list(PIPELINE))}
-    stale = [s for s in downstream_of(name) if statuses[s].status == "stale"]
+    stale = stale_after(paths, name)
     if stale:
         console.print(f"[yellow]now stale:[/yellow] {', '.join(stale)} "
                       f"(rerun with `loom step <stage> --run-id {run_id}` or `loom curate`)")

@@ -32,6 +32,7 @@ def tokenize(
                                           help="Reuse this tokenizer.json instead of training one."),
     vocab_size: int | None = typer.Option(None, "--vocab-size", min=300, help="BPE vocabulary size."),
     force: bool = typer.Option(False, "--force", help="Rerun even if complete."),
+    allow_stale: bool = Options.allow_stale,
 ) -> None:
     """Train a byte-level BPE tokenizer on a run's published shards and write train/val token shards."""
     from flows.curate import tokenize_flow
@@ -47,7 +48,7 @@ def tokenize(
     run = StageRun(run_id=run_id, workdir=str(paths.workdir), force=force, workers=cfg.workers,
                    ray_address=cfg.ray_address)
     summary = run_flow(lambda: tokenize_flow.with_options(task_runner=task_runner(cfg.workers, cfg.ray_address))(
-        run=run, config=cfg.tokenize))
+        run=run, config=cfg.tokenize, allow_stale=allow_stale))
     print_tokens(summary)
 
 
@@ -62,6 +63,7 @@ def pretrain(
     model: str | None = typer.Option(None, "--model", help="Named model size: tiny, small, gpt2, gpt2-medium."),
     deepspeed: str | None = Options.deepspeed,
     gpu: bool | None = Options.gpu,
+    allow_stale: bool = Options.allow_stale,
 ) -> None:
     """Pretrain a GPT on a run's token shards: Ray Train workers, each a DeepSpeed engine; resumes
     from the last good checkpoint."""
@@ -70,7 +72,7 @@ def pretrain(
     paths, _inputs, cfg = open_run(workdir, run_id, config, None, ray_address)
     override(cfg.pretrain, num_workers=num_workers, steps=steps, model=model, deepspeed=deepspeed, use_gpu=gpu)
     summary = run_flow(lambda: pretrain_flow(run_id=run_id, workdir=str(paths.workdir), config=cfg.pretrain,
-                                             ray_address=cfg.ray_address))
+                                             ray_address=cfg.ray_address, allow_stale=allow_stale))
     print_training(summary)
 
 

@@ -276,3 +276,46 @@ def test_the_readme_config_example_is_a_valid_config(tmp_path):
     (tmp_path / "loom.toml").write_text(readme[start: readme.index("```", start)])
     config = load_config(tmp_path / "loom.toml")
     assert config.workers == 2 and config.near_dedup.lsh_params() == (16, 8)
+
+
+def test_reruns_use_the_runs_config_refuse_stale_data_and_never_share_a_stage(prefect_server, mixed_corpus, tmp_path):
+    """A stage flow started with only a run id (as from the Prefect UI) uses the config the run recorded; a
+    config given explicitly is recorded; after a rerun of one stage, tokenize refuses the stale published
+    data unless told --allow-stale; a stage directory another process is writing is refused, naming it."""
+    import subprocess
+    import sys
+
+    from flows.config import load_run
+    from flows.curate import exact_dedup_flow
+    from flows.stage_flow import StageRun
+    from tasks.exact_dedup import ExactDedupConfig
+    from tasks.layout import RunPaths
+    from tasks.manifest import read_manifest
+
+    wd = tmp_path / "wd"
+    cfg = _config(tmp_path, "[exact_dedup]\ncasefold = false\n")
+    loom("curate", mixed_corpus / "zz-planted.jsonl", mixed_corpus / "gsm8k.jsonl", "--workdir", wd, "--run-id", "r",
+         "--config", cfg)
+    paths = RunPaths.of(wd, "r")
+    exact_dedup_flow(run=StageRun(run_id="r", workdir=str(wd), force=True))  # what a UI run with a run id does
+    assert read_manifest(paths.stage("exact_dedup")).config["casefold"] is False
+    assert runs_json(wd, "r")["04_near_dedup"]["status"] == "stale"
+
+    refused = runner.invoke(app, ["tokenize", "--run-id", "r", "--workdir", str(wd)])
+    assert refused.exit_code == 2 and "stale" in refused.output and "--allow-stale" in refused.output
+    loom("tokenize", "--run-id", "r", "--workdir", str(wd), "--allow-stale", "--vocab-size", 400)
+
+    exact_dedup_flow(run=StageRun(run_id="r", workdir=str(wd), force=True), config=ExactDedupConfig(casefold=True))
+    assert load_run(paths)[1].exact_dedup.casefold is True  # given explicitly: now the run's config
+
+    hold = ("import sys, time\nfrom tasks.lock import StageLock\nwith StageLock(sys.argv[1]):\n"
+            "    print('locked', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(paths.stage("exact_dedup"))],
+                              cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        busy = runner.invoke(app, ["step", "exact_dedup", "--run-id", "r", "--workdir", str(wd), "--force"])
+        assert busy.exit_code == 2 and f"pid {holder.pid}" in busy.output and "Traceback" not in busy.output
+    finally:
+        holder.kill()
+        holder.wait()

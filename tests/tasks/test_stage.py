@@ -110,3 +110,22 @@ def test_publish_even_shards_and_dataset_card(ingested, tmp_path):
     assert [s.status for s in statuses] == ["complete", "complete", *["missing"] * 5, "complete"]
     run_stage(ExactDedup(), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)], force=True)
     assert run_statuses(tmp_path / "run")[-1].status == "stale"
+
+
+def test_publish_never_has_two_rows_with_one_id(shared, tmp_path):
+    """Two input files with the same record ids: every row is published, each id once; the later copy of
+    an id is renamed ("~2") and says which id it duplicated."""
+    questions = [json.loads(line) for line in (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()[:30]]
+    for name, part in (("a.jsonl", questions[:20]), ("b.jsonl", questions[10:])):
+        with open(tmp_path / name, "w") as f:
+            for i, q in enumerate(part):
+                f.write(json.dumps({"id": f"q{i}", "text": q["question"]}) + "\n")
+    run_stage(Ingest(), run_id="t", stage_dir=tmp_path / "01", inputs=[str(tmp_path / "a.jsonl"),
+                                                                       str(tmp_path / "b.jsonl")])
+    out = run_stage(Publish(), run_id="t", stage_dir=tmp_path / "08", inputs=[str(tmp_path / "01")])
+    rows = read_dir(tmp_path / "08").to_pylist()
+    ids = [r["id"] for r in rows]
+    assert len(rows) == 40 and len(set(ids)) == 40 and out.manifest.stats["ids_renamed"] == 20
+    renamed = [r for r in rows if "~" in r["id"]]
+    assert {r["id"] for r in renamed} == {f"q{i}~2" for i in range(20)}
+    assert all(json.loads(r["meta"])["duplicate_id_of"] == r["id"].split("~")[0] for r in renamed)
