@@ -14,12 +14,11 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.task_runners import ProcessPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.config import CurateConfig, default_run_id, load_run, record_stage_config, save_run
 from flows.reporting import artifact_key, summary_rows
-from flows.stage_flow import StageRun, run_stage_flow, task_runner
+from flows.stage_flow import LocalProcesses, StageRun, run_stage_flow, task_runner
 from tasks.bias import REPORT_JSON as BIAS_REPORT_JSON
 from tasks.bias import REPORT_MD as BIAS_REPORT_MD
 from tasks.bias import Bias, BiasConfig
@@ -113,7 +112,7 @@ def _say_stale(run: StageRun, stage: str) -> None:
         key=artifact_key(run.run_id, "stale"), description=f"Stale stages of run {run.run_id}")
 
 
-@flow(name="ingest", flow_run_name="ingest-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+@flow(name="ingest", flow_run_name="ingest-{run.run_id}", task_runner=LocalProcesses())
 def ingest_flow(run: StageRun, inputs: list[str] | None = None, config: IngestConfig | None = None) -> dict:
     """01_ingest: read JSONL, Parquet and text files into document shards; bad records go to _rejects/."""
     if inputs is None:
@@ -121,13 +120,13 @@ def ingest_flow(run: StageRun, inputs: list[str] | None = None, config: IngestCo
     return _run_stage_flow(Ingest(_config_of(run, "ingest", config)), run, inputs)
 
 
-@flow(name="exact-dedup", flow_run_name="exact-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+@flow(name="exact-dedup", flow_run_name="exact-dedup-{run.run_id}", task_runner=LocalProcesses())
 def exact_dedup_flow(run: StageRun, config: ExactDedupConfig | None = None) -> dict:
     """02_exact_dedup: keep the first copy of each normalized text; the rest go to _removed/."""
     return _run_stage_flow(ExactDedup(_config_of(run, "exact_dedup", config)), run)
 
 
-@flow(name="near-dedup", flow_run_name="near-dedup-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+@flow(name="near-dedup", flow_run_name="near-dedup-{run.run_id}", task_runner=LocalProcesses())
 def near_dedup_flow(run: StageRun, config: NearDedupConfig | None = None) -> dict:
     """04_near_dedup: MinHash LSH clusters of near duplicates; one document per cluster is kept."""
     return _run_with_report(NearDedup(_config_of(run, "near_dedup", config)), run, _near_dedup_artifact, "near-dedup-report", "Near-duplicate report")
@@ -140,13 +139,13 @@ def _near_dedup_artifact(stage_dir: Path) -> str | None:
     return render_near_dedup_report(json.loads(path.read_text()), with_text=False) if path.exists() else None
 
 
-@flow(name="pii", flow_run_name="pii-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+@flow(name="pii", flow_run_name="pii-{run.run_id}", task_runner=LocalProcesses())
 def pii_flow(run: StageRun, config: PiiConfig | None = None) -> dict:
     """05_pii: replace personal data and secrets (Presidio, offline); only counts are reported."""
     return _run_stage_flow(Pii(_config_of(run, "pii", config)), run)
 
 
-@flow(name="bias", flow_run_name="bias-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+@flow(name="bias", flow_run_name="bias-{run.run_id}", task_runner=LocalProcesses())
 def bias_flow(run: StageRun, config: BiasConfig | None = None) -> dict:
     """06_bias: remove toxic documents, keep those that only mention identities, audit removal by identity."""
     summary = _run_with_report(Bias(_config_of(run, "bias", config)), run, _markdown_file(BIAS_REPORT_MD), "bias-report", "Bias audit")
@@ -176,13 +175,13 @@ def _run_with_report(stage: Stage, run: StageRun, render, key: str, what: str) -
     return summary
 
 
-@flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+@flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=LocalProcesses())
 def publish_flow(run: StageRun, config: PublishConfig | None = None) -> dict:
     """08_publish: evenly sized final shards and the dataset card."""
     return _run_with_report(Publish(_config_of(run, "publish", config)), run, _markdown_file(CARD_MD), "dataset-card", "Dataset card")
 
 
-@flow(name="tokenize", flow_run_name="tokenize-{run.run_id}", task_runner=ProcessPoolTaskRunner())
+@flow(name="tokenize", flow_run_name="tokenize-{run.run_id}", task_runner=LocalProcesses())
 def tokenize_flow(run: StageRun, config: TokenizeConfig | None = None, allow_stale: bool = False) -> dict:
     """tokens: train (or reuse) a byte-level BPE tokenizer on the published shards and encode them into
     train/validation token shards for pretraining."""

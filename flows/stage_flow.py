@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from flows.config import default_workers
 from flows.reporting import StageProgress, artifact_key, stage_summary, summary_rows
 from tasks.layout import RunPaths
-from tasks.stage import Stage, run_stage
+from tasks.stage import Stage, exit_with_parent, run_stage
 
 
 class StageRun(BaseModel):
@@ -91,11 +91,20 @@ def run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None,
     return summary
 
 
+class LocalProcesses(ProcessPoolTaskRunner):
+    """Prefect's process pool whose workers end when the command that started them dies (SIGKILL,
+    SIGTERM, a crash): no orphan keeps running units or holding memory."""
+
+    def __init__(self, max_workers: int | None = None):
+        super().__init__(max_workers=max_workers)
+        self._initializer, self._initargs = exit_with_parent, ()  # Prefect's hook for a worker initializer
+
+
 def task_runner(workers: int, ray_address: str | None = None):
     """Local processes by default; prefect-ray's RayTaskRunner when a Ray address is given
     ('local' starts a Ray instance with `workers` CPUs for the flow run)."""
     if not ray_address:
-        return ProcessPoolTaskRunner(max_workers=workers)
+        return LocalProcesses(max_workers=workers)
     from prefect_ray import RayTaskRunner
 
     if ray_address == "local":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -128,8 +129,33 @@ def _marker(ctx: StageContext, phase: str, key: str) -> Path:
     return ctx.work_dir / "done" / phase / f"{key}.json"
 
 
+_watched_parent: dict[int, int] = {}  # this process's pid -> its parent's, once watched (a fork copies the dict)
+
+
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """In a worker process of a pool: end this process when the process that started it dies (SIGKILL,
+    SIGTERM, a crash), so a killed command leaves no worker running its units or holding memory. Once per
+    process; a daemon thread watches the parent's pid (a dead parent's children get a new one)."""
+    import multiprocessing
+    import threading
+
+    starter = multiprocessing.parent_process()
+    if os.getpid() in _watched_parent or starter is None:  # the main process itself: nothing to watch
+        return
+    parent = _watched_parent[os.getpid()] = starter.pid  # known from the start: it may be dead already
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(143)  # the command is gone: so is its work (the unit stays resumable: no marker)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="loom-exit-with-parent", daemon=True).start()
+
+
 def execute_unit(stage: Stage, ctx: StageContext, phase: str, key: str) -> UnitResult:
     """Run one unit and record its completion marker (the unit of resumption)."""
+    exit_with_parent()
     result = stage.run_unit(ctx, phase, key)
     marker = _marker(ctx, phase, key)
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +174,7 @@ def local_mapper(workers: int = 1) -> Mapper:
     def mapper(fn, keys, on_done, label=""):
         if workers <= 1 or len(keys) <= 1:
             return _run_inline(fn, keys, on_done)
-        with ProcessPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(keys)), initializer=exit_with_parent) as pool:
             futures = {pool.submit(fn, key): key for key in keys}
             for future in as_completed(futures):
                 on_done(futures[future], future.result())

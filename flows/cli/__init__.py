@@ -27,8 +27,20 @@ from flows.reporting import console
 from tasks import __version__
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`, a container stopping) stops a command as Ctrl-C does: the stage being
+    written releases its lock and stays resumable, and pool workers end with the command."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @app.callback(invoke_without_command=True)
 def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    _stop_on_sigterm()
     if version:
         console.print(f"loom {__version__}")
         raise typer.Exit()
