@@ -50,7 +50,7 @@ def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = N
     if sft_data and first <= 3:
         out["finetune"] = finetune_flow(checkpoint=checkpoint, data=sft_data, run_id=run_id,
                                         output_dir=str(paths.finetune), config=config.finetune,
-                                        ray_address=config.ray_address, ingest=config.ingest)
+                                        ray_address=config.ray_address, ingest=config.ingest, pii=config.pii)
     if sft_data:
         checkpoint = str(paths.finetune)
     else:

@@ -31,6 +31,7 @@ from flows.reporting import artifact_key, console
 from flows.stage_flow import StageRun, run_stage_flow
 from tasks.ingest import Ingest, IngestConfig
 from tasks.layout import CHECKPOINTS_DIR, RunPaths
+from tasks.pii import Pii, PiiConfig
 from tasks.sft import SftConfig, SftTokenize, instruction_record
 from tasks.tokenize import INDEX_FILE
 from training.checkpoint import (
@@ -102,10 +103,15 @@ def loss_curve(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def _final_checkpoint(out: Path, steps: int) -> Path | None:
-    """The run's last checkpoint when training already reached `steps` (a rerun skips the work)."""
+def _final_checkpoint(out: Path, steps: int, logger) -> Path | None:
+    """The run's last checkpoint when training already reached `steps` (a rerun skips the work). Damaged
+    checkpoints passed over (training resumes from the one before) are said on the console and in the log."""
+    def say(message: str) -> None:
+        logger.warning("%s: %s; resuming from the newest good one", out.name, message)
+        console.print(f"[yellow]{out.name}: {message}; resuming from the newest good one[/yellow]", highlight=False)
+
     ckpts = out / CHECKPOINTS_DIR
-    tag = latest_good_checkpoint(ckpts, log=lambda m: None) if ckpts.exists() else None
+    tag = latest_good_checkpoint(ckpts, log=say) if ckpts.exists() else None
     if tag is not None and has_info(tag) and read_info(tag)["step"] >= steps:
         return tag
     return None
@@ -116,7 +122,7 @@ def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
     logger = get_run_logger()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    done = _final_checkpoint(out, steps)
+    done = _final_checkpoint(out, steps, logger)
     if done is not None:
         logger.info("%s of run %s already reached step %s (%s): skipped", kind, run_id, steps, done.name)
     else:
@@ -177,10 +183,11 @@ def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfi
 @flow(name="finetune", flow_run_name="finetune-{run_id}")
 def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str,
                   config: FinetuneConfig = FinetuneConfig(), ray_address: str | None = None,
-                  ingest: IngestConfig | None = None) -> dict:
+                  ingest: IngestConfig | None = None, pii: PiiConfig | None = None) -> dict:
     """Fine-tune a checkpoint on instruction data (chat, Alpaca or question/answer records): read
-    through the ingest reader with its rejects, rendered with the chat template, loss-masked to
-    the responses and packed; then the same Ray + DeepSpeed launcher as pretraining."""
+    through the ingest reader with its rejects, scrubbed of personal data by the PII stage (message
+    by message; `config.scrub_pii`), rendered with the chat template, loss-masked to the responses
+    and packed; then the same Ray + DeepSpeed launcher as pretraining."""
     from training.launch import finetune
 
     tag = resolve_checkpoint(checkpoint)  # verified once per process: the CLI's check is remembered
@@ -191,9 +198,14 @@ def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str
     data_dir = out / "data"
     summaries = [sft_ingest_flow(ingest_cfg, StageRun(run_id=run_id, output_dir=str(data_dir / "01_ingest"), workers=1),
                                  [str(Path(d).absolute()) for d in data])]
+    examples = data_dir / "01_ingest"
+    if config.scrub_pii:
+        summaries.append(sft_pii_flow(pii or PiiConfig(), StageRun(run_id=run_id, input_dir=str(examples),
+                                                                    output_dir=str(data_dir / "05_pii"), workers=1)))
+        examples = data_dir / "05_pii"
     sft = SftConfig(tokenizer=str(tokenizer_path(tag)), block_size=info["model"]["block_size"],
                     val_fraction=config.val_fraction, seed=config.seed, system_prompt=config.system_prompt)
-    summaries.append(sft_flow(sft, StageRun(run_id=run_id, input_dir=str(data_dir / "01_ingest"),
+    summaries.append(sft_flow(sft, StageRun(run_id=run_id, input_dir=str(examples),
                                             output_dir=str(data_dir / "sft_tokens"), workers=1)))
     summary = _train("finetune", run_id, out, config.steps,
                      lambda: finetune(config, tag, data_dir / "sft_tokens", out, ray_address=ray_address))
@@ -218,6 +230,12 @@ def sft_ingest_flow(config: IngestConfig, run: StageRun, inputs: list[str]) -> d
     """01_ingest of instruction data: chat, Alpaca and question/answer records become conversations;
     other shapes are rejects with their reasons."""
     return run_stage_flow(Ingest(config, adapter=instruction_record), run, inputs)
+
+
+@flow(name="sft-pii", flow_run_name="sft-pii-{run.run_id}")
+def sft_pii_flow(config: PiiConfig, run: StageRun) -> dict:
+    """05_pii of instruction data: every message of every conversation scrubbed; counts only reported."""
+    return run_stage_flow(Pii(config, messages=True), run)
 
 
 @flow(name="sft-data", flow_run_name="sft-data-{run.run_id}")

@@ -57,6 +57,9 @@ def write_manifest(tag_dir: Path) -> None:
     tmp = tag_dir / f".{CHECKPOINT_MANIFEST}.tmp"
     tmp.write_text(json.dumps({"files": files}, indent=1))
     tmp.replace(tag_dir / CHECKPOINT_MANIFEST)
+    identity = _manifest_identity(tag_dir.resolve())
+    if identity is not None:  # just hashed by this process: verified
+        _verified[tag_dir.resolve()] = identity
 
 
 def verify_checkpoint(tag_dir: Path) -> str | None:

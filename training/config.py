@@ -115,6 +115,8 @@ class FinetuneConfig(LoopConfig):
     lora_targets: list[str] = Field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"],
                                     description="lora mode: Linear layers adapted (name suffixes).")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of examples held out for evaluation.")
+    scrub_pii: bool = Field(True, description="Instruction data goes through the PII stage ([pii] settings), "
+                            "message by message, before it is tokenized.")
     system_prompt: str | None = Field(None, description="System message put before examples that have none.")
 
     def mode_spec(self) -> dict:

@@ -115,7 +115,7 @@ def finetune(
     override(cfg.finetune, mode=mode, steps=steps, num_workers=num_workers, deepspeed=deepspeed, use_gpu=gpu)
     summary = run_flow(lambda: finetune_flow(checkpoint=str(tag), data=[str(Path(d).absolute()) for d in data],
                                              run_id=run_id, output_dir=str(output.absolute()), config=cfg.finetune,
-                                             ray_address=cfg.ray_address, ingest=cfg.ingest))
+                                             ray_address=cfg.ray_address, ingest=cfg.ingest, pii=cfg.pii))
     print_outcome(summary["data"], "finetune data")
     print_training(summary)
 

@@ -98,14 +98,38 @@ def _string_leaves(container, key, value, out: list) -> None:
             _string_leaves(value, i, v, out)
 
 
+def _regroup(conversations: list[dict], contents: list[str], counts: list[dict]) -> tuple[list[str], list[dict]]:
+    """Scrubbed message contents put back into their conversations (as JSON), with summed counts."""
+    texts, totals, i = [], [], 0
+    for conversation in conversations:
+        total: dict[str, int] = {}
+        for message in conversation["messages"]:
+            message["content"] = contents[i]
+            for entity, n in counts[i].items():
+                total[entity] = total.get(entity, 0) + n
+            i += 1
+        texts.append(json.dumps(conversation, ensure_ascii=False, separators=(",", ":")))
+        totals.append(total)
+    return texts, totals
+
+
 # ---- the stage --------------------------------------------------------------------------------
 
 class Pii(Stage):
-    """Replace PII in every document; count what was found, never log it."""
+    """Replace PII in every document; count what was found, never log it. `messages`: the documents are
+    conversations (`{"messages": [...]}` JSON, from the instruction-data adapter), scrubbed message by
+    message so the JSON stays whole."""
 
     name = "05_pii"
     Config = PiiConfig
     phases = ("scrub",)
+
+    def __init__(self, config: PiiConfig | dict | None = None, messages: bool = False, **overrides):
+        super().__init__(config, **overrides)
+        self.messages = messages
+
+    def config_dict(self) -> dict:
+        return {**super().config_dict(), **({"messages": True} if self.messages else {})}
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         analyzer(self.config.model, self.config.fast_ner)  # a missing model fails here, once, with its remedy
@@ -124,7 +148,9 @@ class Pii(Stage):
             table = pa.Table.from_batches([batch])
             if PII_COUNTS.name in table.column_names:  # a rerun on scrubbed data recounts
                 table = table.drop_columns([PII_COUNTS.name])
-            texts = table.column("text").to_pylist()
+            documents = table.column("text").to_pylist()
+            conversations = [json.loads(d) for d in documents] if self.messages else None
+            texts = [m["content"] for c in conversations for m in c["messages"]] if self.messages else documents
             new_texts, counts = [], []
             for text, found in zip(texts, find_pii(texts, cfg)):
                 stats["chars"] += len(text)
@@ -133,12 +159,15 @@ class Pii(Stage):
                     per[entity] = per.get(entity, 0) + 1
                     stats["chars_replaced"] += end - start
                 if found:
-                    stats["documents_touched"] += 1
                     text = replace_spans(text, found, cfg.strategy, salt)
                 for entity, n in per.items():
                     stats["entities"][entity] = stats["entities"].get(entity, 0) + n
                 new_texts.append(text)
-                counts.append(json.dumps(dict(sorted(per.items())), separators=(",", ":")))
+                counts.append(per)
+            if self.messages:  # back into their conversations; counts per conversation
+                new_texts, counts = _regroup(conversations, new_texts, counts)
+            stats["documents_touched"] += sum(1 for per in counts if per)
+            counts = [json.dumps(dict(sorted(per.items())), separators=(",", ":")) for per in counts]
             table = table.set_column(table.column_names.index("text"), "text", pa.array(new_texts, pa.string()))
             ids, mapping = scrub_ids(table.column("id").to_pylist(), cfg, id_key)
             table = table.set_column(table.column_names.index("id"), "id", pa.array(ids, pa.string()))

@@ -54,7 +54,7 @@ def test_killing_curate_ends_its_workers_and_the_run_resumes(shared, tmp_path, s
     os.kill(proc.pid, sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
-    gone, alive = psutil.wait_procs(workers, timeout=15)
+    _gone, alive = psutil.wait_procs(workers, timeout=15)
     assert alive == [], [p.cmdline() for p in alive]
     if sig == signal.SIGTERM:
         assert "Traceback" not in proc.stderr.read()

@@ -332,12 +332,22 @@ def test_missing_model_is_a_clear_error():
         analyzer("en_core_web_not_installed")
 
 
+_PATTERNED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
+
+
+def _with_patterns(shared, n: int) -> list[dict]:
+    """Labeled texts holding e-mails, phones, cards, IBANs, SSNs or IPs (found by patterns, whatever NER does)."""
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())
+    return [r for r in records if any(s["entity_type"] in _PATTERNED for s in r["spans"])][:n]
+
+
 def test_ids_and_record_fields_with_personal_data_are_scrubbed_too(shared, tmp_path):
     """PII planted in ids and in extra record fields (kept in `meta`) reaches no 05_pii output: an id
     holding PII becomes a stable keyed hash (the mapping stays in the stage directory), every string
     field is scrubbed like the text, and config names fields to keep verbatim or drop."""
-    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())[:40]
+    records = _with_patterns(shared, 40)
     emails = [s["entity_value"] for r in records for s in r["spans"] if s["entity_type"] == "EMAIL_ADDRESS"][:3]
+    assert len(emails) == 3
     planted = ["jane.roe@example.org", "+1 415 555 2671", *emails]
     with open(tmp_path / "in.jsonl", "w") as f:
         f.write(json.dumps({"id": "jane.roe@example.org", "text": "A note about tea.", "email": "jane.roe@example.org",
@@ -366,3 +376,30 @@ def test_ids_and_record_fields_with_personal_data_are_scrubbed_too(shared, tmp_p
     again = run_stage(Pii(meta_keep=["license"], meta_drop=["internal"]), run_id="t", stage_dir=tmp_path / "05",
                       inputs=[str(tmp_path / "01")], mapper=local_mapper(1), force=True)
     assert again.manifest.stats["ids_replaced"] == 1 and read_dir(tmp_path / "05").to_pylist()[0]["id"] == hashed
+
+
+def test_instruction_data_is_scrubbed_message_by_message(shared, tmp_path):
+    """Fine-tuning data goes through the same stage: every message's content is scrubbed, the
+    conversations stay valid JSON, and the counts are per conversation."""
+    from tasks.sft import instruction_record, to_messages
+
+    records = _with_patterns(shared, 30)
+    with open(tmp_path / "sft.jsonl", "w") as f:
+        for i, r in enumerate(records):
+            f.write(json.dumps({"id": f"s{i}", "instruction": "Rewrite this politely.", "input": r["full_text"],
+                                "output": f"Certainly. {r['full_text']}"}) + "\n")
+    run_stage(Ingest(adapter=instruction_record), run_id="t", stage_dir=tmp_path / "01",
+              inputs=[str(tmp_path / "sft.jsonl")], mapper=local_mapper(1))
+    outcome = run_stage(Pii(messages=True), run_id="t", stage_dir=tmp_path / "05", inputs=[str(tmp_path / "01")],
+                        mapper=local_mapper(1))
+    rows = read_dir(tmp_path / "05").to_pylist()
+    conversations = [json.loads(r["text"])["messages"] for r in rows]
+    assert [m["role"] for m in conversations[0]] == ["user", "assistant"]
+    values = [s["entity_value"] for r in records for s in r["spans"] if s["entity_type"] in _PATTERNED]
+    assert len(values) >= 30 and not [v for v in values if v in json.dumps(rows, ensure_ascii=False)]
+    expected = [to_messages({"instruction": "Rewrite this politely.", "input": r["full_text"], "output": "x"})[0]
+                for r in records]
+    first = find_pii([m["content"] for m in expected], PiiConfig())
+    assert [c[0]["content"] for c in conversations] == [
+        replace_spans(m["content"], s, "placeholder") for m, s in zip(expected, first)]
+    assert outcome.manifest.stats["documents_touched"] == sum(1 for r in rows if r["pii_counts"] != "{}")
