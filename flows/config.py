@@ -29,6 +29,7 @@ from tasks.manifest import write_json_atomic
 from tasks.near_dedup import NearDedupConfig
 from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
+from tasks.retention import RetentionConfig
 from tasks.tokenize import TokenizeConfig
 from training.config import EvaluateConfig, FinetuneConfig, PretrainConfig
 
@@ -52,6 +53,8 @@ class CurateConfig(BaseModel):
     pii: PiiConfig = Field(default_factory=PiiConfig, description="05_pii: personal data and secrets replaced.")
     bias: BiasConfig = Field(default_factory=BiasConfig, description="06_bias: toxic documents removed, audited.")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="08_publish: final shards.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig,
+                                       description="What a published run keeps of its pre-PII data (`loom gc`).")
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig,
                                      description="tokens: BPE tokenizer and token shards (`loom tokenize`).")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig,
@@ -70,6 +73,8 @@ class CurateConfig(BaseModel):
     def for_stage(self, stage: str) -> BaseModel:
         """The config section of a stage directory name ('05_pii' -> pii)."""
         name = stage.split("_", 1)[-1]
+        if name == "publish":  # the card says what the run keeps
+            return self.publish.model_copy(update={"retention": self.retention})
         return getattr(self, {"tokens": "tokenize"}.get(name, name))
 
 

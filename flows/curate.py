@@ -30,6 +30,7 @@ from tasks.near_dedup import NearDedup, NearDedupConfig
 from tasks.near_dedup import render_report as render_near_dedup_report
 from tasks.pii import Pii, PiiConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
+from tasks.retention import collect
 from tasks.stage import Stage, run_statuses
 from tasks.tokenize import INDEX_FILE, Tokenize, TokenizeConfig
 
@@ -233,7 +234,21 @@ def curate_flow(
         summaries.append(run_one_stage(stage, run, config.for_stage(stage), inputs))
     create_table_artifact(table=summary_rows(summaries), key=artifact_key(run_id, "curate"),
                           description=f"Curate summary of run {run_id}")
+    if config.retention.after_publish == "delete":
+        gc_flow(run_id=run_id, workdir=workdir, rejects=config.retention.rejects)
     return summaries
+
+
+@flow(name="gc", flow_run_name="gc-{run_id}")
+def gc_flow(run_id: str, workdir: str | None = None, rejects: str = "redact") -> dict:
+    """Delete a published run's pre-PII data (shards, removed documents, raw rejects, report excerpts, the
+    map of original ids); manifests and counts stay."""
+    report = collect(RunPaths.of(workdir, run_id).root, rejects=rejects)
+    get_run_logger().info("gc of run %s: %s stage(s) collected, %.1f MB freed", run_id, len(report["stages"]),
+                          report["bytes_freed"] / 1e6)
+    create_table_artifact(table=[{"stage": s, **done} for s, done in report["stages"].items()] or [{"stage": "none"}],
+                          key=artifact_key(run_id, "gc"), description=f"Retention: what run {run_id} deleted")
+    return report
 
 
 @flow(name="step", flow_run_name="step-{stage}-{run_id}")

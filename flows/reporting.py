@@ -238,7 +238,7 @@ def runs_table(rows: list[dict], where: str) -> Table:
 
 def run_table(statuses: list, title: str) -> Table:
     """`loom runs RUN`: each stage's status and counts."""
-    colors = {"complete": "green", "stale": "yellow", "partial": "cyan", "missing": "red"}
+    colors = {"complete": "green", "collected": "blue", "stale": "yellow", "partial": "cyan", "missing": "red"}
     table = Table(title=title, title_justify="left")
     for col, justify in [("stage", "left"), ("status", "left"), ("rows in", "right"), ("rows out", "right"),
                          ("removed", "right"), ("rejected", "right"), ("finished", "left")]:

@@ -87,6 +87,25 @@ class IngestConfig(BaseModel):
     unit_bytes: int = Field(
         64 << 20, gt=0, description="Input bytes grouped into one unit of parallel, resumable work."
     )
+    rejects_raw: Literal["keep", "redact", "drop"] = Field(
+        "keep", description="What `_rejects/` keeps of a bad record: its raw value (to fix the input), the raw "
+        "value with personal data replaced as the PII stage would ([pii] defaults), or nothing but the reason."
+    )
+
+
+def raw_policy(policy: str):
+    """What becomes of rejects' raw values: kept (None), redacted by the PII finder, or dropped."""
+    if policy == "keep":
+        return None
+    if policy == "drop":
+        return lambda values: ["" for _ in values]
+
+    def redact(values: list[str]) -> list[str]:
+        from tasks.pii import PiiConfig, find_pii, replace_spans
+
+        return [replace_spans(v, s) for v, s in zip(values, find_pii(values, PiiConfig()))]
+
+    return redact
 
 
 class FileSink:
@@ -235,7 +254,7 @@ class FileSink:
             for i, doc_id in zip(rows, doc_ids):
                 if doc_id in seen_ids:
                     rejects.add(source, positions[i], "duplicate_id", raw=_raw(batch.raws[i]),
-                                detail=f"id {doc_id!r} seen earlier in file")
+                                detail="an id seen earlier in this file")
                     keep[i] = False
                 else:
                     seen_ids.add(doc_id)
@@ -299,7 +318,7 @@ class Ingest(Stage):
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         plan = json.loads((ctx.work_dir / "plan.json").read_text())
         writer = ShardWriter(ctx.stage_dir, key, DOC_SCHEMA, shard_bytes=self.config.shard_bytes)
-        rejects = RejectsWriter(ctx.stage_dir, key)
+        rejects = RejectsWriter(ctx.stage_dir, key, redact=raw_policy(self.config.rejects_raw))
         stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "gutenberg_stripped": 0}
         rows_out = 0
         for entry in plan[key]:

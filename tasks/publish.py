@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import StageManifest, now_iso, read_manifest, write_json_atomic
+from tasks.retention import RetentionConfig
+from tasks.retention import describe as describe_retention
 from tasks.shards import OutputFile, ShardWriter, iter_batches, list_shards, sha256_file
 from tasks.stage import Stage, StageContext, UnitResult
 
@@ -70,6 +72,8 @@ class PublishConfig(BaseModel):
 
     shard_bytes: int = Field(256 << 20, gt=0, description="Target text bytes per published shard.")
     top_sources: int = Field(20, ge=0, description="How many sources the dataset card lists by name.")
+    retention: RetentionConfig = Field(default_factory=RetentionConfig, description="What the run keeps of its "
+                                       "pre-PII data (set by the top-level [retention] section; the card says it).")
 
 
 def upstream_manifests(stage_dir: Path) -> list[StageManifest]:
@@ -175,6 +179,7 @@ class Publish(Stage):
             "stages": stages,
             "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema else [],
             "sources": {"distinct": len(sources), "top": sources.most_common(self.config.top_sources)},
+            "retention": describe_retention(self.config.retention),
             "length_chars": {
                 "mean": round(float(lengths.mean()), 1) if len(lengths) else 0,
                 "min": int(lengths.min()) if len(lengths) else 0,
@@ -205,6 +210,8 @@ def render_card_markdown(card: dict) -> str:
             f"| {s['stage']} | {s['rows_in']:,} | {s['rows_out']:,} | {_reasons(s['removed'])} | {_reasons(s['rejected'])} |"
         )
     lines += ["", "Removed documents are kept in each stage's `_removed/`, bad input in `_rejects/`.", ""]
+    if card.get("retention"):
+        lines += ["## Personal data and retention", "", card["retention"], ""]
     lines += ["## Schema", "", "| column | type |", "|---|---|"]
     lines += [f"| {c['name']} | {c['type']} |" for c in card["schema"]]
     length = card["length_chars"]

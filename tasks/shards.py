@@ -271,9 +271,10 @@ def truncate_raw(value: str | bytes | None) -> str:
 class RejectsWriter:
     """Collects bad-input rows for `_rejects/` and counts them by reason."""
 
-    def __init__(self, stage_dir: Path, unit: str):
+    def __init__(self, stage_dir: Path, unit: str, redact=None):
         self.stage_dir = Path(stage_dir)
         self.unit = unit
+        self.redact = redact  # raw values -> what is stored instead (personal data replaced, or nothing)
         self.counts: dict[str, int] = {}
         self._rows: dict[str, list] = {name: [] for name in REJECT_SCHEMA.names}
 
@@ -288,6 +289,8 @@ class RejectsWriter:
     def close(self) -> list[OutputFile]:
         if not self._rows["reason"]:
             return []
+        if self.redact is not None:
+            self._rows["raw"] = self.redact(self._rows["raw"])
         writer = ShardWriter(
             self.stage_dir / REJECTS_DIR, self.unit, REJECT_SCHEMA, kind="rejects", roll=False,
             base_dir=self.stage_dir,

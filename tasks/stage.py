@@ -40,6 +40,7 @@ from tasks.manifest import (
     write_json_atomic,
     write_manifest,
 )
+from tasks.retention import GC_MARKER
 from tasks.shards import REJECTS_DIR, REMOVED_DIR, list_shards
 
 WORK_DIR = "_work"  # spill files and per-unit completion markers; removed once the manifest is written
@@ -309,6 +310,8 @@ def stage_status(stage_dir: Path, upstream_dir: Path | None, fingerprint_now: Ca
     stage_dir = Path(stage_dir)
     manifest = read_manifest(stage_dir)
     name = stage_dir.name
+    if manifest is not None and (stage_dir / GC_MARKER).exists():
+        return StageStatus(name, "collected", manifest, "published; its pre-PII data deleted (loom gc)")
     if manifest is None:
         if (stage_dir / WORK_DIR).exists():
             return StageStatus(name, "partial", None, "interrupted; rerun resumes it")
@@ -342,7 +345,7 @@ def run_statuses(
             upstream = Path(run_dir) / Path(manifest.inputs[0]).name  # runs can be moved: use the name only
             status = stage_status(stage_dir, upstream)
             before = found.get(upstream.name)
-            if status.status == "complete" and before is not None and before.status != "complete":
+            if status.status == "complete" and before is not None and before.status not in ("complete", "collected"):
                 status = StageStatus(name, "stale", manifest, f"{upstream.name} is {before.status}")
         found[name] = status
     return list(found.values())

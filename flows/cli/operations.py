@@ -45,7 +45,7 @@ def runs(
             paths = RunPaths(wd, rid)
             statuses = run_statuses(paths.root, list(PIPELINE), _ingest_fingerprint)
             published = read_manifest(paths.published)
-            rows.append({"run_id": rid, "complete": sum(s.status == "complete" for s in statuses),
+            rows.append({"run_id": rid, "complete": sum(s.status in ("complete", "collected") for s in statuses),
                          "stages": len(statuses), "documents": published.rows_out if published else None,
                          "updated": max((s.manifest.finished_at for s in statuses if s.manifest), default="")})
         if as_json:
@@ -222,3 +222,27 @@ def demo(
     console.print(f"dataset card: {Path(out['curate'][-1]['output']) / 'dataset_card.md'}")
     console.print(f"inspect it:   loom runs demo --workdir {paths.workdir}")
     console.print(f"talk to it:   loom generate --checkpoint {out['checkpoint']} --chat --prompt \"...\"")
+
+
+@app.command()
+def gc(
+    run_id: str = typer.Argument(..., help="The published run whose pre-PII data is deleted."),
+    workdir: str | None = Options.workdir,
+    rejects: str = typer.Option("redact", "--rejects", help="What bad records keep of their raw values: redact "
+                                "(personal data replaced) or drop."),
+) -> None:
+    """Delete a published run's pre-PII data: the shards of the stages before PII, the documents they removed,
+    the raw values of bad records, the near-dedup report's excerpts and the map of original ids. Manifests
+    and counts stay, so `loom runs` still tells the story."""
+    from flows.curate import gc_flow
+
+    if rejects not in ("redact", "drop"):
+        fail(f"--rejects must be redact or drop, not {rejects!r}")
+    paths = run_paths(workdir, run_id)
+    if not paths.root.exists():
+        fail(f"no run {run_id!r} under {paths.workdir / 'runs'}")
+    report = run_flow(lambda: gc_flow(run_id=run_id, workdir=str(paths.workdir), rejects=rejects))
+    for stage, done in report["stages"].items():
+        console.print(f"{stage}: {done['shards']} shard(s), {done['removed_dirs']} _removed/, "
+                      f"{done['rejects_rewritten']} rejects file(s) rewritten, {done['reports']} report(s)")
+    console.print(f"freed {report['bytes_freed'] / 1e6:,.1f} MB; manifests kept (loom runs {run_id})")
