@@ -125,17 +125,22 @@ def test_one_stage_reruns_through_its_deployment_and_later_stages_become_stale(s
     assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
     assert after["02_exact_dedup"]["config"]["strip_punctuation"] is False
     status = json.loads(CliRunner().invoke(app, ["runs", "rerun", "--workdir", str(workdir), "--json"]).output)
-    assert {s["stage"]: s["status"] for s in status}["04_near_dedup"] == "stale"
+    assert {s["stage"]: s["status"] for s in status["stages"]}["04_near_dedup"] == "stale"
 
 
 @pytest.mark.slow
-def test_the_prefect_ui_shows_the_deployments_and_a_runs_artifacts(served, tmp_path):
-    """Headless Chromium (Debian's chromium + chromium-driver, driven by Selenium) on the server's UI.
-    Runs after the API run above, whose artifact it looks for; screenshots land in tmp_path."""
+def test_the_prefect_ui_shows_the_deployments_and_a_runs_artifacts(served, shared, tmp_path):
+    """Headless Chromium (Debian's chromium + chromium-driver, driven by Selenium) on the server's UI, showing
+    the deployments and the artifact of a run this test starts; screenshots land in tmp_path."""
     pytest.importorskip("selenium")
     chromium, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     if not (chromium and driver):
         pytest.skip("needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)")
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment("ingest/loom-ingest", timeout=300, parameters={
+        "run": {"run_id": "ui-run", "workers": 1}, "inputs": [str(shared / "pretrain/tinyshakespeare.txt")]})
+    assert flow_run.state.is_completed(), flow_run.state
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -161,8 +166,8 @@ def test_the_prefect_ui_shows_the_deployments_and_a_runs_artifacts(served, tmp_p
     try:
         body = page_shows("/deployments", ["loom-pipeline", "loom-ingest"], "deployments.png")
         assert "loom-pipeline" in body and "loom-ingest" in body, body[:2000]
-        body = page_shows("/artifacts", ["api-run-01-ingest"], "artifacts.png")
-        assert "api-run-01-ingest" in body, body[:2000]
+        body = page_shows("/artifacts", ["ui-run-01-ingest"], "artifacts.png")
+        assert "ui-run-01-ingest" in body, body[:2000]
     finally:
         browser.quit()
     assert (tmp_path / "deployments.png").stat().st_size > 10_000
