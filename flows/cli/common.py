@@ -91,6 +91,17 @@ def open_run(workdir: str | None, run_id: str, config: Path | None = None, worke
     return paths, inputs, command_config(config, workers, base=run_cfg, ray_address=ray_address)
 
 
+def check_inputs(*groups: list[str] | None) -> None:
+    """Inputs that name nothing readable are a one-line error before any server or flow starts."""
+    from tasks.inputs import expand_inputs
+
+    for inputs in groups:
+        try:
+            expand_inputs(list(inputs or []))
+        except FileNotFoundError as e:
+            fail(str(e))
+
+
 def override(section, **options) -> None:
     """Command-line options win over the config file's section; options not given leave it alone."""
     for key, value in options.items():

@@ -10,6 +10,7 @@ from flows.cli.common import (
     WAIT_FOR_LOCK_S,
     Options,
     app,
+    check_inputs,
     command_config,
     fail,
     open_run,
@@ -37,6 +38,7 @@ def curate(
     cfg = command_config(config, workers, ray_address=ray_address)
     inputs = [str(Path(i).absolute()) for i in inputs]
     paths = run_paths(workdir, run_id or default_run_id(inputs))
+    check_inputs(inputs)
     summaries = run_flow(lambda: curate_flow(inputs=inputs, run_id=paths.run_id, workdir=str(paths.workdir),
                                              config=cfg, force=force, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
                          errors=(FileNotFoundError,))
@@ -71,6 +73,7 @@ def step(
         if output is None:
             fail("--input needs --output DIR")
         cfg = command_config(config, workers, ray_address=ray_address)
+        check_inputs(inputs)
         out = output.absolute()
         step_run = run_id or f"step-{out.name}"
         run_paths(workdir, step_run)  # the id is checked like any run's

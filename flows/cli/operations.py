@@ -10,6 +10,7 @@ import typer
 from flows.cli.common import (
     Options,
     app,
+    check_inputs,
     checkpoint_of,
     command_config,
     fail,
@@ -95,16 +96,11 @@ def pipeline(
     """Curate -> tokenize -> pretrain -> finetune -> evaluate, each a subflow; a rerun resumes where it stopped."""
     from flows.config import default_run_id
     from flows.pipeline import STEPS, pipeline_flow
-    from tasks.inputs import expand_inputs
 
     if start_at not in STEPS:
         fail(f"--start-at must be one of {', '.join(STEPS)}, not {start_at!r}")
     cfg = command_config(config, workers, ray_address=ray_address)
-    try:
-        expand_inputs(inputs)
-        expand_inputs(sft_data or [])
-    except FileNotFoundError as e:
-        fail(str(e))
+    check_inputs(inputs, sft_data)
     inputs = [str(Path(i).absolute()) for i in inputs]
     paths = run_paths(workdir, run_id or default_run_id(inputs))
     out = run_flow(lambda: pipeline_flow(inputs=inputs, sft_data=[str(Path(d).absolute()) for d in sft_data or []],

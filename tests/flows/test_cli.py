@@ -267,11 +267,11 @@ def test_shard_work_runs_on_ray_with_the_same_result(prefect_server, shared, tmp
     assert session.exists() and session.lstat().st_mtime >= started  # a Ray instance ran for it
 
 
-def test_the_readme_config_example_is_a_valid_config(tmp_path):
-    """README.md's TOML example loads (unknown keys would be errors), so the README stays true."""
+def test_the_documented_config_example_is_a_valid_config(tmp_path):
+    """docs/configuration.md's TOML example loads (unknown keys would be errors), so the docs stay true."""
     from flows.config import load_config
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     start = readme.index("```toml\n") + len("```toml\n")
     (tmp_path / "loom.toml").write_text(readme[start: readme.index("```", start)])
     config = load_config(tmp_path / "loom.toml")
