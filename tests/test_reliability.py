@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import reliability  # noqa: E402
+import reliability
 
 
 def test_every_reliability_case_holds(shared):
