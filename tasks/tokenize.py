@@ -74,13 +74,21 @@ def train_bpe(texts, vocab_size: int, min_frequency: int = 2, length: int | None
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=length)
+    return text_only(tokenizer)
+
+
+def text_only(tokenizer):
+    """Text never turns into control tokens: a document holding the string "<|endoftext|>" or "<|user|>"
+    encodes it as ordinary text (as tiktoken's `disallowed_special` guards against). Control tokens enter
+    a sequence only by id (end of document; the chat template in tasks/sft.py)."""
+    tokenizer.encode_special_tokens = True  # a runtime setting: tokenizer.json does not keep it
     return tokenizer
 
 
 def load_tokenizer(path: Path):
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(path))
+    return text_only(Tokenizer.from_file(str(path)))
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
