@@ -108,7 +108,9 @@ def beam_search(model, prompt: list[int], cfg: GenerationConfig, stop: set[int] 
     considered; one ending in a stop token (among the num_beams best) becomes a finished
     hypothesis scored sum log p / generated_length ** length_penalty; the search ends after
     max_new_tokens, or when num_beams hypotheses are finished and (early_stopping) at once, or
-    (otherwise) when no live beam can still beat the worst finished one."""
+    (otherwise) when no live beam can still beat the worst finished one. Beams still live compete with
+    the finished ones only when the search ran to max_new_tokens (as Hugging Face's finalize: a search
+    that stopped early is done, and its live beams are dropped)."""
     n, plen = cfg.num_beams, len(prompt)
     device = next(model.parameters()).device
     feed = _Feeder(model)
@@ -116,6 +118,7 @@ def beam_search(model, prompt: list[int], cfg: GenerationConfig, stop: set[int] 
     scores = torch.zeros(1, device=device)
     new = sequences
     finished: list[tuple[float, list[int]]] = []
+    done = False  # stopped early: enough finished hypotheses
 
     def add(score_sum: float, tokens: list[int]) -> None:
         finished.append((score_sum / max(1, len(tokens) - plen) ** cfg.length_penalty, tokens))
@@ -153,14 +156,14 @@ def beam_search(model, prompt: list[int], cfg: GenerationConfig, stop: set[int] 
         sequences = torch.cat([sequences[beams], new], dim=1)
         scores = torch.tensor(keep_scores, device=device)
         if len(finished) == n:
-            if cfg.early_stopping:
-                break
             generated = sequences.shape[1] - plen
             best_live = float(scores.max()) / generated ** cfg.length_penalty
-            if finished[-1][0] >= best_live:
+            if cfg.early_stopping or finished[-1][0] >= best_live:
+                done = True
                 break
-    for score, seq in zip(scores.tolist(), sequences.tolist()):  # beams still live at the end compete too
-        add(score, seq)
+    if not done:  # ran to max_new_tokens: the beams still live compete too
+        for score, seq in zip(scores.tolist(), sequences.tolist()):
+            add(score, seq)
     best_score, best = finished[0]
     return best[plen:], best_score
 

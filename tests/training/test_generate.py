@@ -99,3 +99,38 @@ def test_sampling_is_seeded_streams_and_respects_top_k_and_stop(model):
 
 def test_generation_runs_past_the_context_window(model):
     assert len(generate(model, [1, 2, 3], GenerationConfig(max_new_tokens=60))) == 60  # block_size is 24
+
+
+def test_beam_search_matches_transformers_with_and_without_early_stopping():
+    """The same random models as Hugging Face GPT-2: beam search returns the same tokens as transformers'
+    `generate` for every combination of early stopping, length penalty, beam width and stop token
+    (with early stopping, beams still running when the search ends do not compete)."""
+    transformers = pytest.importorskip("transformers")
+
+    from training.export import hf_config
+
+    compared = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        cfg = GPTConfig(vocab_size=12, block_size=32, n_layer=2, n_head=2, n_embd=16)
+        ours = GPT(cfg).eval()
+        with torch.no_grad():
+            ours.transformer.wte.weight.mul_(6)  # sharper distributions: beams that finish early differ
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(cfg.__dict__, eot_id=11))).eval()
+        hf.load_state_dict(ours.hf_gpt2_state_dict(), strict=False)
+        prompt = torch.randint(0, 11, (3,)).tolist()
+        for early in (True, False):
+            for penalty in (0.5, 1.0, 2.0):
+                for beams in (2, 3):
+                    mine, _ = beam_search(ours, prompt, GenerationConfig(max_new_tokens=8, num_beams=beams,
+                                                                         length_penalty=penalty,
+                                                                         early_stopping=early), {11})
+                    with torch.no_grad():
+                        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=8, num_beams=beams,
+                                             length_penalty=penalty, early_stopping=early, do_sample=False,
+                                             eos_token_id=11, pad_token_id=11)[0, len(prompt):].tolist()
+                    while theirs and theirs[-1] == 11 and len(theirs) > len(mine):  # padding after the end
+                        theirs.pop()
+                    assert mine == theirs, (seed, early, penalty, beams)
+                    compared += 1
+    assert compared == 96
