@@ -1,8 +1,11 @@
 """Stage 08_publish: the final, evenly sized shards of a run plus its dataset card.
 
-The card (`dataset_card.md` and `dataset_card.json`) says what the data is and how it got
-here: documents and bytes, each upstream stage's rows in/out and what it removed or rejected
-and why, the schema, the sources, and the document length distribution.
+The card is the directory's `README.md` in the Hugging Face Hub's format (a YAML header with the
+license, languages, size category, task and the `configs`/`data_files` that make
+`datasets.load_dataset(<this directory>)` read the Parquet shards), with `dataset_card.json` beside
+it for programs. It says what the data is and how it got here: documents and bytes, each upstream
+stage's rows in/out, config, and what it removed or rejected and why, the personal-data policy, the
+schema, the sources (relative names), the document length distribution and known limitations.
 
     loom step publish --run-id demo
 """
@@ -26,7 +29,7 @@ from tasks.retention import describe as describe_retention
 from tasks.shards import OutputFile, ShardWriter, iter_batches, list_shards, sha256_file
 from tasks.stage import Stage, StageContext, UnitResult
 
-CARD_MD = "dataset_card.md"
+CARD_MD = "README.md"  # the Hub's dataset card
 CARD_JSON = "dataset_card.json"
 
 
@@ -72,6 +75,9 @@ class PublishConfig(BaseModel):
 
     shard_bytes: int = Field(256 << 20, gt=0, description="Target text bytes per published shard.")
     top_sources: int = Field(20, ge=0, description="How many sources the dataset card lists by name.")
+    license: str = Field("other", description="The license the card declares (a Hub license id: cc-by-4.0, "
+                         "apache-2.0, ...); 'other' until someone who knows the sources says otherwise.")
+    pretty_name: str | None = Field(None, description="The dataset's name on the card (default: the run id).")
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="What the run keeps of its "
                                        "pre-PII data (set by the top-level [retention] section; the card says it).")
 
@@ -158,27 +164,34 @@ class Publish(Stage):
                    for b in iter_batches(path, 16384, columns=["text"]))
 
     def _card(self, ctx, outputs, schema, sources, lengths, total) -> dict:
-        stages = []
-        for m in upstream_manifests(ctx.input_dir):
-            stages.append(
-                {
-                    "stage": m.stage, "rows_in": m.rows_in, "rows_out": m.rows_out,
-                    "removed": m.removed, "rejected": m.rejected, "config_hash": m.config_hash,
-                    "finished_at": m.finished_at,
-                }
-            )
+        manifests = upstream_manifests(ctx.input_dir)
+        stages = [{"stage": m.stage, "rows_in": m.rows_in, "rows_out": m.rows_out, "removed": m.removed,
+                   "rejected": m.rejected, "config": m.config, "config_hash": m.config_hash,
+                   "finished_at": m.finished_at} for m in manifests]
+        pii = next((m for m in manifests if m.stage.endswith("_pii")), None)
         percentiles = (
             {f"p{q}": int(np.percentile(lengths, q)) for q in (5, 50, 95)} if len(lengths) else {}
         )
         return {
             "run_id": ctx.run_id,
+            "pretty_name": self.config.pretty_name or f"Loom run {ctx.run_id}",
+            "license": self.config.license,
             "created_at": now_iso(),
             "documents": int(sum(o.rows for o in outputs)),
             "text_bytes": int(total),
             "shards": [o.to_dict() for o in outputs],
             "stages": stages,
             "schema": [{"name": f.name, "type": str(f.type)} for f in schema] if schema else [],
-            "sources": {"distinct": len(sources), "top": sources.most_common(self.config.top_sources)},
+            "sources": {"distinct": len(sources), "top": relative_sources(sources, self.config.top_sources)},
+            "languages": self._languages(ctx),
+            "personal_data": {
+                "scrubbed": pii is not None,
+                "strategy": pii.config.get("strategy") if pii else None,
+                "entities": pii.config.get("entities") if pii else [],
+                "found": pii.stats.get("entities", {}) if pii else {},
+                "documents_touched": pii.stats.get("documents_touched", 0) if pii else 0,
+                "ids_replaced": pii.stats.get("ids_replaced", 0) if pii else 0,
+            },
             "retention": describe_retention(self.config.retention),
             "length_chars": {
                 "mean": round(float(lengths.mean()), 1) if len(lengths) else 0,
@@ -188,19 +201,62 @@ class Publish(Stage):
             },
         }
 
+    @staticmethod
+    def _languages(ctx) -> dict[str, int]:
+        """Documents per language where language ID ran (a `lang` column); empty otherwise."""
+        counts: Counter[str] = Counter()
+        for shard in list_shards(ctx.stage_dir):
+            if "lang" in pq.read_schema(shard).names:
+                counts.update(pq.read_table(shard, columns=["lang"]).column("lang").to_pylist())
+        return dict(counts.most_common())
+
+
+def relative_sources(sources: Counter, top: int) -> list[tuple[str, int]]:
+    """The most common sources, named relative to the directory they share (no local absolute paths)."""
+    names = list(sources)
+    if not names:
+        return []
+    parents = [Path(n).parent.parts for n in names]
+    common = 0
+    while all(len(p) > common for p in parents) and len({p[common] for p in parents}) == 1:
+        common += 1
+    return [(Path(*Path(n).parts[common:]).as_posix() or Path(n).name, c) for n, c in sources.most_common(top)]
+
 
 def _reasons(counts: dict) -> str:
     return ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "-"
 
 
+def _size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")):
+        if n < limit:
+            return name
+    return "n>1B"
+
+
+def _yaml_header(card: dict) -> list[str]:
+    """The Hub's metadata: what `datasets.load_dataset(<directory>)` and the Hub's viewer read."""
+    lines = ["---", f"pretty_name: {json.dumps(card['pretty_name'])}", f"license: {card['license']}"]
+    if card.get("languages"):
+        lines += ["language:", *(f"- {lang}" for lang in card["languages"] if lang and lang != "unknown")]
+    lines += ["size_categories:", f"- {_size_category(card['documents'])}", "task_categories:", "- text-generation",
+              "configs:", "- config_name: default", "  data_files:", "  - split: train", '    path: "part-*.parquet"',
+              "---", ""]
+    return lines
+
+
 def render_card_markdown(card: dict) -> str:
-    lines = [
-        f"# Dataset card: run `{card['run_id']}`",
+    pii = card.get("personal_data", {})
+    lines = [*_yaml_header(card),
+        f"# {card['pretty_name']}",
         "",
         f"{card['documents']:,} documents, {card['text_bytes']:,} bytes of text in "
-        f"{len(card['shards'])} Parquet shard(s) (zstd). Created {card['created_at']}.",
+        f"{len(card['shards'])} Parquet shard(s) (zstd), curated by Loom (run `{card['run_id']}`, "
+        f"{card['created_at']}). Load it with `datasets.load_dataset(\"<this directory>\")` or "
+        "`load_dataset(\"parquet\", data_files=\"<this directory>/*.parquet\")`.",
         "",
-        "## How it was made",
+        "## Stage funnel",
         "",
         "| stage | rows in | rows out | removed (why) | rejected (why) |",
         "|---|---:|---:|---|---|",
@@ -209,9 +265,26 @@ def render_card_markdown(card: dict) -> str:
         lines.append(
             f"| {s['stage']} | {s['rows_in']:,} | {s['rows_out']:,} | {_reasons(s['removed'])} | {_reasons(s['rejected'])} |"
         )
-    lines += ["", "Removed documents are kept in each stage's `_removed/`, bad input in `_rejects/`.", ""]
+    lines += ["", "Removed documents are kept in each stage's `_removed/`, bad input in `_rejects/`, with reasons.", ""]
+    lines += ["## How it was curated", ""]
+    for s in card["stages"]:
+        settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted((s.get("config") or {}).items()))
+        lines.append(f"- **{s['stage']}**: {settings or 'defaults'}")
+    lines += ["", "## Personal data", ""]
+    if pii.get("scrubbed"):
+        found = ", ".join(f"{k} {v:,}" for k, v in sorted(pii["found"].items(), key=lambda kv: -kv[1])) or "none"
+        lines += [f"Text, ids and record fields went through the PII stage (Presidio with Loom's recognizers, "
+                  f"offline), replaced by strategy `{pii['strategy']}`. Entities looked for: "
+                  f"{', '.join(pii['entities'])}. Found and replaced: {found}, in {pii['documents_touched']:,} "
+                  f"documents; {pii['ids_replaced']:,} ids that held personal data were replaced by keyed hashes.",
+                  ""]
+    else:
+        lines += ["**This data was not scrubbed of personal data** (the PII stage did not run).", ""]
     if card.get("retention"):
-        lines += ["## Personal data and retention", "", card["retention"], ""]
+        lines += [card["retention"], ""]
+    if card.get("languages"):
+        lines += ["## Languages", "", "| language | documents |", "|---|---:|"]
+        lines += [f"| {lang} | {n:,} |" for lang, n in card["languages"].items()] + [""]
     lines += ["## Schema", "", "| column | type |", "|---|---|"]
     lines += [f"| {c['name']} | {c['type']} |" for c in card["schema"]]
     length = card["length_chars"]
@@ -219,7 +292,15 @@ def render_card_markdown(card: dict) -> str:
     lines += [f"| {k} | {v:,} |" for k, v in length.items()]
     lines += ["", f"## Sources ({card['sources']['distinct']:,} distinct)", "", "| source | documents |", "|---|---:|"]
     lines += [f"| {name} | {count:,} |" for name, count in card["sources"]["top"]]
-    lines += ["", "## Shards", "", "| file | rows | bytes | sha256 |", "|---|---:|---:|---|"]
+    lines += ["", "## Known limitations", "",
+              "- Personal data is found by patterns and a small NER model: recall is high but not complete (see "
+              "the project's benchmarks); names and places in languages without a model are found by patterns "
+              "and name lists only.",
+              "- Near duplicates are judged by MinHash at the configured threshold; paraphrases are not caught.",
+              "- The toxicity filter removes documents over a threshold; it does not rewrite them, and its "
+              "classifier was trained on English.",
+              "- The license is what the run's config declares; check the sources' own terms.", ""]
+    lines += ["## Shards", "", "| file | rows | bytes | sha256 |", "|---|---:|---:|---|"]
     lines += [f"| {o['path']} | {o['rows']:,} | {o['bytes']:,} | `{o['sha256'][:16]}…` |" for o in card["shards"]]
     return "\n".join(lines) + "\n"
 

@@ -215,7 +215,7 @@ def demo(
                                         GenerationConfig(max_new_tokens=40, num_beams=3), stop), stop)
     console.print(f"[bold]user:[/bold] {DEMO_QUESTION}\n[bold]fine-tuned model:[/bold] {answer.strip()}",
                   highlight=False)
-    console.print(f"dataset card: {Path(out['curate'][-1]['output']) / 'dataset_card.md'}")
+    console.print(f"dataset card: {Path(out['curate'][-1]['output']) / 'README.md'}")
     console.print(f"inspect it:   loom runs demo --workdir {paths.workdir}")
     console.print(f"talk to it:   loom generate --checkpoint {out['checkpoint']} --chat --prompt \"...\"")
 

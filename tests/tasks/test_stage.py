@@ -105,7 +105,7 @@ def test_publish_even_shards_and_dataset_card(ingested, tmp_path):
     assert card["stages"][1]["removed"] == dedup.removed
     assert dedup.removed["exact_duplicate"] >= 1319  # the second copy is all duplicates
     assert card["documents"] == m.rows_out
-    assert "| 02_exact_dedup |" in (pub_dir / "dataset_card.md").read_text()
+    assert "| 02_exact_dedup |" in (pub_dir / "README.md").read_text()
     statuses = run_statuses(tmp_path / "run")
     assert [s.status for s in statuses] == ["complete", "complete", *["missing"] * 5, "complete"]
     run_stage(ExactDedup(), run_id="t", stage_dir=dedup_dir, inputs=[str(ingested)], force=True)

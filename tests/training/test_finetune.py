@@ -17,6 +17,7 @@ from tasks.stage import local_mapper, run_stage
 from tasks.tokenize import Tokenize, load_tokenizer
 from training.checkpoint import resolve_checkpoint
 from training.data import SftData
+from training.generate import GenerationConfig, generate, stop_ids
 from training.launch import FinetuneConfig, PretrainConfig, finetune_worker_config, worker_config
 from training.load import load_model, load_weights
 
@@ -192,6 +193,19 @@ def test_export_round_trip_to_hugging_face(finetuned, tmp_path):
         with torch.no_grad():
             np.testing.assert_allclose(hf(ids).logits.numpy(), ours(ids)[0].numpy(), atol=1e-4)
         assert tokenizer.convert_tokens_to_ids("<|end|>") == ours_tokenizer.token_to_id("<|end|>")
+        # a chat prompt: the template gives loom's ids, and generation stops where `loom generate --chat` stops
+        messages = [{"role": "user", "content": "What is 7 plus 5?"}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        prompt = prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt
+        assert list(prompt) == render(messages, ours_tokenizer, add_generation_prompt=True)[0]
+        cfg = GenerationConfig(max_new_tokens=24)
+        loom_says = generate(ours, list(prompt), cfg, stop_ids(ours_tokenizer, chat=True))
+        with torch.no_grad():
+            theirs = hf.generate(torch.tensor([list(prompt)]), max_new_tokens=24, do_sample=False)[0, len(prompt):]
+        assert theirs.tolist() == loom_says  # both end at <|end|> (or run to the limit alike)
+        card = (out / "README.md").read_text()
+        assert card.startswith("---") and "## Training" in card and "## Limitations" in card
+        assert all(p.stat().st_mode & 0o444 == 0o444 for p in out.iterdir())
     path = export_pt(resolve_checkpoint(finetuned["frozen"]), tmp_path / "frozen.pt")
     saved = torch.load(path)
     from training.model import GPT, GPTConfig
