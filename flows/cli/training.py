@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -173,6 +174,7 @@ def evaluate(
     examples: int | None = typer.Option(None, "--examples", min=0, help="Held-out examples answered (BLEU/ROUGE)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Directory of evaluation.json "
                                        "(default: the training output the checkpoint is in)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout (for scripts)."),
 ) -> None:
     """Evaluate a checkpoint: perplexity; for fine-tuned ones held-out loss, BLEU/ROUGE and exact match;
     the CrowS-Pairs stereotype score. A table, a JSON file and a Prefect artifact."""
@@ -189,7 +191,10 @@ def evaluate(
     located = RunPaths.of_path(tag)
     results = run_flow(lambda: evaluate_flow(checkpoint=str(tag), run_id=located.run_id if located else tag.name,
                                              config=cfg, output_dir=str(output.absolute()) if output else None))
-    print_evaluation(results)
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2, default=str) + "\n")
+    else:
+        print_evaluation(results)
 
 
 @app.command()

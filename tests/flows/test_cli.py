@@ -212,14 +212,17 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
     said = loom("generate", "--checkpoint", checkpoint, "--chat", "--prompt", "What is 3 plus 4?",
                 "--num-beams", 3, "--no-repeat-ngram-size", 3)
     assert "beam score" in said
-    sampled = loom("generate", "--checkpoint", tmp_path / "runs/demo/train", "--prompt", "The", "--temperature",
-                   0.8, "--top-p", 0.9, "--seed", 1, "--max-new-tokens", 10)
-    assert sampled.startswith("The")
+    sampled = runner.invoke(app, ["generate", "--checkpoint", str(tmp_path / "runs/demo/train"), "--prompt", "The",
+                                  "--temperature", "0.8", "--top-p", "0.9", "--seed", "1", "--max-new-tokens", "10"])
+    assert sampled.stdout.startswith("The") and "\n" not in sampled.stdout.rstrip("\n")  # the text alone, unwrapped
     evaluated = loom("evaluate", "--checkpoint", checkpoint, "--crows-pairs", shared / "bias/crows_pairs",
                      "--examples", 0, "--output", tmp_path / "eval")
     crows = json.loads((tmp_path / "eval/evaluation.json").read_text())["crows_pairs"]
     assert crows["pairs"] == 1508 and 0 < crows["score"] < 100 and len(crows["by_type"]) == 9
     assert "CrowS-Pairs" in evaluated
+    as_json = runner.invoke(app, ["evaluate", "--checkpoint", str(checkpoint), "--examples", "0", "--json",
+                                  "--output", str(tmp_path / "eval2")], catch_exceptions=False)
+    assert json.loads(as_json.stdout)["kind"] == "finetune"  # stdout is JSON alone; diagnostics on stderr
     loom("export", "--checkpoint", checkpoint, "--format", "hf", "--output", tmp_path / "hf")
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "hf").iterdir()}
 
