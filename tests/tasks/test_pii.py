@@ -403,3 +403,33 @@ def test_instruction_data_is_scrubbed_message_by_message(shared, tmp_path):
     assert [c[0]["content"] for c in conversations] == [
         replace_spans(m["content"], s, "placeholder") for m, s in zip(expected, first)]
     assert outcome.manifest.stats["documents_touched"] == sum(1 for r in rows if r["pii_counts"] != "{}")
+
+
+def _multilingual_documents(shared, every: int = 1) -> list[tuple[str, str]]:
+    docs = []
+    for folder in sorted((shared / "multilingual/texts").iterdir()):
+        if folder.name != "en":
+            for path in sorted(folder.glob("*.txt")):
+                docs += [(folder.name, d) for d in path.read_text().split("\n\n") if d.strip()]
+    return docs[::every]
+
+
+def test_text_in_other_languages_is_left_alone_and_their_pii_is_found(shared):
+    """The English model and rules never read another language: on real news, Wikipedia, UDHR and chat
+    text in 16 languages, at most 1% of documents change; the pattern recognizers still find planted phone
+    numbers in national formats, Chinese resident ids (checksum) and e-mails beside CJK text."""
+    docs = _multilingual_documents(shared, every=2)
+    spans = find_pii([d for _, d in docs], PiiConfig())
+    touched = sum(1 for s in spans if s)
+    assert len(docs) > 2500 and touched / len(docs) <= 0.01, touched
+    zh = [d for lang, d in docs if lang == "zh-Hans"][:20]
+    planted = ["手机号13812345678", "电话：+86 139-1234-5678", "联系jane.doe@example.org谢谢", "身份证11010519491231002X",
+               "携帯090-1234-5678", "전화 010-9876-5432", "Telefon: +49 30 1234567"]
+    texts = [f"{z}{p}。{z}" for z, p in zip(zh, planted)]
+    found = find_pii(texts, PiiConfig())
+    for text, spans_, plant in zip(texts, found, planted):
+        value = plant.lstrip("手机号电话：联系身份证携帯전화 Telefon:").rstrip("谢谢")
+        assert any(text[s:e] == value for s, e, _, _ in spans_), (plant, [text[s:e] for s, e, _, _ in spans_])
+        assert all(not any("\u4e00" <= c <= "\u9fff" for c in text[s:e]) for s, e, _, _ in spans_)
+    bad_checksum = find_pii(["身份证110105194912310021。"], PiiConfig())[0]
+    assert not [s for s in bad_checksum if s[2] == "CN_RESIDENT_ID"]
