@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.exact_dedup import ExactDedupConfig, fold_column, normalize_bytes
 
@@ -183,6 +184,45 @@ def signatures(texts, num_perm: int = 128, seed: int = 1, n: int = 5, kind: str 
         out[:, chunk] = np.minimum.reduceat(permuted, first[chunk] - s, axis=1)
         lo = hi
     return np.ascontiguousarray(out.T)
+
+
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs):
+# there a "word" split at spaces is a whole clause, so shingles are made of characters.
+UNSPACED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+            "\U00020000-\U0002fa1f")
+_UNSPACED_RE2 = "[" + UNSPACED + "]"
+UNSPACED_SHARE = 0.3  # a document whose characters are at least this share unspaced script gets character shingles
+
+
+def unspaced_rows(texts: pa.StringArray) -> np.ndarray:
+    """Which documents are written mostly in scripts without spaces between words."""
+    count = pc.count_substring_regex(texts, _UNSPACED_RE2).to_numpy(zero_copy_only=False)
+    length = pc.utf8_length(texts).to_numpy(zero_copy_only=False)
+    return (count > 0) & (count >= UNSPACED_SHARE * np.maximum(length, 1))
+
+
+def space_characters(texts: pa.StringArray) -> pa.StringArray:
+    """Every character of an unspaced script made a word of its own ("深度学习" -> " 深  度  学  习 "), so
+    word n-grams over the result are character n-grams (Latin words inside stay words)."""
+    return pc.replace_substring_regex(texts, "(" + _UNSPACED_RE2 + ")", " \\1 ")
+
+
+def signatures_by_script(texts, num_perm: int = 128, seed: int = 1, n: int = 5, char_n: int = 3) -> np.ndarray:
+    """Signatures with the shingles that suit each document: word n-grams, or character n-grams (`char_n`)
+    for a document in an unspaced script (Chinese, Japanese, Thai...). Each row equals `signatures` of the
+    same text (spaced by `space_characters` where unspaced), so datasketch still agrees bit for bit."""
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = pa.array(texts, pa.string())
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    rows = unspaced_rows(texts)
+    if not rows.any():
+        return signatures(texts, num_perm, seed, n, "word")
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    if (~rows).any():
+        out[~rows] = signatures(texts.filter(pa.array(~rows)), num_perm, seed, n, "word")
+    out[rows] = signatures(space_characters(texts.filter(pa.array(rows))), num_perm, seed, char_n, "word")
+    return out
 
 
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.manifest import write_json_atomic
-from tasks.minhash import MAX_HASH, signatures
+from tasks.minhash import MAX_HASH, signatures, signatures_by_script
 from tasks.shards import filter_shard, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
 
@@ -53,8 +53,12 @@ class NearDedupConfig(BaseModel):
     threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity above which documents are near duplicates.")
     num_perm: int = Field(128, ge=2, le=1024, description="MinHash permutations (signature length).")
     seed: int = Field(1, ge=0, description="Seed of the MinHash permutations (datasketch's `seed`).")
-    shingle: Literal["word", "char"] = Field("word", description="Word n-grams, or character n-grams for short texts.")
-    ngram: int = Field(5, ge=1, le=64, description="Shingle length in words (or characters).")
+    shingle: Literal["auto", "word", "char"] = Field(
+        "auto", description="auto: word n-grams, and character n-grams for a document written mostly in a script "
+        "without spaces between words (Chinese, Japanese, Thai...); word; or char (byte n-grams, for short texts).")
+    ngram: int = Field(5, ge=1, le=64, description="Shingle length in words (or bytes, with shingle = char).")
+    char_ngram: int = Field(3, ge=1, le=64, description="With shingle = auto: shingle length in characters for "
+                            "unspaced scripts (3: a paragraph of 100 characters with three changed stays above 0.8).")
     bands: int | None = Field(None, ge=1, description="LSH bands; default: chosen from the threshold.")
     rows: int | None = Field(None, ge=1, description="Rows per band; default: chosen from the threshold.")
     false_positive_weight: float | None = Field(
@@ -167,7 +171,8 @@ class NearDedup(Stage):
         with open(sig_path, "wb") as sig_file:
             for batch in iter_batches(ctx.input_dir / f"{key}.parquet", BATCH_ROWS, columns=["text"]):
                 text = batch.column("text")
-                sig = signatures(text, cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle)
+                sig = (signatures_by_script(text, cfg.num_perm, cfg.seed, cfg.ngram, cfg.char_ngram)
+                       if cfg.shingle == "auto" else signatures(text, cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle))
                 sig_file.write(sig.tobytes())
                 lengths.append(pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64))
                 has = ~(sig == MAX_HASH).all(axis=1)  # no shingles: never a near duplicate
