@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -191,14 +192,17 @@ def iter_batches(path: Path, batch_rows: int = 4096, columns: list[str] | None =
     )
 
 
-def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None, reason: str,
-                 batch_rows: int = 4096, add_columns: dict[str, pa.Array] | None = None) -> dict:
+def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None, reason: str | None,
+                 batch_rows: int = 4096, add_columns: dict[str, pa.Array] | None = None,
+                 replace_columns: dict[str, pa.Array] | None = None) -> dict:
     """Copy shard `source` to `stage_dir/key.parquet` without the rows in `drops` (column
     "row", plus the columns each removed row carries, e.g. kept_id); those rows go to
-    `_removed/key.parquet` with `reason`. `add_columns` are new columns of the kept rows,
-    in order. Streams batch by batch: memory is bounded by a batch, not the shard. Returns
-    the unit result (counts and outputs)."""
+    `_removed/key.parquet` with `reason` (None: each drop's own, in a "reason" column of `drops`).
+    `add_columns` are new columns of the kept rows, in order; `replace_columns` new values of
+    existing columns of the kept rows (e.g. cleaned text). Streams batch by batch: memory is
+    bounded by a batch, not the shard. Returns the unit result (counts and outputs)."""
     add_columns = add_columns or {}
+    replace_columns = replace_columns or {}
     schema = pq.read_schema(source)
     for name in add_columns:
         if name in schema.names:  # a rerun over this stage's own output: replace the column
@@ -207,9 +211,11 @@ def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None
     if drops is not None and drops.num_rows:
         drops = drops.sort_by("row")
         rows = drops.column("row").to_numpy().astype(np.int64)
-        extra = drops.drop_columns(["row"])
+        reasons = drops.column("reason").to_pylist() if reason is None else None
+        extra = drops.drop_columns(["row", *(["reason"] if reason is None else [])])
     else:
         rows, extra = np.zeros(0, np.int64), pa.table({"kept_id": pa.array([], pa.string())})
+        reasons = []
     gone_schema = pa.schema([*schema, pa.field("reason", pa.string()),
                              *(f for f in extra.schema if f.name not in schema.names)])
     writer = ShardWriter(stage_dir, key, out_schema, roll=False)
@@ -222,13 +228,16 @@ def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None
         lo, hi = np.searchsorted(rows, [offset, offset + n])
         local = rows[lo:hi] - offset
         if len(local):
-            gone = batch.take(pa.array(local)).append_column("reason", pa.array([reason] * len(local), pa.string()))
+            why = reasons[lo:hi] if reason is None else [reason] * len(local)
+            gone = batch.take(pa.array(local)).append_column("reason", pa.array(why, pa.string()))
             for name in extra.column_names:
                 gone = gone.append_column(name, extra.column(name).slice(lo, hi - lo))
             removed_writer.write(gone)
             mask = np.ones(n, dtype=bool)
             mask[local] = False
             batch = batch.filter(pa.array(mask))
+        for name, values in replace_columns.items():
+            batch = batch.set_column(batch.column_names.index(name), name, values.slice(rows_out, batch.num_rows))
         for name, values in add_columns.items():
             batch = batch.append_column(pa.field(name, values.type), values.slice(rows_out, batch.num_rows))
         writer.write(batch)  # a shard whose every row was dropped writes no file
@@ -239,7 +248,7 @@ def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None
     return {
         "rows_in": rows_out + len(rows),
         "rows_out": rows_out,
-        "removed": {reason: len(rows)} if len(rows) else {},
+        "removed": dict(Counter(reasons)) if reason is None else ({reason: len(rows)} if len(rows) else {}),
         "outputs": [o.to_dict() for o in outputs],
         "stats": {"text_bytes_out": text_bytes},
     }

@@ -1,0 +1,85 @@
+"""03_quality: language ID on real multilingual text, and each heuristic filter removing what it should
+from real prose with planted defects, keeping the prose itself, with its reason and statistics."""
+
+import json
+import random
+
+from tasks.ingest import Ingest
+from tasks.langid import identify
+from tasks.quality import Quality, QualityConfig, judge, words_of
+from tasks.shards import read_dir
+from tasks.stage import run_stage
+
+
+def test_language_id_is_accurate_on_the_labeled_sentences(shared):
+    rows = [json.loads(line) for line in (shared / "multilingual/langid_eval.jsonl").read_text().splitlines()]
+    found = identify([r["text"] for r in rows])
+    expected = [r["lang"].split("-")[0] for r in rows]  # zh-Hans, zh-Hant -> zh (ISO 639-1)
+    accuracy = sum(f[0] == e for f, e in zip(found, expected)) / len(rows)
+    assert accuracy >= 0.97, accuracy
+    assert identify(["ok", ""]) == [("und", 0.0), ("und", 0.0)]  # too short to claim a language
+
+
+def _prose(shared, n: int) -> list[str]:
+    """Real English paragraphs of 60-400 words (Wikipedia, one paragraph a line as on the web)."""
+    text = (shared / "multilingual/texts/en/xquad_wiki_paragraphs.txt").read_text()
+    paragraphs = [p.strip() for p in text.split("\n") if 60 <= len(p.split()) <= 400]
+    return paragraphs[:: max(1, len(paragraphs) // n)][:n]
+
+
+def test_each_filter_removes_its_defect_and_keeps_real_prose(shared, tmp_path):
+    rng = random.Random(3)
+    prose = _prose(shared, 120)
+    assert len(prose) == 120
+    defects = {
+        "gopher:dup_lines": lambda p: "\n".join([p.split(". ")[0] + "."] * 8 + [p]),
+        "c4:lorem_ipsum": lambda p: p + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.",
+        "gopher:symbol_word_ratio": lambda p: " ".join(w + " #" for w in p.split()),
+        "gopher:bullet_lines": lambda p: "\n".join("• " + w for w in p.split()[:60]),
+        "c4:curly_brace": lambda p: p + "\nThe handler is declared as function f() { return 1; } in the page.",
+        "gopher:too_few_words": lambda p: " ".join(p.split()[:12]) + ".",
+        "gopher:top_2gram": lambda p: " ".join(["buy now"] * 40) + " " + p[:100],
+    }
+    kept, removed = [], []
+    for text in prose[:80]:
+        kept.append(judge(text, "en", QualityConfig()))
+    for reason, make in defects.items():
+        for text in rng.sample(prose, 10):
+            removed.append((reason, judge(make(text), "en", QualityConfig())))
+    kept_ok = sum(r[1] is None for r in kept) / len(kept)
+    assert kept_ok >= 0.9, [r[1] for r in kept if r[1]]
+    for reason, (_, got, stats) in removed:
+        assert got is not None, (reason, stats)
+        assert got == reason or got.split(":")[0] == reason.split(":")[0], (reason, got)
+
+
+def test_unspaced_languages_count_characters_and_english_rules_stay_english(shared):
+    zh = [p for p in (shared / "multilingual/texts/zh-Hans/xquad_wiki_paragraphs.txt").read_text().split("\n")
+          if len(p) > 120][:40]
+    de = [p for p in (shared / "multilingual/texts/de/xquad_wiki_paragraphs.txt").read_text().split("\n")
+          if len(p.split()) > 60][:40]
+    assert words_of("深度学习 GPU 技术", "zh") == ["深", "度", "学", "习", "GPU", "技", "术"]
+    for text, lang in [*((t, "zh") for t in zh), *((t, "de") for t in de)]:
+        cleaned, reason, stats = judge(text, lang, QualityConfig())
+        assert reason is None, (lang, reason, stats, text[:80])
+        assert cleaned == text and "stop_words" not in stats  # no English line cleaning, no English stop words
+
+
+def test_the_stage_keeps_statistics_languages_and_reasons(shared, tmp_path):
+    prose = _prose(shared, 40)
+    zh = [p for p in (shared / "multilingual/texts/zh-Hans/xquad_wiki_paragraphs.txt").read_text().split("\n")
+          if len(p) > 120][:10]
+    with open(tmp_path / "docs.jsonl", "w") as f:
+        for i, text in enumerate([*prose, *zh, prose[0] + "\nLorem ipsum dolor sit amet, consectetur adipiscing."]):
+            f.write(json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n")
+    run_stage(Ingest(), run_id="t", stage_dir=tmp_path / "01", inputs=[str(tmp_path / "docs.jsonl")])
+    m = run_stage(Quality(languages=["en"]), run_id="t", stage_dir=tmp_path / "03", inputs=[str(tmp_path / "01")])
+    manifest = m.manifest
+    kept = read_dir(tmp_path / "03")
+    assert set(kept.column("lang").to_pylist()) == {"en"} and manifest.removed["language"] == 10
+    assert manifest.rows_in == manifest.rows_out + sum(manifest.removed.values())
+    assert manifest.stats["languages"]["zh"] == 10
+    gone = read_dir(tmp_path / "03/_removed")
+    assert "c4:lorem_ipsum" in gone.column("reason").to_pylist()
+    stats = json.loads(kept.column("quality")[0].as_py())
+    assert {"words", "mean_word_length", "dup_line_ratio", "top_2gram_char_ratio"} <= set(stats)
