@@ -129,3 +129,22 @@ def test_publish_never_has_two_rows_with_one_id(shared, tmp_path):
     renamed = [r for r in rows if "~" in r["id"]]
     assert {r["id"] for r in renamed} == {f"q{i}~2" for i in range(20)}
     assert all(json.loads(r["meta"])["duplicate_id_of"] == r["id"].split("~")[0] for r in renamed)
+
+
+def test_the_published_directory_is_a_hugging_face_dataset(ingested, tmp_path):
+    """`datasets.load_dataset` reads the published shards both ways (the card's YAML names the data files),
+    and the card has the Hub's header and a dataset card's sections."""
+    datasets = pytest.importorskip("datasets")
+
+    pub = tmp_path / "08"
+    run_stage(Publish(shard_bytes=200_000, license="cc-by-sa-4.0"), run_id="hf", stage_dir=pub, inputs=[str(ingested)])
+    by_files = datasets.load_dataset("parquet", data_files=str(pub / "*.parquet"), split="train")
+    by_dir = datasets.load_dataset(str(pub), split="train")
+    assert by_files.num_rows == by_dir.num_rows == read_dir(pub).num_rows
+    assert set(by_dir.column_names) >= {"id", "text", "source", "meta"}
+    card = (pub / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "license: cc-by-sa-4.0" in header and "size_categories:" in header and 'path: "part-*.parquet"' in header
+    for section in ("## Stage funnel", "## How it was curated", "## Personal data", "## Sources", "## Known limitations"):
+        assert section in card, section
+    assert "/tmp/" not in card.split("## Sources")[1].split("##")[0]  # sources by relative name
