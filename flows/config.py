@@ -19,16 +19,17 @@ import json
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.bias import BiasConfig
 from tasks.exact_dedup import ExactDedupConfig
 from tasks.ingest import IngestConfig
-from tasks.layout import RunPaths
+from tasks.layout import RunPaths, stage_dir_name
 from tasks.manifest import write_json_atomic
 from tasks.near_dedup import NearDedupConfig
 from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
+from tasks.quality import QualityConfig
 from tasks.retention import RetentionConfig
 from tasks.tokenize import TokenizeConfig
 from training.config import EvaluateConfig, FinetuneConfig, PretrainConfig
@@ -47,6 +48,8 @@ class CurateConfig(BaseModel):
     exact_dedup: ExactDedupConfig = Field(
         default_factory=ExactDedupConfig, description="02_exact_dedup: what counts as the same text."
     )
+    quality: QualityConfig = Field(default_factory=QualityConfig,
+                                   description="03_quality: language ID; Gopher, C4 and FineWeb filters.")
     near_dedup: NearDedupConfig = Field(
         default_factory=NearDedupConfig, description="04_near_dedup: MinHash LSH near-duplicate removal."
     )
@@ -63,12 +66,24 @@ class CurateConfig(BaseModel):
                                      description="finetune: supervised fine-tuning (`loom finetune`).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
                                      description="evaluation of a checkpoint (`loom evaluate`).")
+    stages_off: list[str] = Field(default_factory=lambda: ["quality"], description="Stages turned off (any but "
+                                  "ingest and publish; the others keep their directory numbers). The quality "
+                                  "stage is off until the demo and defaults are tuned for it: [] turns it on.")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     ray_address: str | None = Field(
         default_factory=lambda: os.environ.get("LOOM_RAY_ADDRESS") or None,
         description="Run shard work on Ray instead of local processes: a cluster address ('auto', "
                     "'ray://host:10001'), or 'local' to start a Ray instance for the run. Default: $LOOM_RAY_ADDRESS.",
     )
+
+    @field_validator("stages_off")
+    @classmethod
+    def _stages_that_can_be_off(cls, value: list[str]) -> list[str]:
+        names = [stage_dir_name(s) for s in value]  # an unknown name is an error naming the stages
+        fixed = {"01_ingest", "08_publish"} & set(names)
+        if fixed:
+            raise ValueError(f"{', '.join(sorted(fixed))} cannot be turned off")
+        return value
 
     def for_stage(self, stage: str) -> BaseModel:
         """The config section of a stage directory name ('05_pii' -> pii)."""

@@ -24,35 +24,52 @@ from tasks.bias import REPORT_MD as BIAS_REPORT_MD
 from tasks.bias import Bias, BiasConfig
 from tasks.exact_dedup import ExactDedup, ExactDedupConfig
 from tasks.ingest import Ingest, IngestConfig
-from tasks.layout import RunPaths
+from tasks.layout import RunPaths, stage_dir_name
+from tasks.manifest import read_manifest
 from tasks.near_dedup import REPORT_JSON as NEAR_DEDUP_REPORT_JSON
 from tasks.near_dedup import NearDedup, NearDedupConfig
 from tasks.near_dedup import render_report as render_near_dedup_report
 from tasks.pii import Pii, PiiConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
+from tasks.quality import Quality, QualityConfig
 from tasks.retention import collect
 from tasks.stage import Stage, run_statuses
 from tasks.tokenize import INDEX_FILE, Tokenize, TokenizeConfig
 
-# The stages that exist, in pipeline order; each reads the one before it.
+# The stages that exist, in pipeline order; each reads the one before it that is on.
 PIPELINE: dict[str, type[Stage]] = {
-    stage.name: stage for stage in (Ingest, ExactDedup, NearDedup, Pii, Bias, Publish)
+    stage.name: stage for stage in (Ingest, ExactDedup, Quality, NearDedup, Pii, Bias, Publish)
 }
 
 
-def upstream_of(stage: str) -> str | None:
-    names = list(PIPELINE)
-    i = names.index(stage)
-    return names[i - 1] if i else None
+def active_stages(config: CurateConfig) -> list[str]:
+    """The run's stages in order, without those its config turns off (directory numbers stay)."""
+    off = {stage_dir_name(s) for s in config.stages_off}
+    return [s for s in PIPELINE if s not in off]
 
 
-def downstream_of(stage: str) -> list[str]:
-    names = list(PIPELINE)
-    return names[names.index(stage) + 1:]
+def run_config(paths: RunPaths) -> CurateConfig:
+    """The config a run recorded; the defaults for a run without one."""
+    try:
+        return load_run(paths)[1]
+    except FileNotFoundError:
+        return CurateConfig()
+
+
+def upstream_of(stage: str, active: list[str] | None = None) -> str | None:
+    names = active or active_stages(CurateConfig())
+    before = [s for s in names if s < stage]
+    return before[-1] if before else None
+
+
+def downstream_of(stage: str, active: list[str] | None = None) -> list[str]:
+    return [s for s in active or active_stages(CurateConfig()) if s > stage]
 
 
 def _run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None) -> dict:
-    summary = run_stage_flow(stage, run, inputs, upstream=upstream_of(stage.name) if stage.name in PIPELINE else None)
+    active = active_stages(run_config(run.paths())) if not run.output_dir else None
+    upstream = upstream_of(stage.name, active) if stage.name in PIPELINE else None
+    summary = run_stage_flow(stage, run, inputs, upstream=upstream)
     if stage.name in PIPELINE and not run.output_dir and run.report_stale and summary["status"] != "skipped":
         _say_stale(run, stage.name)
     return summary
@@ -80,7 +97,7 @@ def require_fresh(paths: RunPaths, tokens: bool) -> None:
     them) must be complete and made from the current output of every stage before them."""
     from tasks.stage import stage_status
 
-    last = run_statuses(paths.root, list(PIPELINE))[-1]
+    last = run_statuses(paths.root, active_stages(run_config(paths)))[-1]
     problem = None if last.status == "complete" else f"its published shards are {last.status}" + (
         f" ({last.reason})" if last.reason else "")
     if problem is None and tokens:
@@ -95,8 +112,9 @@ def require_fresh(paths: RunPaths, tokens: bool) -> None:
 
 def stale_after(paths: RunPaths, stage: str) -> list[str]:
     """The stages after `stage` of a run that are stale now."""
-    statuses = {s.stage: s for s in run_statuses(paths.root, list(PIPELINE))}
-    return [s for s in downstream_of(stage) if statuses[s].status == "stale"]
+    active = active_stages(run_config(paths))
+    statuses = {s.stage: s for s in run_statuses(paths.root, active)}
+    return [s for s in downstream_of(stage, active) if statuses[s].status == "stale"]
 
 
 def _say_stale(run: StageRun, stage: str) -> None:
@@ -125,6 +143,17 @@ def ingest_flow(run: StageRun, inputs: list[str] | None = None, config: IngestCo
 def exact_dedup_flow(run: StageRun, config: ExactDedupConfig | None = None) -> dict:
     """02_exact_dedup: keep the first copy of each normalized text; the rest go to _removed/."""
     return _run_stage_flow(ExactDedup(_config_of(run, "exact_dedup", config)), run)
+
+
+@flow(name="quality", flow_run_name="quality-{run.run_id}", task_runner=LocalProcesses())
+def quality_flow(run: StageRun, config: QualityConfig | None = None) -> dict:
+    """03_quality: language ID and the Gopher, C4 and FineWeb filters; every removal's reason in _removed/."""
+    summary = _run_stage_flow(Quality(_config_of(run, "quality", config)), run)
+    languages = read_manifest(Path(summary["output"])).stats.get("languages", {})
+    if languages:
+        create_table_artifact(table=[{"language": k, "documents": v} for k, v in languages.items()],
+                              key=artifact_key(run.run_id, "languages"), description=f"Languages of run {run.run_id}")
+    return summary
 
 
 @flow(name="near-dedup", flow_run_name="near-dedup-{run.run_id}", task_runner=LocalProcesses())
@@ -202,7 +231,8 @@ def tokenize_flow(run: StageRun, config: TokenizeConfig | None = None, allow_sta
 
 
 STAGE_FLOWS = {
-    Ingest.name: ingest_flow, ExactDedup.name: exact_dedup_flow, NearDedup.name: near_dedup_flow,
+    Ingest.name: ingest_flow, ExactDedup.name: exact_dedup_flow, Quality.name: quality_flow,
+    NearDedup.name: near_dedup_flow,
     Pii.name: pii_flow, Bias.name: bias_flow, Publish.name: publish_flow,
 }
 
@@ -228,7 +258,7 @@ def curate_flow(
     run_id = run_id or default_run_id(inputs)
     save_run(RunPaths.of(workdir, run_id), inputs, config)
     summaries = []
-    for stage in PIPELINE:
+    for stage in active_stages(config):
         run = StageRun(run_id=run_id, workdir=workdir, force=force, workers=config.workers,
                        ray_address=config.ray_address, wait_for_lock=wait_for_lock, report_stale=False)
         summaries.append(run_one_stage(stage, run, config.for_stage(stage), inputs))

@@ -22,6 +22,7 @@ from flows.curate import (
     near_dedup_flow,
     pii_flow,
     publish_flow,
+    quality_flow,
     tokenize_flow,
 )
 from flows.pipeline import pipeline_flow
@@ -51,6 +52,8 @@ DEPLOYMENTS = [
     LoomDeployment(curate_flow, "loom-curate", "Every curate stage, each skipped when complete."),
     LoomDeployment(ingest_flow, "loom-ingest", "01_ingest of a run (its inputs from run.json unless given)."),
     LoomDeployment(exact_dedup_flow, "loom-exact-dedup", "02_exact_dedup of a run; force reruns it."),
+    LoomDeployment(quality_flow, "loom-quality", "03_quality of a run (language ID, quality filters); force reruns "
+                   "it."),
     LoomDeployment(near_dedup_flow, "loom-near-dedup", "04_near_dedup of a run; force reruns it."),
     LoomDeployment(pii_flow, "loom-pii", "05_pii of a run; force reruns it."),
     LoomDeployment(bias_flow, "loom-bias", "06_bias of a run; force reruns it."),

@@ -47,7 +47,8 @@ def curate(
 
 @app.command()
 def step(
-    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, near_dedup, pii, bias or publish (or 01_ingest, ...)."),
+    stage: str = typer.Argument(..., help="Stage: ingest, exact_dedup, quality, near_dedup, pii, bias or publish "
+                                "(or 01_ingest, ...)."),
     run_id: str | None = typer.Option(None, "--run-id", "-r", help="Rerun this stage of an existing run."),
     inputs: list[str] | None = typer.Option(None, "--input", "-i", help="Run on these inputs instead of a run."),
     output: Path | None = typer.Option(None, "--output", "-o", help="With --input: where the stage writes."),
@@ -59,7 +60,7 @@ def step(
     ray_address: str | None = Options.ray_address,
 ) -> None:
     """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
-    from flows.curate import PIPELINE, StageRun, run_one_stage, stale_after, step_flow
+    from flows.curate import PIPELINE, StageRun, active_stages, run_one_stage, stale_after, step_flow
     from tasks.layout import stage_dir_name
 
     try:
@@ -87,6 +88,9 @@ def step(
     if not run_id:
         fail("give --run-id R to rerun a stage of a run, or --input PATH... --output DIR")
     paths, run_inputs, cfg = open_run(workdir, run_id, config, workers, ray_address)
+    if name not in active_stages(cfg):
+        fail(f"{name} is off in run {run_id}'s config (stages_off); turn it on with a config whose stages_off "
+             "leaves it out, then rerun `loom curate`")
     run = StageRun(run_id=run_id, workdir=str(paths.workdir), force=force, workers=cfg.workers,
                    ray_address=cfg.ray_address, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0)
     summary = run_flow(lambda: run_one_stage(name, run, cfg.for_stage(name), run_inputs), errors=(FileNotFoundError,),

@@ -34,7 +34,7 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List runs, or show each stage of one run: complete, stale, partial or missing, with counts."""
-    from flows.curate import PIPELINE
+    from flows.curate import active_stages, run_config
     from tasks.layout import RunPaths
     from tasks.manifest import read_manifest
     from tasks.stage import run_statuses
@@ -44,7 +44,7 @@ def runs(
         rows = []
         for rid in RunPaths.run_ids(wd):
             paths = RunPaths(wd, rid)
-            statuses = run_statuses(paths.root, list(PIPELINE), _ingest_fingerprint)
+            statuses = run_statuses(paths.root, active_stages(run_config(paths)), _ingest_fingerprint)
             published = read_manifest(paths.published)
             rows.append({"run_id": rid, "complete": sum(s.status in ("complete", "collected") for s in statuses),
                          "stages": len(statuses), "documents": published.rows_out if published else None,
@@ -60,7 +60,7 @@ def runs(
     paths = run_paths(workdir, run_id)
     if not paths.root.exists():
         fail(f"no run {run_id!r} under {RunPaths.runs_dir(paths.workdir)}")
-    statuses = run_statuses(paths.root, list(PIPELINE), _ingest_fingerprint)
+    statuses = run_statuses(paths.root, active_stages(run_config(paths)), _ingest_fingerprint)
     training = training_rows(paths)
     if as_json:
         print(json.dumps({"run_id": run_id, "stages": [{

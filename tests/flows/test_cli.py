@@ -322,3 +322,36 @@ def test_reruns_use_the_runs_config_refuse_stale_data_and_never_share_a_stage(pr
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_quality_stage_in_the_pipeline_when_turned_on(prefect_server, shared, tmp_path):
+    """With the quality stage on, curate runs 03_quality between exact and near dedup: languages are
+    identified, a keep-list and the filters remove with reasons, and near dedup reads the quality stage's
+    output; turning a stage that cannot be off is an error."""
+    en = [p for p in (shared / "multilingual/texts/en/xquad_wiki_paragraphs.txt").read_text().split("\n")
+          if len(p.split()) > 60][:30]
+    zh = [p for p in (shared / "multilingual/texts/zh-Hans/xquad_wiki_paragraphs.txt").read_text().split("\n")
+          if len(p) > 150][:10]
+    de = [p for p in (shared / "multilingual/texts/de/xquad_wiki_paragraphs.txt").read_text().split("\n")
+          if len(p.split()) > 60][:10]
+    with open(tmp_path / "docs.jsonl", "w") as f:
+        for i, text in enumerate([*en, *zh, *de, en[0] + "\nLorem ipsum dolor sit amet, consectetur adipiscing."]):
+            f.write(json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n")
+    wd = tmp_path / "wd"
+    cfg = _config(tmp_path, 'stages_off = []\n[quality]\nlanguages = ["en", "zh"]\n')
+    loom("curate", tmp_path / "docs.jsonl", "--workdir", wd, "--run-id", "q", "--config", cfg)
+    status = runs_json(wd, "q")
+    assert list(status) == ["01_ingest", "02_exact_dedup", "03_quality", "04_near_dedup", "05_pii", "06_bias",
+                            "08_publish"]
+    removed = status["03_quality"]["removed"]
+    assert removed["language"] == 10 and removed["c4:lorem_ipsum"] == 1  # (a real paragraph may fail a rule too)
+    near = json.loads((wd / "runs/q/04_near_dedup/_manifest.json").read_text())
+    assert Path(near["inputs"][0]).name == "03_quality"
+    published = read_dir(wd / "runs/q/08_publish")
+    assert set(published.column("lang").to_pylist()) == {"en", "zh"}
+    assert published.num_rows == 51 - sum(removed.values()) >= 35
+    card = (wd / "runs/q/08_publish/README.md").read_text()
+    assert "- zh" in card.split("---")[1] and "| zh | 10 |" in card
+    bad = _config(tmp_path, 'stages_off = ["publish"]\n')
+    refused = runner.invoke(app, ["curate", str(tmp_path / "docs.jsonl"), "--workdir", str(wd), "--config", str(bad)])
+    assert refused.exit_code == 2 and "08_publish cannot be turned off" in refused.output
