@@ -22,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.bias import BiasConfig
+from tasks.decontaminate import DecontaminateConfig
 from tasks.exact_dedup import ExactDedupConfig
 from tasks.ingest import IngestConfig
 from tasks.layout import RunPaths, stage_dir_name
@@ -55,6 +56,8 @@ class CurateConfig(BaseModel):
     )
     pii: PiiConfig = Field(default_factory=PiiConfig, description="05_pii: personal data and secrets replaced.")
     bias: BiasConfig = Field(default_factory=BiasConfig, description="06_bias: toxic documents removed, audited.")
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig, description="07_decontaminate: "
+                                               "evaluation data kept out of training (runs when eval_sets is set).")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="08_publish: final shards.")
     retention: RetentionConfig = Field(default_factory=RetentionConfig,
                                        description="What a published run keeps of its pre-PII data (`loom gc`).")

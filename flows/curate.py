@@ -22,6 +22,8 @@ from flows.stage_flow import LocalProcesses, StageRun, run_stage_flow, task_runn
 from tasks.bias import REPORT_JSON as BIAS_REPORT_JSON
 from tasks.bias import REPORT_MD as BIAS_REPORT_MD
 from tasks.bias import Bias, BiasConfig
+from tasks.decontaminate import REPORT_MD as DECONTAMINATION_REPORT_MD
+from tasks.decontaminate import Decontaminate, DecontaminateConfig
 from tasks.exact_dedup import ExactDedup, ExactDedupConfig
 from tasks.ingest import Ingest, IngestConfig
 from tasks.layout import RunPaths, stage_dir_name
@@ -38,13 +40,16 @@ from tasks.tokenize import INDEX_FILE, Tokenize, TokenizeConfig
 
 # The stages that exist, in pipeline order; each reads the one before it that is on.
 PIPELINE: dict[str, type[Stage]] = {
-    stage.name: stage for stage in (Ingest, ExactDedup, Quality, NearDedup, Pii, Bias, Publish)
+    stage.name: stage for stage in (Ingest, ExactDedup, Quality, NearDedup, Pii, Bias, Decontaminate, Publish)
 }
 
 
 def active_stages(config: CurateConfig) -> list[str]:
-    """The run's stages in order, without those its config turns off (directory numbers stay)."""
+    """The run's stages in order, without those its config turns off (directory numbers stay);
+    decontamination runs when there is evaluation data to keep out."""
     off = {stage_dir_name(s) for s in config.stages_off}
+    if not config.decontaminate.eval_sets:
+        off.add(Decontaminate.name)
     return [s for s in PIPELINE if s not in off]
 
 
@@ -205,6 +210,13 @@ def _run_with_report(stage: Stage, run: StageRun, render, key: str, what: str) -
     return summary
 
 
+@flow(name="decontaminate", flow_run_name="decontaminate-{run.run_id}", task_runner=LocalProcesses())
+def decontaminate_flow(run: StageRun, config: DecontaminateConfig | None = None) -> dict:
+    """07_decontaminate: remove documents sharing 13-word runs with evaluation data; report the items that leaked."""
+    return _run_with_report(Decontaminate(_config_of(run, "decontaminate", config)), run,
+                            _markdown_file(DECONTAMINATION_REPORT_MD), "decontamination", "Decontamination report")
+
+
 @flow(name="publish", flow_run_name="publish-{run.run_id}", task_runner=LocalProcesses())
 def publish_flow(run: StageRun, config: PublishConfig | None = None) -> dict:
     """08_publish: evenly sized final shards and the dataset card."""
@@ -233,7 +245,7 @@ def tokenize_flow(run: StageRun, config: TokenizeConfig | None = None, allow_sta
 STAGE_FLOWS = {
     Ingest.name: ingest_flow, ExactDedup.name: exact_dedup_flow, Quality.name: quality_flow,
     NearDedup.name: near_dedup_flow,
-    Pii.name: pii_flow, Bias.name: bias_flow, Publish.name: publish_flow,
+    Pii.name: pii_flow, Bias.name: bias_flow, Decontaminate.name: decontaminate_flow, Publish.name: publish_flow,
 }
 
 

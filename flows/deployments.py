@@ -17,6 +17,7 @@ from pathlib import Path
 from flows.curate import (
     bias_flow,
     curate_flow,
+    decontaminate_flow,
     exact_dedup_flow,
     ingest_flow,
     near_dedup_flow,
@@ -57,6 +58,8 @@ DEPLOYMENTS = [
     LoomDeployment(near_dedup_flow, "loom-near-dedup", "04_near_dedup of a run; force reruns it."),
     LoomDeployment(pii_flow, "loom-pii", "05_pii of a run; force reruns it."),
     LoomDeployment(bias_flow, "loom-bias", "06_bias of a run; force reruns it."),
+    LoomDeployment(decontaminate_flow, "loom-decontaminate", "07_decontaminate of a run (with [decontaminate] "
+                   "eval_sets); force reruns it."),
     LoomDeployment(publish_flow, "loom-publish", "08_publish of a run; force reruns it."),
     LoomDeployment(tokenize_flow, "loom-tokenize", "BPE tokenizer and token shards of a run's published data."),
     LoomDeployment(pretrain_flow, "loom-pretrain", "Pretrain on Ray Train + DeepSpeed; resumes from the last good "

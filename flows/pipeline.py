@@ -25,6 +25,17 @@ from tasks.layout import RunPaths
 STEPS = ("curate", "tokenize", "pretrain", "finetune", "evaluate")
 
 
+def keep_evaluation_out(config: CurateConfig) -> CurateConfig:
+    """The evaluation sets `loom evaluate` will use (GSM8K, CrowS-Pairs) become decontamination's, so a
+    pipeline never evaluates a model on what it trained on."""
+    sets = [s for s in (config.evaluate.gsm8k, config.evaluate.crows_pairs) if s]
+    missing = [s for s in sets if s not in config.decontaminate.eval_sets]
+    if not missing:
+        return config
+    decontaminate = config.decontaminate.model_copy(update={"eval_sets": [*config.decontaminate.eval_sets, *missing]})
+    return config.model_copy(update={"decontaminate": decontaminate})
+
+
 @flow(name="pipeline", flow_run_name="pipeline-{run_id}")
 def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = None, workdir: str | None = None,
                   config: CurateConfig = CurateConfig(),
@@ -38,6 +49,7 @@ def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = N
     first = STEPS.index(start_at)
     out: dict = {"run_id": run_id, "start_at": start_at}
     if first <= 0:
+        config = keep_evaluation_out(config)
         out["curate"] = curate_flow(inputs=inputs, run_id=run_id, workdir=str(wd), config=config)
     if first <= 1:
         out["tokenize"] = tokenize_flow.with_options(task_runner=task_runner(config.workers, config.ray_address))(

@@ -355,3 +355,27 @@ def test_the_quality_stage_in_the_pipeline_when_turned_on(prefect_server, shared
     bad = _config(tmp_path, 'stages_off = ["publish"]\n')
     refused = runner.invoke(app, ["curate", str(tmp_path / "docs.jsonl"), "--workdir", str(wd), "--config", str(bad)])
     assert refused.exit_code == 2 and "08_publish cannot be turned off" in refused.output
+
+
+def test_decontamination_runs_when_evaluation_data_is_named(prefect_server, shared, tmp_path):
+    """With evaluation sets in the config, curate runs 07_decontaminate before publish: a document holding a
+    GSM8K test problem is not published, and the report names the problem; the pipeline adds the sets
+    `loom evaluate` uses."""
+    from flows.config import CurateConfig
+    from flows.pipeline import keep_evaluation_out
+
+    test = [json.loads(line) for line in (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()]
+    with open(tmp_path / "docs.jsonl", "w") as f:
+        f.write(json.dumps({"id": "leak", "text": "Practice problem: " + test[7]["question"]}) + "\n")
+        for i, line in enumerate((shared / "sft/gsm8k/train.jsonl").read_text().splitlines()[:50]):
+            f.write(json.dumps({"id": f"train-{i}", "text": json.loads(line)["question"]}) + "\n")
+    wd = tmp_path / "wd"
+    cfg = _config(tmp_path, f'[decontaminate]\neval_sets = ["{shared / "sft/gsm8k/test.jsonl"}"]\n')
+    loom("curate", tmp_path / "docs.jsonl", "--workdir", wd, "--run-id", "dc", "--config", cfg)
+    status = runs_json(wd, "dc")
+    assert "07_decontaminate" in status and status["07_decontaminate"]["removed"]["contaminated"] >= 1
+    assert "leak" not in read_dir(wd / "runs/dc/08_publish").column("id").to_pylist()
+    report = json.loads((wd / "runs/dc/07_decontaminate/decontamination_report.json").read_text())
+    assert "test.jsonl:7:question" in report["leaks"]
+    config = CurateConfig.model_validate({"evaluate": {"gsm8k": "g.jsonl", "crows_pairs": "c.csv"}})
+    assert keep_evaluation_out(config).decontaminate.eval_sets == ["g.jsonl", "c.csv"]
