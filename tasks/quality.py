@@ -182,20 +182,15 @@ def judge(text: str, lang: str, cfg: QualityConfig) -> tuple[str, str | None, di
         stats.update(mean_word_length=round(mean_len, 3), symbol_word_ratio=round(symbols, 4),
                      bullet_lines_ratio=round(bullets, 4), ellipsis_lines_ratio=round(ellipses, 4),
                      alpha_words_ratio=round(alpha, 4))
-        if n_words < cfg.min_words:
-            fail("gopher:too_few_words")
-        elif n_words > cfg.max_words:
-            fail("gopher:too_many_words")
-        if spaced and not cfg.min_mean_word_length <= mean_len <= cfg.max_mean_word_length:
-            fail("gopher:mean_word_length")
-        if symbols > cfg.max_symbol_word_ratio:
-            fail("gopher:symbol_word_ratio")
-        if bullets > cfg.max_bullet_lines_ratio:
-            fail("gopher:bullet_lines")
-        if ellipses > cfg.max_ellipsis_lines_ratio:
-            fail("gopher:ellipsis_lines")
-        if alpha < cfg.min_alpha_words_ratio:
-            fail("gopher:alpha_words_ratio")
+        for rule, failed in (("too_few_words", n_words < cfg.min_words), ("too_many_words", n_words > cfg.max_words),
+                             ("mean_word_length", spaced and not cfg.min_mean_word_length <= mean_len
+                              <= cfg.max_mean_word_length),
+                             ("symbol_word_ratio", symbols > cfg.max_symbol_word_ratio),
+                             ("bullet_lines", bullets > cfg.max_bullet_lines_ratio),
+                             ("ellipsis_lines", ellipses > cfg.max_ellipsis_lines_ratio),
+                             ("alpha_words_ratio", alpha < cfg.min_alpha_words_ratio)):
+            if failed:
+                fail(f"gopher:{rule}")
         if lang == "en":
             stop = sum(1 for w in words if w.lower().strip(".,;:!?\"'()") in EN_STOP_WORDS)
             stats["stop_words"] = stop
@@ -207,14 +202,12 @@ def judge(text: str, lang: str, cfg: QualityConfig) -> tuple[str, str | None, di
         dup_paras, dup_para_chars = _dup_stats(paragraphs)
         stats.update(dup_line_ratio=round(dup_lines, 4), dup_line_char_ratio=round(dup_line_chars, 4),
                      dup_para_ratio=round(dup_paras, 4), dup_para_char_ratio=round(dup_para_chars, 4))
-        if dup_lines > cfg.max_dup_line_ratio:
-            fail("gopher:dup_lines")
-        if dup_paras > cfg.max_dup_para_ratio:
-            fail("gopher:dup_paragraphs")
-        if dup_line_chars > cfg.max_dup_line_char_ratio:
-            fail("gopher:dup_line_chars")
-        if dup_para_chars > cfg.max_dup_para_char_ratio:
-            fail("gopher:dup_paragraph_chars")
+        for rule, value, limit in (("dup_lines", dup_lines, cfg.max_dup_line_ratio),
+                                   ("dup_paragraphs", dup_paras, cfg.max_dup_para_ratio),
+                                   ("dup_line_chars", dup_line_chars, cfg.max_dup_line_char_ratio),
+                                   ("dup_paragraph_chars", dup_para_chars, cfg.max_dup_para_char_ratio)):
+            if value > limit:
+                fail(f"gopher:{rule}")
         grams = _ngram_stats([w.lower() for w in words], cfg.top_ngram_max_ratio, cfg.dup_ngram_max_ratio,
                              scale=2 if unspaced(lang) else 1)
         stats.update(grams)
