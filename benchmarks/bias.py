@@ -54,7 +54,8 @@ def split(classes: np.ndarray, test: float = 0.2, seed: int = 0) -> tuple[np.nda
 
 
 def main() -> None:
-    from tasks.bias import IDENTITY_TERMS, BiasConfig, Scorer, mask_identity, train_and_save
+    from tasks.bias import IDENTITY_TERMS, BiasConfig, Scorer, mask_identity
+    from tasks.toxicity import train_and_save
 
     texts, classes = davidson()
     train, held = split(classes)

@@ -25,7 +25,7 @@ from tasks.bias import BiasConfig
 from tasks.decontaminate import DecontaminateConfig
 from tasks.exact_dedup import ExactDedupConfig
 from tasks.ingest import IngestConfig
-from tasks.layout import RunPaths, stage_dir_name
+from tasks.layout import PUBLISH, STAGES, RunPaths, stage_dir_name
 from tasks.manifest import write_json_atomic
 from tasks.near_dedup import NearDedupConfig
 from tasks.pii import PiiConfig
@@ -83,7 +83,7 @@ class CurateConfig(BaseModel):
     @classmethod
     def _stages_that_can_be_off(cls, value: list[str]) -> list[str]:
         names = [stage_dir_name(s) for s in value]  # an unknown name is an error naming the stages
-        fixed = {"01_ingest", "08_publish"} & set(names)
+        fixed = {STAGES[0], PUBLISH} & set(names)
         if fixed:
             raise ValueError(f"{', '.join(sorted(fixed))} cannot be turned off")
         return value

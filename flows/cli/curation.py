@@ -121,7 +121,7 @@ def bias_train(
     """Train the hashed n-gram logistic regression the bias stage loads ([bias] classifier = PATH)."""
     import csv
 
-    from tasks.bias import train_and_save
+    from tasks.toxicity import train_and_save
 
     with open(data, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.DictReader(f)

@@ -7,20 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from tasks.bias import (
-    Bias,
-    BiasConfig,
-    Classifier,
-    Scorer,
-    audit_report,
-    identity_mentions,
-    load_lexicon,
-    mask_identity,
-    train_and_save,
-)
+from tasks.bias import Bias, BiasConfig, Scorer, audit_report, identity_mentions, mask_identity
 from tasks.ingest import Ingest
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
+from tasks.toxicity import Classifier, load_lexicon, train_and_save
 
 
 @pytest.fixture(scope="module")
