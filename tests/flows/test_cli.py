@@ -214,7 +214,7 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
     assert "beam score" in said
     sampled = runner.invoke(app, ["generate", "--checkpoint", str(tmp_path / "runs/demo/train"), "--prompt", "The",
                                   "--temperature", "0.8", "--top-p", "0.9", "--seed", "1", "--max-new-tokens", "10"])
-    assert sampled.stdout.startswith("The") and "\n" not in sampled.stdout.rstrip("\n")  # the text alone, unwrapped
+    assert sampled.stdout.startswith("The") and "\x1b[" not in sampled.stdout  # the text alone on stdout
     evaluated = loom("evaluate", "--checkpoint", checkpoint, "--crows-pairs", shared / "bias/crows_pairs",
                      "--examples", 0, "--output", tmp_path / "eval")
     crows = json.loads((tmp_path / "eval/evaluation.json").read_text())["crows_pairs"]
