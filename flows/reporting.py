@@ -47,6 +47,12 @@ def stage_note(stage: str, stats: dict) -> str:
         return (f"{stats['documents_touched']:,} documents touched, "
                 f"{stats.get('share_of_chars_replaced', 0):.2%} of characters replaced"
                 + (f" ({entities})" if entities else ""))
+    if stage == "03_quality" and stats.get("languages"):
+        langs = sorted(stats["languages"].items(), key=lambda kv: (-kv[1], kv[0]))
+        return "languages: " + ", ".join(f"{lang} {n:,}" for lang, n in langs[:8]) + (
+            f" and {len(langs) - 8} more" if len(langs) > 8 else "")
+    if stage == "07_decontaminate" and "items_leaked" in stats:
+        return f"{stats['items_leaked']:,} evaluation items leaked (see decontamination_report.md)"
     if stage == "06_bias" and "kept_by_identity_guard" in stats:
         return (f"{stats['kept_by_identity_guard']:,} documents over the threshold only through identity terms "
                 "kept by the guard (see bias_report.md)")

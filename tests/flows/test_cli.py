@@ -352,6 +352,8 @@ def test_the_quality_stage_in_the_pipeline_when_turned_on(prefect_server, shared
     assert published.num_rows == 51 - sum(removed.values()) >= 35
     card = (wd / "runs/q/08_publish/README.md").read_text()
     assert "- zh" in card.split("---")[1] and "| zh | 10 |" in card
+    shown = loom("curate", tmp_path / "docs.jsonl", "--workdir", wd, "--run-id", "q", "--config", cfg)
+    assert "03_quality: languages: en 31, de 10, zh 10" in shown  # the summary names the languages (counts only)
     bad = _config(tmp_path, 'stages_off = ["publish"]\n')
     refused = runner.invoke(app, ["curate", str(tmp_path / "docs.jsonl"), "--workdir", str(wd), "--config", str(bad)])
     assert refused.exit_code == 2 and "08_publish cannot be turned off" in refused.output

@@ -85,6 +85,10 @@ def test_serve_registers_every_flow_with_forms_and_inactive_schedules(served):
         assert "start_at" in pipeline.parameter_openapi_schema["properties"]
         stage = _deployment(client, "loom-exact-dedup")
         assert "run" in stage.parameter_openapi_schema["properties"]
+        for d in DEPLOYMENTS:  # one flow run of a deployment at a time: a schedule overlapping a manual run queues
+            deployment = _deployment(client, d.name)
+            assert deployment.global_concurrency_limit.limit == 1, d.name
+            assert deployment.concurrency_options.collision_strategy == "ENQUEUE", d.name
 
 
 def test_a_run_started_through_the_api_completes_with_its_artifacts(served, shared):
