@@ -14,6 +14,9 @@ from contextlib import contextmanager
 
 @contextmanager
 def prefect_api() -> Iterator[str]:
+    from flows.reaper import watch_descendants
+
+    watch_descendants()  # whatever this command starts (server, pools, Ray) ends with it, even after SIGKILL
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home; offline machines
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -51,11 +51,16 @@ def test_killing_curate_ends_its_workers_and_the_run_resumes(shared, tmp_path, s
     cfg.write_text("[ingest]\nunit_bytes = 200000\nshard_bytes = 200000\n")
     proc = _start(corpus, wd, cfg)
     workers = _pool_workers(proc)
+    everything = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "loom.reaper" not in " ".join(p.cmdline()) and "psutil.Process(int(sys.argv[1]))" not in
+                  " ".join(p.cmdline())]  # the pool, the Prefect API server: all the command started
     os.kill(proc.pid, sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
     _gone, alive = psutil.wait_procs(workers, timeout=15)
     assert alive == [], [p.cmdline() for p in alive]
+    _gone, alive = psutil.wait_procs(everything, timeout=20)
+    assert alive == [], [p.cmdline()[:4] for p in alive]
     if sig == signal.SIGTERM:
         assert "Traceback" not in proc.stderr.read()
     again = subprocess.run([str(Path(sys.executable).with_name("loom")), "curate", str(corpus), "--run-id", "k",
