@@ -111,12 +111,28 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
     return [merge_spans(spans) for spans in found]
 
 
+_ENGLISH_WORDS = re.compile(r"\b(?:the|and|of|to|is|was|with|for|that|this|you|are|my|your|have)\b", re.IGNORECASE)
+
+
+def _plainly_english(text: str) -> bool:
+    """ASCII text with several of English's commonest words: English, without asking the model."""
+    head = text[:600]
+    return head.isascii() and len(_ENGLISH_WORDS.findall(head, 0, 600)) >= 3
+
+
 def _modeled(texts: list[str], langs: list[str] | None, cfg: PiiConfig) -> list[bool]:
     """Whether NER and the English-tuned rules read each text: its language is one of `ner_languages`,
     or it may well be (at least `min_lang_probability`: short English texts are often taken for a
     neighbour); a text too short to judge when it is mostly in the Latin script the model reads. A text
     in another language or script gets the pattern recognizers only."""
-    found = identify(texts) if langs is None else [(lang, 1.0) for lang in langs]
+    if langs is None:  # plain English text needs no model to say so (most of an English corpus: a fifth of the time)
+        english = "en" in cfg.ner_languages
+        plain = [english and _plainly_english(t) for t in texts]
+        asked = [t for t, p in zip(texts, plain) if not p]
+        answers = iter(identify(asked))
+        found = [("en", 1.0) if p else next(answers) for p in plain]
+    else:
+        found = [(lang, 1.0) for lang in langs]
     unsure = [i for i, (lang, _) in enumerate(found) if lang not in cfg.ner_languages and lang != UNDETERMINED]
     likely = dict(zip(unsure, probability_of([texts[i] for i in unsure], cfg.ner_languages)))
     out = []
