@@ -22,7 +22,7 @@ from __future__ import annotations
 import typer
 
 from flows.cli import curation, operations, training  # noqa: F401 (each registers its commands on `app`)
-from flows.cli.common import app
+from flows.cli.prologue import app
 from flows.reporting import console
 from tasks import __version__
 

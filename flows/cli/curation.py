@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.common import (
+from flows.cli.prologue import (
     WAIT_FOR_LOCK_S,
     Options,
     app,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from flows.cli.common import (
+from flows.cli.prologue import (
     Options,
     app,
     checkpoint_of,

@@ -1,5 +1,6 @@
-"""What every `loom` command shares: the Typer app, the options, and the prologue (work directory, run,
-config) that turns what a person typed into validated objects, or into a one-line error (exit 2)."""
+"""The prologue every `loom` command shares: the Typer app, the options several commands take, and the
+steps (work directory, run, config, checkpoint) that turn what a person typed into validated objects,
+or into a one-line error (exit 2)."""
 
 from __future__ import annotations
 
