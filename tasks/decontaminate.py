@@ -26,14 +26,14 @@ import pyarrow as pa
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.langid import UNSPACED_SCRIPTS
 from tasks.manifest import write_json_atomic
 from tasks.shards import filter_shard, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
 
 REPORT_JSON = "decontamination_report.json"
 REPORT_MD = "decontamination_report.md"
-_UNSPACED = r"\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_UNSPACED}]|[^\W_{_UNSPACED}]+")  # a word, or one character of an unspaced script
+_TOKEN = re.compile(f"[{UNSPACED_SCRIPTS}]|[^\\W_{UNSPACED_SCRIPTS}]+")  # a word, or one character of an unspaced script
 
 
 class DecontaminateConfig(BaseModel):

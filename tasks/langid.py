@@ -17,6 +17,10 @@ SAMPLE_CHARS = 600  # a long document's first characters decide (speed; accuracy
 MACRO = {"arz": "ar", "wuu": "zh", "yue": "zh", "nan": "zh", "gan": "zh", "hak": "zh", "nb": "no", "nn": "no"}
 # Languages written without spaces between words: word rules use characters there.
 UNSPACED = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo"})
+# Their scripts, as a character-class body (Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs with
+# the compatibility and supplementary blocks), for `re` and RE2 alike.
+UNSPACED_SCRIPTS = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+                    "\uf900-\ufaff\U00020000-\U0002fa1f")
 
 
 @lru_cache(maxsize=1)

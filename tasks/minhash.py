@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.exact_dedup import ExactDedupConfig, fold_column, normalize_bytes
+from tasks.langid import UNSPACED_SCRIPTS
 
 _FOLD = ExactDedupConfig()  # lower case, no punctuation, single spaces, NFKC
 _P = 0x100000001B3  # byte polynomial base (odd, so invertible mod 2^64)
@@ -186,11 +187,9 @@ def signatures(texts, num_perm: int = 128, seed: int = 1, n: int = 5, kind: str 
     return np.ascontiguousarray(out.T)
 
 
-# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, CJK ideographs):
-# there a "word" split at spaces is a whole clause, so shingles are made of characters.
-UNSPACED = ("\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-            "\U00020000-\U0002fa1f")
-_UNSPACED_RE2 = "[" + UNSPACED + "]"
+# In scripts written without spaces between words a "word" split at spaces is a whole clause: shingles there
+# are made of characters.
+_UNSPACED_RE2 = "[" + UNSPACED_SCRIPTS + "]"
 UNSPACED_SHARE = 0.3  # a document whose characters are at least this share unspaced script gets character shingles
 
 

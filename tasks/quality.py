@@ -30,7 +30,7 @@ from collections import Counter
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.langid import identify, unspaced
+from tasks.langid import UNSPACED_SCRIPTS, identify, unspaced
 from tasks.shards import filter_shard, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
 
@@ -39,8 +39,7 @@ BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "*", "-", "–", "�
 ELLIPSES = ("...", "…")
 TERMINAL = (".", "!", "?", '"', "'", "。", "！", "？", "」", "』", "”", "’", "…", ":", ";", ")")
 _WORD = re.compile(r"\S+")
-_UNSPACED_CHAR = re.compile(r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
-                            r"\uf900-\ufaff]")
+_UNSPACED_CHAR = re.compile(f"[{UNSPACED_SCRIPTS}]")
 _SYMBOLS = ("#", "...", "…")
 
 
