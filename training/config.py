@@ -33,10 +33,11 @@ class GPTConfig:
         return total - (v * d if non_embedding else 0)
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6 per parameter (forward + backward) plus attention
-        (12 * layers * width * sequence length), as in the PaLM paper's appendix."""
+        """Training FLOPs per token: 6 per weight of a matrix product (forward + backward: the blocks and the
+        output head, which is the token embedding; not the position table, a lookup) plus attention
+        (12 * layers * width * sequence length), as in the PaLM paper's appendix and nanoGPT's MFU."""
         t = seq_len or self.block_size
-        return 6 * self.num_params(non_embedding=True) + 12 * self.n_layer * self.n_embd * t
+        return 6 * (self.num_params() - self.block_size * self.n_embd) + 12 * self.n_layer * self.n_embd * t
 
 
 NAMED_CONFIGS: dict[str, GPTConfig] = {
@@ -72,6 +73,8 @@ class LoopConfig(BaseModel):
                                  "has GPUs.")
     max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (resuming).")
     peak_flops: float | None = Field(None, description="Peak FLOP/s of one device, for MFU (H100 bf16: 989e12).")
+    compile: bool = Field(False, description="torch.compile the model (GPUs: faster steps after a slower first "
+                          "one; see benchmarks/gpu.py).")
     spike_factor: float = Field(3.0, gt=1, description="A loss above this many times the recent mean is a spike: "
                                 "roll back to the last good checkpoint and skip that data.")
     spike_window: int = Field(20, ge=2, description="Steps in the recent mean.")

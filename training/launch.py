@@ -24,7 +24,8 @@ from training.config import (
     WorkerConfig,
 )
 
-INFRA = Path(__file__).resolve().parents[1] / "infra" / "deepspeed"
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra" / "deepspeed"
 __all__ = ["FinetuneConfig", "PretrainConfig", "finetune", "pretrain", "worker_config"]
 
 
@@ -82,16 +83,26 @@ def finetune(cfg: FinetuneConfig, checkpoint: Path, sft_dir: Path, output_dir: P
                "finetune")
 
 
+def worker_env() -> dict[str, str]:
+    """Environment variables Ray workers get: this project first on PYTHONPATH, then the driver's own entries
+    (packages installed with `pip --target` or a site on PYTHONPATH must import in workers too: replacing
+    PYTHONPATH left every worker failing to start with "No module named 'ray'"), and the Prefect API and
+    thread settings."""
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+    for var in ("PREFECT_API_URL", "OMP_NUM_THREADS"):
+        if os.environ.get(var):
+            env[var] = os.environ[var]
+    return env
+
+
 def connect(cfg: LoopConfig, ray_address: str | None) -> bool:
     """Join the Ray cluster at `ray_address` (or start a local instance) and decide whether workers train on
     GPUs: `cfg.use_gpu` when set, else whether the cluster has any. The cluster decides, not the driver: a
     RayJob's entrypoint or a Prefect worker usually runs where there is no GPU."""
     import ray
 
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    for var in ("PREFECT_API_URL", "OMP_NUM_THREADS"):
-        if os.environ.get(var):
-            env[var] = os.environ[var]
+    env = worker_env()
     quiet = os.environ.get("LOOM_RAY_LOGS") != "1"  # progress comes from the metrics file; Ray's own logs on request
     if not ray.is_initialized():
         if ray_address and ray_address != "local":

@@ -78,6 +78,8 @@ def deepspeed_config(deepspeed: dict, loop: LoopConfig) -> dict:
     if not torch.cuda.is_available():
         ds["bf16"] = {"enabled": loop.precision == "bf16"}
         ds.pop("fp16", None)
+    elif ds["optimizer"]["params"].get("torch_adam") and "foreach" not in ds["optimizer"]["params"]:
+        ds["optimizer"]["params"].setdefault("fused", True)  # one kernel per parameter group on GPUs
     return ds
 
 
@@ -119,6 +121,8 @@ def train_worker(cfg: WorkerConfig | dict) -> None:
         engine, _, _, _ = deepspeed.initialize(model=model, config=deepspeed_config(cfg.deepspeed, loop),
                                                dist_init_required=True,
                                                model_parameters=[p for p in model.parameters() if p.requires_grad])
+    if loop.compile:
+        engine.compile()
     device = engine.device
     if finetune is not None:
         train = SftData(cfg.sft_dir, "train", model_cfg.block_size)

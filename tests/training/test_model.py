@@ -35,7 +35,7 @@ def test_named_configs_have_their_published_sizes():
     assert 123e6 < NAMED_CONFIGS["gpt2"].num_params() < 125e6  # GPT-2 small, vocab padded to 50,304
     assert 350e6 < NAMED_CONFIGS["gpt2-medium"].num_params() < 357e6
     cfg = NAMED_CONFIGS["gpt2"]
-    assert cfg.flops_per_token() == 6 * cfg.num_params(non_embedding=True) + 12 * 12 * 768 * 1024
+    assert cfg.flops_per_token() == 6 * (cfg.num_params() - 1024 * 768) + 12 * 12 * 768 * 1024  # head counted
 
 
 def test_hf_gpt2_layout():

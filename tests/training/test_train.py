@@ -214,3 +214,17 @@ def test_gpu_training_on_a_cluster_without_gpus_fails_before_it_starts():
             connect(PretrainConfig(use_gpu=True, num_workers=2), "local")
     finally:
         ray.shutdown()
+
+
+def test_ray_workers_keep_the_drivers_pythonpath(monkeypatch, tmp_path):
+    """Workers get this project first, then every entry the driver had: packages installed with
+    `pip --target` and put on PYTHONPATH (as on the GPU machine) must import in workers too."""
+    import os
+
+    from training.launch import ROOT as PROJECT
+    from training.launch import worker_env
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), str(PROJECT)]))
+    assert worker_env()["PYTHONPATH"].split(os.pathsep) == [str(PROJECT), str(tmp_path / "site")]
+    monkeypatch.delenv("PYTHONPATH")
+    assert worker_env()["PYTHONPATH"] == str(PROJECT)
