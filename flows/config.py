@@ -138,6 +138,19 @@ def record_stage_config(paths: RunPaths, section: str, config: BaseModel) -> Non
         write_json_atomic(paths.run_file, data)
 
 
+def record_sft_data(paths: RunPaths, sft_data: list[str]) -> None:
+    """The pipeline's instruction data joins run.json, so a scheduled rerun of the run finds it."""
+    data = json.loads(paths.run_file.read_text())
+    if data.get("sft_data") != sft_data:
+        write_json_atomic(paths.run_file, {**data, "sft_data": sft_data})
+
+
+def load_pipeline_run(paths: RunPaths) -> tuple[list[str], list[str], CurateConfig]:
+    """(inputs, instruction data, config) a pipeline run recorded."""
+    inputs, config = load_run(paths)
+    return inputs, json.loads(paths.run_file.read_text()).get("sft_data", []), config
+
+
 def load_run(paths: RunPaths) -> tuple[list[str], CurateConfig]:
     """The inputs and config a run recorded; a clear error naming the runs there when it does not exist."""
     if not paths.run_file.exists():

@@ -226,7 +226,13 @@ def publish_flow(run: StageRun, config: PublishConfig | None = None) -> dict:
 @flow(name="tokenize", flow_run_name="tokenize-{run.run_id}", task_runner=LocalProcesses())
 def tokenize_flow(run: StageRun, config: TokenizeConfig | None = None, allow_stale: bool = False) -> dict:
     """tokens: train (or reuse) a byte-level BPE tokenizer on the published shards and encode them into
-    train/validation token shards for pretraining."""
+    train/validation token shards for pretraining.
+
+    Args:
+        run: The run: its id, workdir, workers and Ray address.
+        config: Tokenizer settings ([tokenize]). Default: the run's recorded config.
+        allow_stale: Tokenize even when an upstream stage changed since publish.
+    """
     if not run.input_dir:
         if not allow_stale:
             require_fresh(run.paths(), tokens=False)
@@ -266,7 +272,16 @@ def curate_flow(
     force: bool = False,
     wait_for_lock: float = 0.0,
 ) -> list[dict]:
-    """Ingest, deduplicate and publish a corpus; each stage is skipped when already complete."""
+    """Ingest, deduplicate and publish a corpus; each stage is skipped when already complete.
+
+    Args:
+        inputs: Corpus files, directories or globs (JSONL, Parquet, text; .gz/.zst; local paths or s3://...).
+        run_id: Name of the run; its data lives in <workdir>/runs/<run_id>. Default: derived from the inputs.
+        workdir: Where runs live (the data plane). Default: $LOOM_WORKDIR, else ./loom-work.
+        config: Every stage's settings (the [sections] of loom.toml).
+        force: Redo every stage, even complete ones.
+        wait_for_lock: Seconds to wait for another run holding a stage's lock (0: fail at once).
+    """
     run_id = run_id or default_run_id(inputs)
     save_run(RunPaths.of(workdir, run_id), inputs, config)
     summaries = []
@@ -284,7 +299,13 @@ def curate_flow(
 @flow(name="gc", flow_run_name="gc-{run_id}")
 def gc_flow(run_id: str, workdir: str | None = None, rejects: str = "redact") -> dict:
     """Delete a published run's pre-PII data (shards, removed documents, raw rejects, report excerpts, the
-    map of original ids); manifests and counts stay."""
+    map of original ids); manifests and counts stay.
+
+    Args:
+        run_id: The run to collect (<workdir>/runs/<run_id>).
+        workdir: Where runs live. Default: $LOOM_WORKDIR, else ./loom-work.
+        rejects: What happens to rejected raw records: redact (keep reasons, drop text), keep or delete.
+    """
     report = collect(RunPaths.of(workdir, run_id).root, rejects=rejects)
     get_run_logger().info("gc of run %s: %s stage(s) collected, %.1f MB freed", run_id, len(report["stages"]),
                           report["bytes_freed"] / 1e6)
@@ -297,7 +318,17 @@ def gc_flow(run_id: str, workdir: str | None = None, rejects: str = "redact") ->
 def step_flow(stage: str, inputs: list[str], output_dir: str, run_id: str, config: CurateConfig = CurateConfig(),
               force: bool = False, wait_for_lock: float = 0.0) -> list[dict]:
     """One stage on any input, outside a run: the inputs go through ingest first (into
-    `<output_dir>/_ingest`) unless the stage is ingest itself; the stage writes `output_dir`."""
+    `<output_dir>/_ingest`) unless the stage is ingest itself; the stage writes `output_dir`.
+
+    Args:
+        stage: The stage to run (exact_dedup, quality, near_dedup, pii, bias, decontaminate, publish, ingest).
+        inputs: Files, directories or globs to run it on.
+        output_dir: Where the stage writes its shards and manifest.
+        run_id: Name recorded in the manifest.
+        config: Every stage's settings (the [sections] of loom.toml).
+        force: Redo the stage even when complete.
+        wait_for_lock: Seconds to wait for another run holding the stage's lock.
+    """
     summaries, stage_input = [], None
     if stage != Ingest.name:  # any input goes through the ingest reader first
         ingest_dir = str(Path(output_dir) / "_ingest")

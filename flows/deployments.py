@@ -11,6 +11,8 @@ schedule a person created, edited or paused in the UI is never overwritten.
 
 from __future__ import annotations
 
+import inspect
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,15 +43,18 @@ class LoomDeployment:
     schedules: list = field(default_factory=list)  # created inactive, on first deployment only
 
 
-def _nightly(slug: str):
+def _nightly(slug: str, run_id: str):
+    """Created switched off (people switch it on in the UI). It reruns one run by id: the run's recorded
+    inputs, instruction data and config are reused, and only what changed is redone. (Prefect 3.8's server
+    empties these parameters when the schedule is switched on; the pipeline then reruns "nightly" anyway.)"""
     from prefect.schedules import Cron
 
-    return Cron("0 2 * * *", active=False, slug=slug)  # people switch it on in the UI
+    return Cron("0 2 * * *", active=False, slug=slug, parameters={"run_id": run_id})
 
 
 DEPLOYMENTS = [
     LoomDeployment(pipeline_flow, "loom-pipeline", "Curate -> tokenize -> pretrain -> finetune -> evaluate; "
-                   "start_at resumes from a step.", [_nightly("nightly")]),
+                   "start_at resumes from a step.", [_nightly("nightly", "nightly")]),
     LoomDeployment(curate_flow, "loom-curate", "Every curate stage, each skipped when complete."),
     LoomDeployment(ingest_flow, "loom-ingest", "01_ingest of a run (its inputs from run.json unless given)."),
     LoomDeployment(exact_dedup_flow, "loom-exact-dedup", "02_exact_dedup of a run; force reruns it."),
@@ -101,6 +106,10 @@ def runner_deployments(existing: set[str] | None = None, job_variables: dict | N
                                           job_variables=job_variables,
                                           concurrency_limit=ConcurrencyLimitConfig(
                                               limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
+        # relative to the project whatever the current directory (Prefect makes it relative to the current
+        # one: `../work/loom/flows/...` from elsewhere); serve and the process worker run from the project
+        source = Path(inspect.getsourcefile(d.flow.fn)).resolve().relative_to(REPO_ROOT)
+        deployment.entrypoint = f"{source.as_posix()}:{d.flow.fn.__qualname__}"
         if not first_time:
             # Prefect sends `schedules: []` for a deployment built without schedules, and the server
             # then deletes the ones people made in the UI: leave the field out of the update instead.
@@ -114,6 +123,7 @@ def serve_all(limit: int | None = None) -> None:
     """Serve every deployment from this process (Ctrl-C stops); the UI's state is left alone on exit."""
     from prefect import serve
 
+    os.chdir(REPO_ROOT)  # flow runs load their entrypoints (relative to the project) from here
     serve(*runner_deployments(), pause_on_shutdown=False, limit=limit)
 
 

@@ -15,13 +15,14 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.config import CurateConfig, default_run_id
+from flows.config import CurateConfig, default_run_id, load_pipeline_run, record_sft_data
 from flows.curate import curate_flow, tokenize_flow
 from flows.reporting import artifact_key
 from flows.stage_flow import StageRun, task_runner
 from flows.train import evaluate_flow, finetune_flow, pretrain_flow
 from tasks.layout import RunPaths
 
+SCHEDULED_RUN = "nightly"  # what a pipeline run given neither inputs nor run_id reruns (the nightly schedule)
 STEPS = ("curate", "tokenize", "pretrain", "finetune", "evaluate")
 
 
@@ -37,12 +38,39 @@ def keep_evaluation_out(config: CurateConfig) -> CurateConfig:
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{run_id}")
-def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = None, workdir: str | None = None,
-                  config: CurateConfig = CurateConfig(),
+def pipeline_flow(inputs: list[str] | None = None, sft_data: list[str] | None = None, run_id: str | None = None,
+                  workdir: str | None = None, config: CurateConfig | None = None,
                   start_at: Literal["curate", "tokenize", "pretrain", "finetune", "evaluate"] = "curate") -> dict:
     """Curate a corpus, tokenize it, pretrain a GPT, fine-tune it on instruction data and evaluate it.
-    Finished steps are skipped anyway; `start_at` does not even look at the steps before it."""
+    Finished steps are skipped anyway; `start_at` does not even look at the steps before it.
+
+    Args:
+        inputs: Corpus files, directories or globs (JSONL, Parquet, text; .gz/.zst; local paths or s3://...).
+            Empty: the inputs the run was started with (its run.json), so a scheduled run re-curates the same
+            sources and redoes only the stages whose inputs changed.
+        sft_data: Instruction data for fine-tuning (chat, Alpaca or question/answer records). Empty: the run's
+            recorded ones; none at all skips fine-tuning.
+        run_id: Name of the run; its data lives in <workdir>/runs/<run_id>. Default: derived from the inputs;
+            with no inputs either, "nightly" (the run the shipped schedule reruns).
+        workdir: Where runs live (the data plane). Default: $LOOM_WORKDIR, else ./loom-work.
+        config: Every stage's settings (the [sections] of loom.toml). Empty with no inputs: the run's recorded
+            config.
+        start_at: First step to run; the steps before it are not looked at.
+    """
     logger = get_run_logger()
+    if not inputs:  # a scheduled rerun: what the run was started with
+        # the shipped schedule's run; not only from its parameters: Prefect 3.8's server empties a schedule's
+        # parameters whenever it is switched on or off (its PATCH defaults them to {})
+        run_id = run_id or SCHEDULED_RUN
+        paths = RunPaths.of(workdir, run_id)
+        if not paths.run_file.exists():
+            raise ValueError(f"no inputs given and run {run_id!r} was never started: give the corpus (inputs), or "
+                             "start that run once with its inputs; later runs reuse its inputs and config")
+        inputs, recorded_sft, recorded_config = load_pipeline_run(paths)
+        sft_data = recorded_sft if sft_data is None else sft_data
+        config = config or recorded_config
+        logger.info("run %s: reusing its %d recorded input(s)", run_id, len(inputs))
+    sft_data, config = sft_data or [], config or CurateConfig()
     run_id = run_id or default_run_id(inputs)
     paths = RunPaths.of(workdir, run_id)
     wd = paths.workdir
@@ -51,6 +79,7 @@ def pipeline_flow(inputs: list[str], sft_data: list[str], run_id: str | None = N
     if first <= 0:
         config = keep_evaluation_out(config)
         out["curate"] = curate_flow(inputs=inputs, run_id=run_id, workdir=str(wd), config=config)
+        record_sft_data(paths, sft_data)
     if first <= 1:
         out["tokenize"] = tokenize_flow.with_options(task_runner=task_runner(config.workers, config.ray_address))(
             run=StageRun(run_id=run_id, workdir=str(wd), workers=config.workers, ray_address=config.ray_address),

@@ -166,7 +166,15 @@ def _train(kind: str, run_id: str, out: Path, steps: int, launch) -> dict:
 @flow(name="pretrain", flow_run_name="pretrain-{run_id}")
 def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfig = PretrainConfig(),
                   ray_address: str | None = None, allow_stale: bool = False) -> dict:
-    """Pretrain a GPT on the run's token shards with Ray Train + DeepSpeed; resumes from the last good checkpoint."""
+    """Pretrain a GPT on the run's token shards with Ray Train + DeepSpeed; resumes from the last good checkpoint.
+
+    Args:
+        run_id: The run whose token shards train the model (<workdir>/runs/<run_id>/tokens).
+        workdir: Where runs live. Default: $LOOM_WORKDIR, else ./loom-work.
+        config: Model, loop, DeepSpeed and worker settings ([pretrain]).
+        ray_address: Ray cluster to train on (ray://host:10001 or auto). Default: a local Ray instance.
+        allow_stale: Train even when the curated data changed after tokenizing.
+    """
     from training.launch import pretrain
 
     paths = RunPaths.of(workdir, run_id)
@@ -187,7 +195,18 @@ def finetune_flow(checkpoint: str, data: list[str], run_id: str, output_dir: str
     """Fine-tune a checkpoint on instruction data (chat, Alpaca or question/answer records): read
     through the ingest reader with its rejects, scrubbed of personal data by the PII stage (message
     by message; `config.scrub_pii`), rendered with the chat template, loss-masked to the responses
-    and packed; then the same Ray + DeepSpeed launcher as pretraining."""
+    and packed; then the same Ray + DeepSpeed launcher as pretraining.
+
+    Args:
+        checkpoint: A pretrained checkpoint: a training output directory or one step-N directory in it.
+        data: Instruction data files, directories or globs.
+        run_id: Name of the run the fine-tune belongs to.
+        output_dir: Where the fine-tune writes its checkpoints and metrics.
+        config: Fine-tuning mode (full, frozen, LoRA) and loop settings ([finetune]).
+        ray_address: Ray cluster to train on. Default: a local Ray instance.
+        ingest: Reader settings for the instruction data. Default: [ingest].
+        pii: Personal-data settings for the instruction data. Default: [pii].
+    """
     from training.launch import finetune
 
     tag = resolve_checkpoint(checkpoint)  # verified once per process: the CLI's check is remembered
@@ -248,7 +267,14 @@ def sft_flow(config: SftConfig, run: StageRun) -> dict:
 def evaluate_flow(checkpoint: str, run_id: str, config: EvaluateConfig = EvaluateConfig(),
                   output_dir: str | None = None) -> dict:
     """Perplexity, held-out loss, BLEU/ROUGE, exact match and the CrowS-Pairs score of a checkpoint;
-    a JSON file next to the training run and a Prefect table artifact."""
+    a JSON file next to the training run and a Prefect table artifact.
+
+    Args:
+        checkpoint: A training output directory or one step-N directory in it.
+        run_id: Name of the run, for the artifact's key.
+        config: Which evaluations and how many items ([evaluate]).
+        output_dir: Where the results JSON goes. Default: beside the training run.
+    """
     from training.evaluate import evaluate_checkpoint, write_results
 
     logger = get_run_logger()

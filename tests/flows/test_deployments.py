@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _serve(api_url: str, workdir: Path) -> subprocess.Popen:
-    """`loom serve` in its own process; returns once its deployments are being served."""
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(workdir)], cwd=ROOT,
+    """`loom serve` in its own process, started in another directory than the project's (the work
+    directory); returns once its deployments are being served."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(workdir)], cwd=workdir,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
     deadline = time.time() + 180
@@ -80,8 +81,11 @@ def test_serve_registers_every_flow_with_forms_and_inactive_schedules(served):
         for d in DEPLOYMENTS:
             deployment = _deployment(client, d.name)
             assert deployment.parameter_openapi_schema["properties"]  # the UI renders these as a form
+            assert deployment.entrypoint.startswith("flows/"), deployment.entrypoint  # served from elsewhere
         pipeline = _deployment(client, "loom-pipeline")
-        assert [(s.slug, s.active) for s in pipeline.schedules] == [("nightly", False)]
+        for name in ("inputs", "sft_data", "run_id", "workdir", "start_at"):  # the form explains each
+            assert pipeline.parameter_openapi_schema["properties"][name].get("description"), name
+        assert [(s.slug, s.active, s.parameters) for s in pipeline.schedules] == [("nightly", False, {"run_id": "nightly"})]
         assert "start_at" in pipeline.parameter_openapi_schema["properties"]
         stage = _deployment(client, "loom-exact-dedup")
         assert "run" in stage.parameter_openapi_schema["properties"]
@@ -177,7 +181,33 @@ def test_the_prefect_ui_shows_the_deployments_and_a_runs_artifacts(served, share
     assert (tmp_path / "deployments.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_the_nightly_schedule_reruns_a_recorded_run_from_its_parameters_alone(served, shared):
+    """The shipped schedule carries every parameter a run needs: its run_id. A pipeline run given no inputs
+    reuses the run's recorded inputs and config, so a scheduled run completes."""
+    from prefect.deployments import run_deployment
+
+    from flows.config import CurateConfig, save_run
+    from flows.demo import demo_config
+    from tasks.layout import RunPaths
+
+    _, workdir, _ = served
+    with _client() as client:
+        schedules = _deployment(client, "loom-pipeline").schedules
+        parameters = next(s.parameters for s in schedules if s.slug == "nightly")
+    assert parameters == {"run_id": "nightly"}  # (switching it on empties them: Prefect's PATCH; see pipeline_flow)
+    cfg = demo_config(CurateConfig(), pretrain_steps=3, finetune_steps=2)
+    cfg.ingest.text_field, cfg.ingest.id_field = "question", None
+    save_run(RunPaths.of(workdir, "nightly"), [str(shared / "sft/gsm8k/test.jsonl")], cfg)  # started once before
+    flow_run = run_deployment("pipeline/loom-pipeline", timeout=900, parameters=parameters)
+    assert flow_run.state.is_completed(), flow_run.state
+    run = workdir / "runs/nightly"
+    assert json.loads((run / "08_publish/_manifest.json").read_text())["rows_out"] > 1000
+    assert json.loads((run / "train/metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+
 def test_serving_again_keeps_schedules_changed_in_the_ui(served):
+    """(Stops the module's `loom serve`: the tests after it need none.)"""
     from prefect.client.schemas.schedules import IntervalSchedule
 
     api_url, workdir, proc = served
@@ -213,10 +243,12 @@ def test_infra_prefect_yaml_declares_every_deployment():
             assert schedule["active"] is False and schedule["slug"]
 
 
-def test_deploy_registers_every_flow_for_a_process_work_pool(served):
-    """`loom deploy` (last in this module: it turns the served deployments into work-pool ones)."""
+def test_deploy_registers_every_flow_for_a_process_work_pool(served, tmp_path, monkeypatch):
+    """`loom deploy` (last in this module: it turns the served deployments into work-pool ones), from another
+    directory than the project's: the same entrypoints."""
     from flows.deployments import deploy_all
 
+    monkeypatch.chdir(tmp_path)
     with _client() as client:
         before = {d.name: [(s.slug, s.active) for s in _deployment(client, d.name).schedules] for d in DEPLOYMENTS}
     assert len(deploy_all("loom-test")) == len(DEPLOYMENTS)
@@ -226,4 +258,6 @@ def test_deploy_registers_every_flow_for_a_process_work_pool(served):
             deployment = _deployment(client, d.name)
             assert deployment.work_pool_name == "loom-test"
             assert deployment.job_variables["working_dir"] == str(ROOT)
+            assert deployment.entrypoint.startswith("flows/"), deployment.entrypoint
             assert [(s.slug, s.active) for s in deployment.schedules] == before[d.name]  # untouched
+
