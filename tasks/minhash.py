@@ -224,6 +224,66 @@ def signatures_by_script(texts, num_perm: int = 128, seed: int = 1, n: int = 5, 
     return out
 
 
+def shingle_sets(texts, n: int = 5, kind: str = "auto", char_n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's set of shingle hashes, the very shingles its signature is made of (`kind` auto: character
+    n-grams where the text is in an unspaced script, as `signatures_by_script`), for exact Jaccard
+    similarities: (values, offsets), text i's set sorted and unique in values[offsets[i]:offsets[i + 1]]."""
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = pa.array(texts, pa.string())
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    if kind != "auto":
+        groups = [(np.arange(len(texts)), texts, n, kind)]
+    else:
+        rows = unspaced_rows(texts)
+        groups = [(np.flatnonzero(~rows), texts.filter(pa.array(~rows)), n, "word"),
+                  (np.flatnonzero(rows), space_characters(texts.filter(pa.array(rows))), char_n, "word")]
+    keys = []
+    for where, group, size, how in groups:
+        if len(where):
+            hashes, first = shingle_hashes(group, size, how)
+            owner = np.repeat(where.astype(np.uint64), np.diff(first))
+            keys.append((owner << np.uint64(32)) | hashes.astype(np.uint64))
+    key = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)  # sorted by (text, hash), unique
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=len(texts)), out=offsets[1:])
+    return (key & np.uint64(0xFFFFFFFF)).astype(np.uint32), offsets
+
+
+def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sets of `rows` back to back, and for each element the position of its row in `rows`."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    owner = np.repeat(np.arange(len(rows), dtype=np.int64), lengths)
+    starts = np.repeat(offsets[rows] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return values[np.arange(len(owner)) + starts], owner
+
+
+def exact_jaccard(sets: tuple[np.ndarray, np.ndarray], ia: np.ndarray, ib: np.ndarray,
+                  chunk: int = 1 << 21) -> np.ndarray:
+    """Jaccard similarity of the shingle sets (`shingle_sets`) of each pair (ia[k], ib[k]): the pairs'
+    elements tagged by pair and sorted together, an element seen twice is in both sets; vectorized, in
+    chunks of about `chunk` elements."""
+    values, offsets = sets
+    sizes = np.diff(offsets)
+    out = np.zeros(len(ia), dtype=np.float64)
+    per_pair = sizes[ia] + sizes[ib]
+    lo = 0
+    while lo < len(ia):
+        hi = max(lo + 1, int(np.searchsorted(np.cumsum(per_pair[lo:]), chunk, side="right")) + lo)
+        a, b = ia[lo:hi], ib[lo:hi]
+        va, oa = _gather(values, offsets, a)
+        vb, ob = _gather(values, offsets, b)
+        key = np.concatenate([(oa.astype(np.uint64) << np.uint64(32)) | va, (ob.astype(np.uint64) << np.uint64(32)) | vb])
+        key.sort()
+        both = key[1:][key[1:] == key[:-1]] >> np.uint64(32)
+        inter = np.bincount(both.astype(np.int64), minlength=hi - lo)
+        union = sizes[a] + sizes[b] - inter
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo:hi] = np.where((sizes[a] > 0) & (sizes[b] > 0), inter / np.maximum(union, 1), 0.0)
+        lo = hi
+    return out
+
+
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
     """Estimated Jaccard similarity of row pairs: the share of equal slots."""
     return (sig_a == sig_b).mean(axis=-1)
