@@ -111,12 +111,39 @@ def connect(cfg: LoopConfig, ray_address: str | None) -> bool:
             # address "local": a new instance, even when `ray start` runs a cluster on this machine
             ray.init(address="local", num_cpus=max(cfg.num_workers, os.cpu_count() or 1), include_dashboard=False,
                      runtime_env={"env_vars": env}, log_to_driver=not quiet)
+    check_workers()
     gpus = ray.cluster_resources().get("GPU", 0)
     if cfg.use_gpu is None:
         return gpus >= 1
     if cfg.use_gpu and gpus < cfg.num_workers:
         raise ValueError(f"use_gpu asks for {cfg.num_workers} GPU workers but the Ray cluster has {gpus:g} GPUs")
     return cfg.use_gpu
+
+
+WORKER_START_S = float(os.environ.get("LOOM_WORKER_START_S", 120))
+
+
+def check_workers(timeout_s: float = WORKER_START_S, runtime_env: dict | None = None) -> None:
+    """One trivial task on the cluster before training: a worker environment that cannot start (a package
+    missing on the nodes, a PYTHONPATH lost, a broken interpreter) fails here in one line within
+    `timeout_s`, not after Ray's five start retries (about six minutes) in a long traceback."""
+    import ray
+
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    ref = probe.options(runtime_env=runtime_env).remote() if runtime_env else probe.remote()
+    try:
+        ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise RuntimeError(
+            f"Ray could not start a worker process within {timeout_s:.0f} s, so training cannot start: the "
+            "workers' Python environment is broken or the cluster is saturated. See raylet.err in the session's "
+            "logs (/tmp/ray/session_latest/logs on the node); commonly a package missing on the worker nodes or "
+            "a PYTHONPATH they lack. LOOM_WORKER_START_S sets this wait.") from None
+
+
+def _probe() -> bool:
+    return True
 
 
 def fit(cfg: LoopConfig, config: WorkerConfig, output_dir: Path, name: str):

@@ -243,7 +243,7 @@ def test_copies_at_the_threshold_are_removed_and_none_below(shared, tmp_path):
                     out.append(" ".join(copy))
                     break
     _write(tmp_path / "in.jsonl", sources + near + below)
-    _, kept, removed = _run(tmp_path, [tmp_path / "in.jsonl"])
+    _, _, removed = _run(tmp_path, [tmp_path / "in.jsonl"])
     gone = set(removed.column("text").to_pylist())
     assert len(near) > 40 and len(below) > 40
     assert sum(t in gone for t in near) / len(near) >= 0.95

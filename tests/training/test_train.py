@@ -228,3 +228,19 @@ def test_ray_workers_keep_the_drivers_pythonpath(monkeypatch, tmp_path):
     assert worker_env()["PYTHONPATH"].split(os.pathsep) == [str(PROJECT), str(tmp_path / "site")]
     monkeypatch.delenv("PYTHONPATH")
     assert worker_env()["PYTHONPATH"] == str(PROJECT)
+
+
+def test_a_ray_worker_environment_that_cannot_start_fails_in_one_line():
+    """Workers that die at start-up (here: a broken interpreter) are reported within the wait, in one line,
+    instead of after Ray's start retries (about six minutes on the GPU machine where PYTHONPATH was lost)."""
+    import ray
+
+    from training.launch import check_workers
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        check_workers(timeout_s=60)  # a healthy cluster passes
+        with pytest.raises(RuntimeError, match="could not start a worker process within 15 s"):
+            check_workers(timeout_s=15, runtime_env={"env_vars": {"PYTHONHOME": "/nonexistent"}})
+    finally:
+        ray.shutdown()
