@@ -21,6 +21,7 @@ Records of another shape (instruction data) go through an adapter passed to the 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +35,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.inputs import InputFile, derived_id, expand_inputs, format_of, open_binary
 from tasks.manifest import files_fingerprint, write_json_atomic
-from tasks.readers import binary_kind, json_records, jsonl_records, parquet_records, text_records
+from tasks.readers import (
+    READ_BLOCK,
+    ByteRange,
+    binary_kind,
+    json_records,
+    jsonl_records,
+    parquet_records,
+    split_lines,
+    text_records,
+)
 from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter
 from tasks.stage import Stage, StageContext, UnitResult
 from tasks.text_cleaning import clean_text, normalize_unicode, strip_gutenberg
@@ -302,18 +312,50 @@ class Ingest(Stage):
                                   for f in expand_inputs(inputs)])
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
+        """Units of about `unit_bytes` of input: small files grouped, large ones split into pieces (JSON lines
+        at newlines, Parquet at row groups), so one big file still uses every worker."""
         units: list[list[dict]] = [[]]
         unit_size = 0
         for f in expand_inputs(ctx.inputs):
-            if units[-1] and unit_size + f.size > self.config.unit_bytes:
-                units.append([])
-                unit_size = 0
-            units[-1].append({"path": str(f.path), "key": f.key, "source": f.source, "size": f.size,
-                              "problem": f.problem})
-            unit_size += f.size
+            entry = {"path": str(f.path), "key": f.key, "source": f.source, "size": f.size, "problem": f.problem}
+            for piece in self._pieces(f):
+                size = piece["bytes"] if piece else f.size
+                if units[-1] and unit_size + size > self.config.unit_bytes:
+                    units.append([])
+                    unit_size = 0
+                units[-1].append({**entry, "piece": piece} if piece else entry)
+                unit_size += size
         plan = {f"part-{i:05d}": files for i, files in enumerate(units) if files}
         write_json_atomic(ctx.work_dir / "plan.json", plan)
         return list(plan)
+
+    def _pieces(self, f: InputFile) -> list[dict | None]:
+        """[None] for a file read whole; else its pieces: {"range": [start, end], "first": line number} of an
+        uncompressed JSON lines file, {"row_groups": [a, b], "first": row} of a Parquet file."""
+        limit = self.config.unit_bytes
+        if f.problem or f.size <= limit:
+            return [None]
+        fmt, compression = format_of(f.path)
+        try:
+            if fmt == "jsonl" and compression is None and binary_kind(f.path, None) is None:
+                return [{"range": [start, end], "first": first, "bytes": end - start}
+                        for start, end, first in split_lines(f.path, limit)]
+            if fmt == "parquet" and compression is None:
+                import pyarrow.parquet as pq
+
+                meta = pq.ParquetFile(f.path).metadata
+                pieces, start, first, size, row = [], 0, 0, 0, 0
+                for g in range(meta.num_row_groups):
+                    group = meta.row_group(g)
+                    size += sum(group.column(c).total_compressed_size for c in range(group.num_columns))
+                    row += group.num_rows
+                    if size >= limit or g == meta.num_row_groups - 1:
+                        pieces.append({"row_groups": [start, g + 1], "first": first, "bytes": size})
+                        start, first, size = g + 1, row, 0
+                return pieces if len(pieces) > 1 else [None]
+        except Exception:  # unreadable: read whole, where the reader turns it into a reject with its reason
+            return [None]
+        return [None]
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         plan = json.loads((ctx.work_dir / "plan.json").read_text())
@@ -323,10 +365,11 @@ class Ingest(Stage):
         rows_out = 0
         for entry in plan[key]:
             f = InputFile(Path(entry["path"]), entry["key"], entry["source"], entry["size"], entry.get("problem"))
-            stats["files"] += 1
-            stats["bytes_read"] += f.size
+            piece = entry.get("piece")
+            stats["files"] += 1 if piece is None or piece["first"] in (0, 1) else 0  # a file counts once
+            stats["bytes_read"] += piece["bytes"] if piece else f.size
             sink = FileSink(f, self.config, writer, rejects, stats, self.adapter)
-            self.read_file(sink)
+            self.read_file(sink, piece)
             sink.flush()
             rows_out += sink.rows_out
         outputs = writer.close() + rejects.close()
@@ -338,9 +381,9 @@ class Ingest(Stage):
             "stats": stats,
         }
 
-    def read_file(self, sink: FileSink) -> None:
-        """Every record of one file into `sink`, by the reader of its format; an error part-way keeps
-        what was read and becomes a reject naming where."""
+    def read_file(self, sink: FileSink, piece: dict | None = None) -> None:
+        """Every record of one file (or of one piece of it, `_pieces`) into `sink`, by the reader of its
+        format; an error part-way keeps what was read and becomes a reject naming where."""
         f, cfg = sink.f, self.config
         if f.problem:
             sink.reject(0, f.problem, detail=_PROBLEMS.get(f.problem, ""))
@@ -362,8 +405,15 @@ class Ingest(Stage):
                 if (kind := binary_kind(f.path, None)) not in (None, "parquet"):
                     sink.reject(0, "binary", detail=f"{kind} content in a .parquet file")
                     return
-                for record in parquet_records(f):
+                records = (parquet_records(f, tuple(piece["row_groups"]), piece["first"]) if piece
+                           else parquet_records(f))
+                for record in records:
                     sink.add(*record)
+                return
+            if piece:  # a piece of a JSON lines file (one that is not binary: `_pieces` checked)
+                with io.BufferedReader(ByteRange(f.path, *piece["range"]), READ_BLOCK) as fh:
+                    for record in jsonl_records(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback, piece["first"]):
+                        sink.add(*record)
                 return
             with open_binary(f.path, compression) as fh:
                 if (kind := binary_kind(fh)) is not None:

@@ -97,12 +97,67 @@ def _skip_bom(fh) -> None:
         fh.read(3)
 
 
-def parquet_records(f: InputFile) -> Iterator[Record]:
-    position = 0
-    for batch in iter_batches(f.path, 4096):
+def parquet_records(f: InputFile, row_groups: tuple[int, int] | None = None, first_row: int = 0
+                    ) -> Iterator[Record]:
+    """Every row, or those of row groups [a, b) (a piece of a large file; `first_row`: the position of its
+    first row in the file)."""
+    position = first_row
+    if row_groups is None:
+        batches = iter_batches(f.path, 4096)
+    else:
+        import pyarrow.parquet as pq
+
+        batches = pq.ParquetFile(f.path).iter_batches(batch_size=4096, row_groups=range(*row_groups))
+    for batch in batches:
         for record in batch.to_pylist():
             yield position, record, None, record
             position += 1
+
+
+class ByteRange(io.RawIOBase):
+    """Bytes [start, end) of a file as a stream (a piece of a large JSON lines file)."""
+
+    def __init__(self, path, start: int, end: int):
+        self._f = open(path, "rb")  # noqa: SIM115 (closed with this stream)
+        self._f.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer)[: self._left]
+        got = self._f.readinto(view)
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def split_lines(path, piece_bytes: int, block: int = 16 << 20) -> list[tuple[int, int, int]]:
+    """(start, end, number of the first line) of pieces of about `piece_bytes` of a JSON lines file, each
+    ending after a newline, so every line is in exactly one piece and keeps its number (one read of the file,
+    counting newlines)."""
+    pieces, start, line, next_cut = [], 0, 1, piece_bytes
+    lines_before = 0  # newlines before the current block
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            while next_cut < offset + len(chunk):
+                cut = chunk.find(b"\n", max(0, next_cut - offset))
+                if cut < 0:
+                    break
+                end = offset + cut + 1
+                newlines = lines_before + chunk.count(b"\n", 0, cut + 1)
+                pieces.append((start, end, line))
+                start, line, next_cut = end, newlines + 1, end + piece_bytes
+            lines_before += chunk.count(b"\n")
+            offset += len(chunk)
+    if offset > start:
+        pieces.append((start, offset, line))
+    return pieces
 
 
 def json_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterator[Record]:
@@ -133,12 +188,14 @@ def json_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterat
         yield 0, parsed[0], None if parsed[1] == "utf-8" else parsed[1], parsed[0]
 
 
-def jsonl_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterator[Record]:
+def jsonl_records(fh, sink: Sink, max_bytes: int, fallback: str | None, first_line: int = 1) -> Iterator[Record]:
     """One JSON value per line; lines orjson refuses are mended (legacy encodings, lone surrogate
-    escapes) or become rejects (oversize, undecodable, malformed); blank lines are counted."""
+    escapes) or become rejects (oversize, undecodable, malformed); blank lines are counted. `first_line`:
+    the number of the first line read (a piece of a file starts part-way through it)."""
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
-    _skip_bom(fh)
-    for start, lines, oversize in line_blocks(fh, max_bytes):
+    if first_line == 1:
+        _skip_bom(fh)
+    for start, lines, oversize in line_blocks(fh, max_bytes, first_line=first_line):
         for lineno, line in enumerate(lines, start):
             try:
                 record = loads(line)
@@ -180,12 +237,13 @@ def _parse_whole(raw: bytes, fallback: str | None) -> tuple[object, str]:
     return orjson.loads(text), encoding
 
 
-def line_blocks(f, limit: int, block: int = READ_BLOCK) -> Iterator[tuple[int, list, dict[int, bytes]]]:
+def line_blocks(f, limit: int, block: int = READ_BLOCK, first_line: int = 1
+                ) -> Iterator[tuple[int, list, dict[int, bytes]]]:
     """(number of the first line, lines, oversize) per block read; never holds more than
     about `limit` + `block` bytes. An oversize line is None in `lines` and its first bytes
     are in `oversize`, keyed by line number. When the stream breaks part-way (a truncated
     archive), the complete lines before the break are yielded, then the error is raised."""
-    lineno = 1
+    lineno = first_line
     carry = b""
     pending = b""
     while True:

@@ -241,3 +241,46 @@ def test_an_empty_directory_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no file"):
         expand_inputs([str(tmp_path / "empty")])
+
+
+def _same_documents(a, b) -> None:
+    for column in ("id", "text"):
+        assert a.column(column).to_pylist() == b.column(column).to_pylist(), column
+
+
+def test_one_large_json_lines_file_is_split_into_units_with_the_same_result(shared, tmp_path):
+    """A file larger than unit_bytes is read in pieces cut at newlines (one unit of work each, so one big
+    file uses every worker): the same documents, ids, line numbers and rejects as read whole."""
+    path = shared / "sft/alpaca_libre/alpaca_libre_tasks_v2.jsonl"
+    whole, docs, rejects = ingest([path], tmp_path / "whole", text_field="instruction")
+    split, split_docs, split_rejects = ingest([path], tmp_path / "split", workers=2, text_field="instruction",
+                                              unit_bytes=path.stat().st_size // 5)
+    assert len(list((tmp_path / "split").glob("part-*.parquet"))) >= 5  # a unit, and a shard, per piece
+    _same_documents(docs, split_docs)
+    assert split.rejected == whole.rejected == {"malformed_json": 14}
+    assert sorted(split_rejects.column("position").to_pylist()) == sorted(rejects.column("position").to_pylist())
+    assert split.stats["files"] == 1 and split.stats["bytes_read"] == path.stat().st_size
+
+
+def test_pieces_keep_line_numbers_across_blank_lines_a_bom_and_a_last_line_without_newline(tmp_path):
+    lines = [json.dumps({"text": f"document {i} " + "word " * (i % 7)}) if i % 5 else "" for i in range(1, 400)]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())  # BOM, blank lines, no final newline
+    whole, docs, _ = ingest([path], tmp_path / "whole")
+    split, split_docs, _ = ingest([path], tmp_path / "split", unit_bytes=1000)
+    _same_documents(docs, split_docs)  # derived ids come from line numbers: the same
+    assert split.stats["blank_lines"] == whole.stats["blank_lines"] == 79
+    assert len(split_docs) == 320
+
+
+def test_a_large_parquet_file_is_split_at_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "in.parquet"
+    table = pa.table({"id": [f"r{i}" for i in range(5000)], "text": [f"row {i} " * 20 for i in range(5000)]})
+    pq.write_table(table, path, row_group_size=500)
+    _, docs, _ = ingest([path], tmp_path / "whole")
+    _, split_docs, _ = ingest([path], tmp_path / "split", unit_bytes=path.stat().st_size // 4)
+    assert len(list((tmp_path / "split").glob("part-*.parquet"))) >= 4
+    _same_documents(docs, split_docs)
