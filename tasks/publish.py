@@ -187,6 +187,7 @@ class Publish(Stage):
             "personal_data": {
                 "scrubbed": pii is not None,
                 "strategy": pii.config.get("strategy") if pii else None,
+                "profile": pii.config.get("profile", "thorough") if pii else None,
                 "entities": pii.config.get("entities") if pii else [],
                 "found": pii.stats.get("entities", {}) if pii else {},
                 "documents_touched": pii.stats.get("documents_touched", 0) if pii else 0,
@@ -273,8 +274,11 @@ def render_card_markdown(card: dict) -> str:
     lines += ["", "## Personal data", ""]
     if pii.get("scrubbed"):
         found = ", ".join(f"{k} {v:,}" for k, v in sorted(pii["found"].items(), key=lambda kv: -kv[1])) or "none"
+        how = ("pattern recognizers alone: names and places were not looked for" if pii.get("profile") == "patterns"
+               else "pattern recognizers, NER and name and place rules")
         lines += [f"Text, ids and record fields went through the PII stage (Presidio with Loom's recognizers, "
-                  f"offline), replaced by strategy `{pii['strategy']}`. Entities looked for: "
+                  f"offline; profile `{pii.get('profile') or 'thorough'}`: {how}), replaced by strategy "
+                  f"`{pii['strategy']}`. Entities looked for: "
                   f"{', '.join(pii['entities'])}. Found and replaced: {found}, in {pii['documents_touched']:,} "
                   f"documents; {pii['ids_replaced']:,} ids that held personal data were replaced by keyed hashes.",
                   ""]

@@ -26,12 +26,12 @@ The parts, each a module of this package:
 
 from tasks.pii.config import DEFAULT_MODEL, ENTITIES, PII_COUNTS, PLACEHOLDERS, PiiConfig, PiiModelError
 from tasks.pii.engine import analyzer, use_bundled_suffix_list
-from tasks.pii.find import find_pii, merge_spans
+from tasks.pii.find import find_pii, merge_spans, plainly_english
 from tasks.pii.patterns import luhn_ok
 from tasks.pii.replace import replace_spans, surrogate
 from tasks.pii.stage import Pii
 
 __all__ = [
     "DEFAULT_MODEL", "ENTITIES", "PII_COUNTS", "PLACEHOLDERS", "Pii", "PiiConfig", "PiiModelError", "analyzer",
-    "find_pii", "luhn_ok", "merge_spans", "replace_spans", "surrogate", "use_bundled_suffix_list",
+    "find_pii", "luhn_ok", "merge_spans", "plainly_english", "replace_spans", "surrogate", "use_bundled_suffix_list",
 ]

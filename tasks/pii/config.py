@@ -37,6 +37,10 @@ class PiiConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    profile: Literal["thorough", "patterns"] = Field(
+        "thorough", description="thorough: pattern recognizers, NER (PERSON, LOCATION) and the name and place "
+        "rules; patterns: the pattern recognizers alone (e-mails, phones, cards, IBANs, IPs, ids, secrets, street "
+        "addresses), many times faster, for corpora where names are not personal data.")
     model: str = Field(DEFAULT_MODEL, description="spaCy model for PERSON/LOCATION (an installed package name).")
     entities: list[str] = Field(default_factory=lambda: list(ENTITIES), description="Entity types to find.")
     thresholds: dict[str, float] = Field(

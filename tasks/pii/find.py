@@ -20,7 +20,7 @@ from tasks.pii.names import (
     ner_view,
     other_mentions,
 )
-from tasks.pii.patterns import OWN_FINDERS, PLAUSIBLE, STRICT_FINDERS, trim_email
+from tasks.pii.patterns import OWN_FINDERS, STRICT_FINDERS, plausible_rows, trim_email
 
 # ---- finding and replacing ----------------------------------------------------------------------
 
@@ -48,7 +48,9 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
     from presidio_analyzer.nlp_engine import NlpArtifacts
 
     engine = analyzer(cfg.model, cfg.fast_ner)
-    if cfg.name_lists:
+    patterns_only = cfg.profile == "patterns"  # no NER, no name or place rules: the pattern recognizers alone
+    use_names, use_places = cfg.name_lists and not patterns_only, cfg.place_cues and not patterns_only
+    if use_names:
         name_lists()
     freeze_loaded()
     nlp_engine = engine.nlp_engine
@@ -58,23 +60,30 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
     gates = pattern_gates(engine)
     pieces = [(i, offset, piece) for i, text in enumerate(texts) for offset, piece in _chunks(text)]
     found: list[list] = [[] for _ in texts]
-    wanted = set(cfg.entities)
+    wanted = set(cfg.entities) - (NER_ENTITIES if patterns_only else set())
     ner_wanted = wanted & NER_ENTITIES
-    modeled_text = _modeled(texts, langs, cfg) if ner_wanted or cfg.name_lists or cfg.place_cues else None
+    if patterns_only:  # no language ID: the English-tuned finders read plainly English text, the strict ones the rest
+        modeled_text = [plainly_english(t) for t in texts]
+    else:
+        modeled_text = _modeled(texts, langs, cfg) if ner_wanted or use_names or use_places else None
     modeled = [modeled_text is None or modeled_text[i] for i, _, _ in pieces]
-    views = [ner_view(p, cfg.name_lists) if on else p for (_, _, p), on in zip(pieces, modeled)]
+    views = [ner_view(p, use_names) if on else p for (_, _, p), on in zip(pieces, modeled)]
     ner_iter = ner_docs(nlp, (v for v, on in zip(views, modeled) if on), cfg.batch_size, cfg.fast_ner) \
         if ner_wanted else None
-    docs = (next(ner_iter) if on and ner_iter is not None else nlp.make_doc(v) for v, on in zip(views, modeled))
-    for (i, offset, piece), doc, on in zip(pieces, docs, modeled):  # on: NER and English-tuned rules read it
+    # a piece's tokens only when NER reads it, or a pattern recognizer needs them for its context words
+    docs = (next(ner_iter) if on and ner_iter is not None else None for on in modeled)
+    pattern_entities = sorted(wanted - NER_ENTITIES)
+    could = plausible_rows([p for _, _, p in pieces], pattern_entities)
+    for k, ((i, offset, piece), view, doc, on) in enumerate(zip(pieces, views, docs, modeled)):  # on: NER reads it
         spans = []
         # Presidio's pattern recognizers run only where their pattern could match. NER results
         # are read off the doc as Presidio's SpacyRecognizer would (mapped label, default score),
         # without building its per-token artifacts for every document.
-        plausible = [e for e in wanted - NER_ENTITIES if e not in PLAUSIBLE or PLAUSIBLE[e](piece)]
+        plausible = [e for e in pattern_entities if e not in could or could[e][k]]
         entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES
                     and (e not in gates or gates[e](piece))]
         if entities:
+            doc = doc if doc is not None else nlp.make_doc(view)
             # Presidio raises a weak match's score when a context word ("ssn", "iban", "card") is
             # near, comparing its lemmas. The NER-only pipeline has no lemmatizer, so the words in
             # lower case stand in (Presidio matches context words as substrings: "cards" has "card").
@@ -85,7 +94,7 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
         finders = OWN_FINDERS if on else STRICT_FINDERS
         spans += [(start, end, entity, score) for entity in plausible if entity in finders
                   for start, end, score in finders[entity](piece)]
-        for ent in doc.ents:
+        for ent in doc.ents if doc is not None else ():
             entity = ner_labels.get(ent.label_)
             if entity in ner_wanted:
                 end = ent.start_char + _name_length(piece[ent.start_char:ent.end_char])
@@ -95,17 +104,17 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
                      if score >= cfg.threshold(entity)]
         if not on:  # patterns only in a language the model and the rules were not made for
             continue
-        if "PERSON" in wanted and cfg.name_lists:
+        if "PERSON" in wanted and use_names:
             found[i] += [(s + offset, e + offset, "PERSON", score)
                          for s, e, score in itertools.chain(listed_names(piece), name_lines(piece),
                                                             cued_names(piece))
                          if score >= cfg.threshold("PERSON")]
-        if "LOCATION" in wanted and cfg.place_cues:
+        if "LOCATION" in wanted and use_places:
             found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in cued_places(piece)
                          if score >= cfg.threshold("LOCATION")]
     if "PERSON" in wanted:
         for text, spans in zip(texts, found):
-            spans += other_mentions(text, spans, cfg.name_lists)
+            spans += other_mentions(text, spans, use_names)
     for text, spans in zip(texts, found):  # an e-mail address is ASCII: never the CJK text around it
         spans[:] = [trim_email(text, s) if s[2] == "EMAIL_ADDRESS" else s for s in spans]
     return [merge_spans(spans) for spans in found]
@@ -114,7 +123,7 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
 _ENGLISH_WORDS = re.compile(r"\b(?:the|and|of|to|is|was|with|for|that|this|you|are|my|your|have)\b", re.IGNORECASE)
 
 
-def _plainly_english(text: str) -> bool:
+def plainly_english(text: str) -> bool:
     """ASCII text with several of English's commonest words: English, without asking the model."""
     head = text[:600]
     return head.isascii() and len(_ENGLISH_WORDS.findall(head, 0, 600)) >= 3
@@ -127,7 +136,7 @@ def _modeled(texts: list[str], langs: list[str] | None, cfg: PiiConfig) -> list[
     in another language or script gets the pattern recognizers only."""
     if langs is None:  # plain English text needs no model to say so (most of an English corpus: a fifth of the time)
         english = "en" in cfg.ner_languages
-        plain = [english and _plainly_english(t) for t in texts]
+        plain = [english and plainly_english(t) for t in texts]
         asked = [t for t, p in zip(texts, plain) if not p]
         answers = iter(identify(asked))
         found = [("en", 1.0) if p else next(answers) for p in plain]

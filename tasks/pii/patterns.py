@@ -35,6 +35,39 @@ PLAUSIBLE = {
     "CN_RESIDENT_ID": re.compile(r"\d{17}[\dXx]").search,
 }
 
+# The same tests in RE2 syntax, run over a whole batch at once by Arrow (C++, linear time): a text's pieces
+# reach the per-text recognizers only where one of these matches. \p{Nd} is what `re` means by \d in str
+# patterns (any decimal digit); (?i) folds case as IGNORECASE does (the long s, the Kelvin sign).
+PLAUSIBLE_RE2 = {
+    "EMAIL_ADDRESS": "@",
+    "PHONE_NUMBER": r"(?:\p{Nd}\P{Nd}{0,3}){7}",
+    "CREDIT_CARD": r"(?:\p{Nd}[ -]?){12}",
+    "IBAN_CODE": r"[A-Za-z]{2}[ -]?\p{Nd}{2}",
+    "IP_ADDRESS": r"\p{Nd}\.\p{Nd}{1,3}\.\p{Nd}{1,3}\.\p{Nd}|:[0-9A-Fa-f]{0,4}:",
+    "US_SSN": r"\p{Nd}{3}\P{Nd}{0,2}\p{Nd}{2}\P{Nd}{0,2}\p{Nd}{4}",
+    "STREET_ADDRESS": r"\p{Nd}",
+    "SECRET": r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_|sk-|AIza|(?i:pass|paß|pwd|secret|key|token)",  # ß: casefold
+    "CN_RESIDENT_ID": r"\p{Nd}{17}[\p{Nd}Xx]",
+}
+
+
+def plausible_rows(texts: list[str], entities) -> dict:
+    """Entity -> for each text, whether its recognizers could match it (PLAUSIBLE, for a whole batch at once:
+    Arrow's RE2, many times faster than one `re` search per text and entity)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(texts, pa.string())
+    out = {}
+    for entity in entities:
+        if entity in PLAUSIBLE_RE2:
+            out[entity] = pc.match_substring_regex(array, PLAUSIBLE_RE2[entity]).to_numpy(zero_copy_only=False)
+        elif entity in PLAUSIBLE:
+            out[entity] = np.array([bool(PLAUSIBLE[entity](t)) for t in texts], dtype=bool)
+    return out
+
+
 _STREET_SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
     r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Alley|Crescent|Close|Row|Walk|Plaza|Loop|Path)"

@@ -17,6 +17,7 @@ from tasks.pii import (
     find_pii,
     luhn_ok,
     merge_spans,
+    plainly_english,
     replace_spans,
     surrogate,
 )
@@ -434,3 +435,22 @@ def test_text_in_other_languages_is_left_alone_and_their_pii_is_found(shared):
         assert all(not any("\u4e00" <= c <= "\u9fff" for c in text[s:e]) for s, e, _, _ in spans_)
     bad_checksum = find_pii(["身份证110105194912310021。"], PiiConfig())[0]
     assert not [s for s in bad_checksum if s[2] == "CN_RESIDENT_ID"]
+
+
+def test_the_patterns_profile_finds_what_the_pattern_recognizers_find_and_no_names(shared):
+    """`[pii] profile = "patterns"`: no NER and no name or place rules, and on plainly English text the same
+    pattern spans (e-mails, phones, cards, IBANs, IPs, ids, secrets, addresses) as the thorough profile."""
+    from tasks.pii.config import NER_ENTITIES
+
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())[:600]
+    texts = [r["full_text"] for r in records]
+    thorough, patterns = find_pii(texts, PiiConfig()), find_pii(texts, PiiConfig(profile="patterns"))
+    assert not any(s[2] in NER_ENTITIES for spans in patterns for s in spans)
+    english = [i for i, t in enumerate(texts) if plainly_english(t)]
+    assert len(english) > 150
+    # what NER found can overlap a pattern span and be merged with it; compare the spans NER played no part in
+    for i in english:
+        alone = [s[:3] for s in thorough[i] if s[2] not in NER_ENTITIES
+                 and not any(n[0] < s[1] and s[0] < n[1] for n in thorough[i] if n[2] in NER_ENTITIES)]
+        assert set(alone) <= {s[:3] for s in patterns[i]}, texts[i][:100]
+    assert sum(len(spans) for spans in patterns) > 200
