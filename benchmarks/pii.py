@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -128,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1500)
     parser.add_argument("--plain-docs", type=int, default=1500, help="Documents for the plain engine (slow).")
+    parser.add_argument("--prose-chars", type=int, default=600_000, help="Characters of prose for the profiles' speed.")
     parser.add_argument("--slices", type=int, default=5, help="Both engines take turns on this many parts of the "
                         "texts (each engine's time is the sum), so that drift in the machine's speed hits both.")
     args = parser.parse_args()
@@ -153,6 +155,52 @@ def main() -> None:
     if plain_n == len(texts) and len(cpu["plain"]) > 1:  # each slice had the same texts for both
         ratios = [p / q for p, q in zip(cpu["plain"], cpu["loom"])]
         print(f"per slice of {step:,} texts: " + ", ".join(f"{r:.1f}x" for r in ratios))
+    profiles(records, args.prose_chars)
+
+
+def prose(n_chars: int) -> list[str]:
+    """2-4 KB pieces of real prose (Gutenberg, WikiText), cut at paragraph ends."""
+    pretrain = ROOT.parent / "shared" / "data" / "pretrain"
+    texts = [(pretrain / "gutenberg_raw/972_devils_dictionary.txt").read_text(errors="replace"),
+             (pretrain / "wikitext2_tok/valid.txt").read_text(errors="replace")]
+    out, total = [], 0
+    for text in texts:
+        piece = ""
+        for paragraph in re.split(r"\n\s*\n", text):
+            piece = f"{piece}\n\n{paragraph}" if piece else paragraph
+            if len(piece) >= 2000:
+                out.append(piece[:4000])
+                total += len(out[-1])
+                piece = ""
+            if total >= n_chars * (1 + texts.index(text)) / len(texts):
+                break
+    return out
+
+
+def profiles(records: list[dict], prose_chars: int) -> None:
+    """Each `[pii] profile`: recall on the labeled set and MB/s per core on 2-4 KB prose, in one table."""
+    from tasks.pii import PiiConfig, find_pii
+
+    texts = [r["full_text"] for r in records]
+    pieces = prose(prose_chars)
+    mb = sum(len(p.encode()) for p in pieces) / 1e6
+    print(f"\nprofiles: recall on the {len(texts):,} labeled texts; speed on {len(pieces):,} pieces of 2-4 KB prose "
+          f"({mb:.2f} MB, Gutenberg + WikiText), one core")
+    print(f"{'profile':10} {'recall, patterns':>16} {'recall, names/places':>20} {'MB/s':>7} {'CPU h/GB':>9}")
+    for name in ("thorough", "patterns"):
+        cfg = PiiConfig(profile=name)
+        find_pii(pieces[:3], cfg)  # loaded
+        t0 = time.process_time()
+        find_pii(pieces, cfg)
+        rate = mb / (time.process_time() - t0)
+        got = score(records, [[s[:3] for s in spans] for spans in find_pii(texts, cfg)])
+        pattern_types = [t for t in SCORED if t not in ("PERSON", "LOCATION") and got[t]["labeled"]]
+        pattern_recall = (sum(got[t]["recall"] * got[t]["labeled"] for t in pattern_types)
+                          / sum(got[t]["labeled"] for t in pattern_types))
+        names = [t for t in ("PERSON", "LOCATION") if got[t]["labeled"]]
+        name_recall = sum(got[t]["recall"] * got[t]["labeled"] for t in names) / sum(got[t]["labeled"] for t in names)
+        print(f"{name:10} {pattern_recall:16.3f} {name_recall:20.3f} {rate:7.2f} {1000 / rate / 3600:9.2f}")
+    print("targets: thorough >= 0.3 MB/s, patterns >= 20 MB/s per core")
 
 
 if __name__ == "__main__":

@@ -62,10 +62,9 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
     found: list[list] = [[] for _ in texts]
     wanted = set(cfg.entities) - (NER_ENTITIES if patterns_only else set())
     ner_wanted = wanted & NER_ENTITIES
-    if patterns_only:  # no language ID: the English-tuned finders read plainly English text, the strict ones the rest
-        modeled_text = [plainly_english(t) for t in texts]
-    else:
-        modeled_text = _modeled(texts, langs, cfg) if ner_wanted or use_names or use_places else None
+    # the English-tuned finders read text in ner_languages (language ID only where it is not plainly English);
+    # the strict ones the rest
+    modeled_text = _modeled(texts, langs, cfg) if ner_wanted or use_names or use_places or patterns_only else None
     modeled = [modeled_text is None or modeled_text[i] for i, _, _ in pieces]
     views = [ner_view(p, use_names) if on else p for (_, _, p), on in zip(pieces, modeled)]
     ner_iter = ner_docs(nlp, (v for v, on in zip(views, modeled) if on), cfg.batch_size, cfg.fast_ner) \
