@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from flows.config import CurateConfig, default_run_id, load_run, record_stage_config, save_run
-from flows.reporting import artifact_key, summary_rows
+from flows.reporting import artifact_key, embed_images, summary_rows
 from flows.stage_flow import LocalProcesses, StageRun, run_stage_flow, task_runner
 from tasks.bias import REPORT_JSON as BIAS_REPORT_JSON
 from tasks.bias import REPORT_MD as BIAS_REPORT_MD
@@ -195,8 +195,10 @@ def bias_flow(run: StageRun, config: BiasConfig | None = None) -> dict:
 
 
 def _markdown_file(name: str):
-    """A report the stage wrote in markdown, as it is (for reports that hold counts and names of terms only)."""
-    return lambda stage_dir: (stage_dir / name).read_text() if (stage_dir / name).exists() else None
+    """A report the stage wrote in markdown, as it is (for reports that hold counts and names of terms only),
+    its images beside it embedded: the Prefect UI cannot reach a file in the work directory."""
+    return lambda stage_dir: embed_images((stage_dir / name).read_text(), stage_dir) if (stage_dir / name).exists() \
+        else None
 
 
 def _run_with_report(stage: Stage, run: StageRun, render, key: str, what: str) -> dict:

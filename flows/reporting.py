@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -297,3 +299,18 @@ def training_table(rows: list[dict]) -> Table:
         status = "[red]none[/red]" if row["status"] == "none" else row["status"]
         table.add_row(row["step"], status, row["result"], row["where"])
     return table
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)")
+
+
+def embed_images(markdown: str, directory: Path) -> str:
+    """Markdown whose images name PNG files in `directory` (`![chart](chart.png)`), with each image embedded as a
+    data URI, so a Prefect artifact shows it wherever the UI runs; an image whose file is missing stays as is."""
+    def embed(m: re.Match) -> str:
+        path = Path(directory) / m.group(2)
+        if not path.is_file():
+            return m.group(0)
+        return f"![{m.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return _IMAGE.sub(embed, markdown)

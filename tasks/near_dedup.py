@@ -22,7 +22,6 @@ depends only on the input: not on the number of workers, shards or partitions.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Literal
 
@@ -33,6 +32,7 @@ from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.manifest import write_json_atomic
+from tasks.markdown import cell
 from tasks.minhash import MAX_HASH, exact_jaccard, shingle_sets, signatures, signatures_by_script
 from tasks.shards import filter_shard, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
@@ -446,14 +446,11 @@ def render_report(report: dict, with_text: bool = True) -> str:
         "## Cluster sizes", "", "| size | clusters |", "|---:|---:|",
         *(f"| {size} | {count:,} |" for size, count in report["cluster_sizes"].items()), "",
         "## Largest clusters", "", f"| cluster | size | kept {what} |", "|---:|---:|---|",
-        *(f"| {c['cluster_id']} | {c['size']} | {_cell(c['kept'])} |" for c in report["largest_clusters"]), "",
+        *(f"| {c['cluster_id']} | {c['size']} | {cell(c['kept'], 300)} |" for c in report["largest_clusters"]), "",
         "## Example pairs (lowest similarity first)", "",
         f"| cluster | similarity | kept {what} | removed {what} |", "|---:|---:|---|---|",
-        *(f"| {e['cluster_id']} | {e['similarity']} | {_cell(e['kept'])} | {_cell(e['removed'])} |"
+        *(f"| {e['cluster_id']} | {e['similarity']} | {cell(e['kept'], 300)} | {cell(e['removed'], 300)} |"
           for e in report["example_pairs"]),
     ]
     return "\n".join(lines) + "\n"
 
-
-def _cell(text: str) -> str:
-    return json.dumps(text)[1:-1].replace("|", "\\|")[:300]

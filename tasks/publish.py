@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.manifest import StageManifest, now_iso, read_manifest, write_json_atomic
+from tasks.markdown import cell
 from tasks.retention import RetentionConfig
 from tasks.retention import describe as describe_retention
 from tasks.shards import OutputFile, ShardWriter, iter_batches, list_shards, sha256_file
@@ -269,7 +270,8 @@ def render_card_markdown(card: dict) -> str:
     lines += ["", "Removed documents are kept in each stage's `_removed/`, bad input in `_rejects/`, with reasons.", ""]
     lines += ["## How it was curated", ""]
     for s in card["stages"]:
-        settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted((s.get("config") or {}).items()))
+        settings = ", ".join(f"{k}={cell(json.dumps(v, ensure_ascii=False))}"
+                             for k, v in sorted((s.get("config") or {}).items()))
         lines.append(f"- **{s['stage']}**: {settings or 'defaults'}")
     lines += ["", "## Personal data", ""]
     if pii.get("scrubbed"):
@@ -288,14 +290,14 @@ def render_card_markdown(card: dict) -> str:
         lines += [card["retention"], ""]
     if card.get("languages"):
         lines += ["## Languages", "", "| language | documents |", "|---|---:|"]
-        lines += [f"| {lang} | {n:,} |" for lang, n in card["languages"].items()] + [""]
+        lines += [f"| {cell(lang)} | {n:,} |" for lang, n in card["languages"].items()] + [""]
     lines += ["## Schema", "", "| column | type |", "|---|---|"]
-    lines += [f"| {c['name']} | {c['type']} |" for c in card["schema"]]
+    lines += [f"| {cell(c['name'])} | {cell(c['type'])} |" for c in card["schema"]]
     length = card["length_chars"]
     lines += ["", "## Documents", "", "| length (chars) | value |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in length.items()]
     lines += ["", f"## Sources ({card['sources']['distinct']:,} distinct)", "", "| source | documents |", "|---|---:|"]
-    lines += [f"| {name} | {count:,} |" for name, count in card["sources"]["top"]]
+    lines += [f"| {cell(name)} | {count:,} |" for name, count in card["sources"]["top"]]
     lines += ["", "## Known limitations", "",
               "- Personal data is found by patterns and a small NER model: recall is high but not complete (see "
               "the project's benchmarks); names and places in languages without a model are found by patterns "
