@@ -171,7 +171,9 @@ def _near_dedup_artifact(stage_dir: Path) -> str | None:
     """The near-dedup report for the control plane: where the documents are and their similarities, no
     text (the stage directory's own report, in the data plane, shows their opening words)."""
     path = stage_dir / NEAR_DEDUP_REPORT_JSON
-    return render_near_dedup_report(json.loads(path.read_text()), with_text=False) if path.exists() else None
+    if not path.exists():
+        return None
+    return embed_images(render_near_dedup_report(json.loads(path.read_text()), with_text=False), stage_dir)
 
 
 @flow(name="pii", flow_run_name="pii-{run.run_id}", task_runner=LocalProcesses())

@@ -31,6 +31,8 @@ import pyarrow.compute as pc
 from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tasks import charts
+from tasks.charts import SIMILARITY_PNG
 from tasks.manifest import write_json_atomic
 from tasks.markdown import cell
 from tasks.minhash import MAX_HASH, exact_jaccard, shingle_sets, signatures, signatures_by_script
@@ -146,7 +148,7 @@ class NearDedup(Stage):
     name = "04_near_dedup"
     Config = NearDedupConfig
     phases = ("signature", "pairs", "cluster", "filter")
-    owned_outputs = (*Stage.owned_outputs, REPORT_MD, REPORT_JSON)
+    owned_outputs = (*Stage.owned_outputs, REPORT_MD, REPORT_JSON, SIMILARITY_PNG)
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         if phase == "pairs":
@@ -395,6 +397,9 @@ class NearDedup(Stage):
                                  "removed_at": gone_at[j], "kept": kt[:500], "removed": gt[:500]})
         report = {"config": cfg.model_dump(mode="json"), **stats, "cluster_sizes": histogram,
                   "largest_clusters": largest, "example_pairs": examples}
+        if len(similarity):
+            charts.similarity_histogram(similarity, cfg.threshold, ctx.stage_dir / SIMILARITY_PNG)
+            report["similarity_chart"] = SIMILARITY_PNG
         write_json_atomic(ctx.stage_dir / REPORT_JSON, report)
         (ctx.stage_dir / REPORT_MD).write_text(render_report(report))
 
@@ -443,6 +448,8 @@ def render_report(report: dict, with_text: bool = True) -> str:
         f"- candidate pairs: {report['candidate_pairs']:,}",
         f"- pairs after verification: {report['verified_pairs']:,}",
         f"- clusters: {report['clusters']:,} holding {report['documents_in_clusters']:,} documents", "",
+        *([f"![similarity of each removed document to the kept one]({report['similarity_chart']})", ""]
+          if report.get("similarity_chart") else []),
         "## Cluster sizes", "", "| size | clusters |", "|---:|---:|",
         *(f"| {size} | {count:,} |" for size, count in report["cluster_sizes"].items()), "",
         "## Largest clusters", "", f"| cluster | size | kept {what} |", "|---:|---:|---|",

@@ -23,6 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks import charts
+from tasks.charts import FUNNEL_PNG, LENGTHS_PNG
 from tasks.manifest import StageManifest, now_iso, read_manifest, write_json_atomic
 from tasks.markdown import cell
 from tasks.retention import RetentionConfig
@@ -101,7 +103,7 @@ class Publish(Stage):
     name = "08_publish"
     Config = PublishConfig
     phases = ("write",)
-    owned_outputs = (*Stage.owned_outputs, CARD_MD, CARD_JSON)
+    owned_outputs = (*Stage.owned_outputs, CARD_MD, CARD_JSON, FUNNEL_PNG, LENGTHS_PNG)
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         return ["all"]
@@ -117,6 +119,7 @@ class Publish(Stage):
         outputs: list[OutputFile] = []
         sources: Counter[str] = Counter()
         lengths: list[np.ndarray] = []
+        langs: list[np.ndarray] = []
         writer = None
         written = 0  # text bytes in all closed shards plus the open one
         ids = UniqueIds()
@@ -125,6 +128,8 @@ class Publish(Stage):
             sources.update(table.column("source").to_pylist())
             sizes = pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False).astype(np.int64)
             lengths.append(pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False))
+            if "lang" in table.column_names:
+                langs.append(table.column("lang").to_numpy(zero_copy_only=False).astype(str))
             start = 0
             cum = written + np.cumsum(sizes)
             while start < table.num_rows:
@@ -146,12 +151,17 @@ class Publish(Stage):
         all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
         card = self._card(ctx, outputs, schema, sources, all_lengths, total)
         md_path, json_path = ctx.stage_dir / CARD_MD, ctx.stage_dir / CARD_JSON
+        language = np.concatenate(langs) if langs else None
+        by_language = ({lang: all_lengths[language == lang] for lang in np.unique(language)}
+                       if language is not None and len(language) == len(all_lengths) else {"all": all_lengths})
+        charts.funnel(card["stages"], ctx.stage_dir / FUNNEL_PNG)
+        charts.length_histogram(by_language, ctx.stage_dir / LENGTHS_PNG)
+        card["pictures"] = {"funnel": FUNNEL_PNG, "lengths": LENGTHS_PNG}
         write_json_atomic(json_path, card)
         md_path.write_text(render_card_markdown(card))
         rows = sum(o.rows for o in outputs)
-        card_files = [
-            OutputFile(p.name, "card", 0, p.stat().st_size, sha256_file(p)) for p in (md_path, json_path)
-        ]
+        card_files = [OutputFile(p.name, "card", 0, p.stat().st_size, sha256_file(p))
+                      for p in (md_path, json_path, ctx.stage_dir / FUNNEL_PNG, ctx.stage_dir / LENGTHS_PNG)]
         return {
             "rows_in": rows,
             "rows_out": rows,
@@ -167,6 +177,7 @@ class Publish(Stage):
     def _card(self, ctx, outputs, schema, sources, lengths, total) -> dict:
         manifests = upstream_manifests(ctx.input_dir)
         stages = [{"stage": m.stage, "rows_in": m.rows_in, "rows_out": m.rows_out, "removed": m.removed,
+                   "bytes_out": sum(o.get("bytes", 0) for o in m.outputs if o.get("kind") == "documents"),
                    "rejected": m.rejected, "config": m.config, "config_hash": m.config_hash,
                    "finished_at": m.finished_at} for m in manifests]
         pii = next((m for m in manifests if m.stage.endswith("_pii")), None)
@@ -268,6 +279,8 @@ def render_card_markdown(card: dict) -> str:
             f"| {s['stage']} | {s['rows_in']:,} | {s['rows_out']:,} | {_reasons(s['removed'])} | {_reasons(s['rejected'])} |"
         )
     lines += ["", "Removed documents are kept in each stage's `_removed/`, bad input in `_rejects/`, with reasons.", ""]
+    if card.get("pictures", {}).get("funnel"):
+        lines += [f"![documents and bytes through each stage]({card['pictures']['funnel']})", ""]
     lines += ["## How it was curated", ""]
     for s in card["stages"]:
         settings = ", ".join(f"{k}={cell(json.dumps(v, ensure_ascii=False))}"
@@ -296,6 +309,8 @@ def render_card_markdown(card: dict) -> str:
     length = card["length_chars"]
     lines += ["", "## Documents", "", "| length (chars) | value |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in length.items()]
+    if card.get("pictures", {}).get("lengths"):
+        lines += ["", f"![document lengths by language]({card['pictures']['lengths']})"]
     lines += ["", f"## Sources ({card['sources']['distinct']:,} distinct)", "", "| source | documents |", "|---|---:|"]
     lines += [f"| {cell(name)} | {count:,} |" for name, count in card["sources"]["top"]]
     lines += ["", "## Known limitations", "",

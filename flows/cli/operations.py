@@ -62,8 +62,10 @@ def runs(
         fail(f"no run {run_id!r} under {RunPaths.runs_dir(paths.workdir)}")
     statuses = run_statuses(paths.root, active_stages(run_config(paths)), _ingest_fingerprint)
     training = training_rows(paths)
+    pictures = [str(p) for p in sorted(paths.root.glob("*/*.png")) + sorted(paths.root.glob("*/*/*.png"))
+                if "/." not in str(p)]  # the charts of the reports: funnel, lengths, similarity, bias, loss
     if as_json:
-        print(json.dumps({"run_id": run_id, "stages": [{
+        print(json.dumps({"run_id": run_id, "pictures": pictures, "stages": [{
             "stage": s.stage, "status": s.status, "reason": s.reason,
             "rows_in": s.manifest.rows_in if s.manifest else None,
             "rows_out": s.manifest.rows_out if s.manifest else None,
@@ -78,6 +80,8 @@ def runs(
             console.print(f"[yellow]{row['step']}: {message}[/yellow]", highlight=False)
     if training:
         console.print(training_table(training))
+    if pictures:
+        console.print("pictures:\n" + "\n".join(f"  {p}" for p in pictures), highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -107,6 +107,13 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     card = json.loads((wd / "runs/mix/08_publish/dataset_card.json").read_text())
     assert card["documents"] == 302 and card["stages"][1]["removed"] == {"exact_duplicate": 25}
     assert card["stages"][2]["removed"] == {"near_duplicate": 10}
+    # the pictures: the stage funnel and document lengths on the card, the similarities in the near-dedup report
+    readme = (wd / "runs/mix/08_publish/README.md").read_text()
+    assert "![documents and bytes through each stage](funnel.png)" in readme and "(lengths.png)" in readme
+    assert "(near_dedup_similarity.png)" in (wd / "runs/mix/04_near_dedup/near_dedup_report.md").read_text()
+    pictures = json.loads(loom("runs", "mix", "--workdir", wd, "--json"))["pictures"]
+    assert {Path(p).name for p in pictures} >= {"funnel.png", "lengths.png", "near_dedup_similarity.png"}
+    assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
 
     again = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix")
     assert again.count("│ skipped") == 6
