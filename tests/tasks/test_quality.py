@@ -53,6 +53,25 @@ def test_each_filter_removes_its_defect_and_keeps_real_prose(shared, tmp_path):
         assert got == reason or got.split(":")[0] == reason.split(":")[0], (reason, got)
 
 
+def test_batched_language_id_gives_py3langids_own_answers(shared):
+    """The batched walk of the model (tasks.langid) against py3langid's classify and rank, text by text:
+    the same language for every text, the same confidence and probabilities to float32 rounding (1e-3)."""
+    import py3langid.langid as reference
+
+    from tasks.langid import MACRO, SAMPLE_CHARS, latin_share, probability_of
+
+    model = reference.LanguageIdentifier.from_modelpath(reference.MODEL_DIR / reference.MODEL_FILE, norm_probs=True)
+    texts = [json.loads(line)["text"] for line in (shared / "multilingual/langid_eval.jsonl").read_text().splitlines()]
+    texts = texts[::7] + ["UPPER CASE ENGLISH WORDS", "Ελληνικά και English text together", "a" * 3000]
+    for (lang, score), text in zip(identify(texts), texts):
+        want, p = model.classify(text[:SAMPLE_CHARS])
+        assert lang == MACRO.get(want, want) and abs(score - p) <= 1e-3, text[:60]
+    single = [t for t in texts if not 0.5 <= latin_share(t[:SAMPLE_CHARS]) < 0.98][:300]  # no Latin-only retry
+    for text, p in zip(single, probability_of(single, ["en", "de"])):
+        want = sum(q for lang, q in model.rank(text[:SAMPLE_CHARS]) if MACRO.get(lang, lang) in ("en", "de"))
+        assert abs(p - want) <= 1e-3 * max(want, 1e-3), text[:60]
+
+
 def test_unspaced_languages_count_characters_and_english_rules_stay_english(shared):
     zh = [p for p in (shared / "multilingual/texts/zh-Hans/xquad_wiki_paragraphs.txt").read_text().split("\n")
           if len(p) > 120][:40]
