@@ -95,7 +95,8 @@ class IngestConfig(BaseModel):
     max_doc_bytes: int = Field(16 << 20, gt=0, description="Documents (or lines) larger than this are rejected.")
     shard_bytes: int = Field(256 << 20, gt=0, description="Target uncompressed size of an output shard.")
     unit_bytes: int = Field(
-        64 << 20, gt=0, description="Input bytes grouped into one unit of parallel, resumable work."
+        16 << 20, gt=0, description="Input bytes grouped into one unit of parallel, resumable work (a larger file "
+        "is split into pieces of about this size, so one big file keeps every worker busy)."
     )
     rejects_raw: Literal["keep", "redact", "drop"] = Field(
         "keep", description="What `_rejects/` keeps of a bad record: its raw value (to fix the input), the raw "
