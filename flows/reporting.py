@@ -51,7 +51,9 @@ def stage_note(stage: str, stats: dict) -> str:
                 + (f" ({entities})" if entities else ""))
     if stage == "03_quality" and stats.get("languages"):
         langs = sorted(stats["languages"].items(), key=lambda kv: (-kv[1], kv[0]))
-        return "languages: " + ", ".join(f"{lang} {n:,}" for lang, n in langs[:8]) + (
+        size = stats.get("language_bytes", {})
+        return "languages: " + ", ".join(f"{lang} {n:,}" + (f" ({size[lang] / 1e6:.1f} MB)" if lang in size else "")
+                                         for lang, n in langs[:8]) + (
             f" and {len(langs) - 8} more" if len(langs) > 8 else "")
     if stage == "07_decontaminate" and "items_leaked" in stats:
         return f"{stats['items_leaked']:,} evaluation items leaked (see decontamination_report.md)"

@@ -120,6 +120,7 @@ class Publish(Stage):
         sources: Counter[str] = Counter()
         lengths: list[np.ndarray] = []
         langs: list[np.ndarray] = []
+        language_bytes: Counter[str] = Counter()
         writer = None
         written = 0  # text bytes in all closed shards plus the open one
         ids = UniqueIds()
@@ -130,6 +131,8 @@ class Publish(Stage):
             lengths.append(pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False))
             if "lang" in table.column_names:
                 langs.append(table.column("lang").to_numpy(zero_copy_only=False).astype(str))
+                for lang, size in zip(langs[-1].tolist(), sizes.tolist()):
+                    language_bytes[lang] += size
             start = 0
             cum = written + np.cumsum(sizes)
             while start < table.num_rows:
@@ -157,6 +160,7 @@ class Publish(Stage):
         charts.funnel(card["stages"], ctx.stage_dir / FUNNEL_PNG)
         charts.length_histogram(by_language, ctx.stage_dir / LENGTHS_PNG)
         card["pictures"] = {"funnel": FUNNEL_PNG, "lengths": LENGTHS_PNG}
+        card["language_bytes"] = dict(language_bytes)
         write_json_atomic(json_path, card)
         md_path.write_text(render_card_markdown(card))
         rows = sum(o.rows for o in outputs)
@@ -302,8 +306,9 @@ def render_card_markdown(card: dict) -> str:
     if card.get("retention"):
         lines += [card["retention"], ""]
     if card.get("languages"):
-        lines += ["## Languages", "", "| language | documents |", "|---|---:|"]
-        lines += [f"| {cell(lang)} | {n:,} |" for lang, n in card["languages"].items()] + [""]
+        size = card.get("language_bytes", {})
+        lines += ["## Languages", "", "| language | documents | bytes of text |", "|---|---:|---:|"]
+        lines += [f"| {cell(lang)} | {n:,} | {size.get(lang, 0):,} |" for lang, n in card["languages"].items()] + [""]
     lines += ["## Schema", "", "| column | type |", "|---|---|"]
     lines += [f"| {cell(c['name'])} | {cell(c['type'])} |" for c in card["schema"]]
     length = card["length_chars"]

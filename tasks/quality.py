@@ -271,7 +271,10 @@ class Quality(Stage):
                               add_columns={"lang": column(langs, pa.string()), "lang_score": column(scores, pa.float32()),
                                            "quality": column(stats, pa.string())})
         by_lang: Counter[str] = Counter(langs)
-        result.setdefault("stats", {})["languages"] = dict(by_lang)
+        by_bytes: Counter[str] = Counter()
+        for lang, text in zip(langs, texts):
+            by_bytes[lang] += len(text.encode("utf-8", "surrogatepass"))
+        result.setdefault("stats", {}).update(languages=dict(by_lang), language_bytes=dict(by_bytes))
         return result
 
 

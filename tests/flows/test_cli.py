@@ -1,6 +1,7 @@
 """The `loom` CLI and Prefect flows, end to end, against one real Prefect server for the session."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -358,9 +359,10 @@ def test_the_quality_stage_in_the_pipeline_when_turned_on(prefect_server, shared
     assert set(published.column("lang").to_pylist()) == {"en", "zh"}
     assert published.num_rows == 51 - sum(removed.values()) >= 35
     card = (wd / "runs/q/08_publish/README.md").read_text()
-    assert "- zh" in card.split("---")[1] and "| zh | 10 |" in card
+    assert "- zh" in card.split("---")[1] and re.search(r"\| zh \| 10 \| [1-9][\d,]+ \|", card)  # documents, bytes
     shown = loom("curate", tmp_path / "docs.jsonl", "--workdir", wd, "--run-id", "q", "--config", cfg)
-    assert "03_quality: languages: en 31, de 10, zh 10" in shown  # the summary names the languages (counts only)
+    # the summary names the languages (documents and MB; counts only)
+    assert re.search(r"03_quality: languages: en 31 \([\d.]+ MB\), de 10 \([\d.]+ MB\), zh 10", shown), shown
     bad = _config(tmp_path, 'stages_off = ["publish"]\n')
     refused = runner.invoke(app, ["curate", str(tmp_path / "docs.jsonl"), "--workdir", str(wd), "--config", str(bad)])
     assert refused.exit_code == 2 and "08_publish cannot be turned off" in refused.output

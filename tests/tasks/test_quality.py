@@ -62,7 +62,7 @@ def test_batched_language_id_gives_py3langids_own_answers(shared):
 
     model = reference.LanguageIdentifier.from_modelpath(reference.MODEL_DIR / reference.MODEL_FILE, norm_probs=True)
     texts = [json.loads(line)["text"] for line in (shared / "multilingual/langid_eval.jsonl").read_text().splitlines()]
-    texts = texts[::7] + ["UPPER CASE ENGLISH WORDS", "Ελληνικά και English text together", "a" * 3000]
+    texts = [*texts[::7], "UPPER CASE ENGLISH WORDS", "Ελληνικά και English text together", "a" * 3000]
     for (lang, score), text in zip(identify(texts), texts):
         want, p = model.classify(text[:SAMPLE_CHARS])
         assert lang == MACRO.get(want, want) and abs(score - p) <= 1e-3, text[:60]
