@@ -106,7 +106,13 @@ def connect(cfg: LoopConfig, ray_address: str | None) -> bool:
     quiet = os.environ.get("LOOM_RAY_LOGS") != "1"  # progress comes from the metrics file; Ray's own logs on request
     if not ray.is_initialized():
         if ray_address and ray_address != "local":
-            ray.init(address=ray_address, runtime_env={"env_vars": env}, log_to_driver=not quiet)
+            _require_reachable(ray_address)
+            try:
+                ray.init(address=ray_address, runtime_env={"env_vars": env}, log_to_driver=not quiet)
+            except ConnectionError as e:
+                raise ValueError(f"no Ray cluster answers at {ray_address!r} ({str(e).splitlines()[0]}): start one "
+                                 "(`ray start --head`), or pass the head's address (HOST:6379, ray://HOST:10001, or "
+                                 "auto on a node of the cluster)") from None
         else:
             # address "local": a new instance, even when `ray start` runs a cluster on this machine
             ray.init(address="local", num_cpus=max(cfg.num_workers, os.cpu_count() or 1), include_dashboard=False,
@@ -146,6 +152,56 @@ def _probe() -> bool:
     return True
 
 
+def _sees(path: str, token: str) -> bool:
+    p = Path(path)
+    return p.exists() and p.read_text() == token
+
+
+def _require_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must accept a TCP connection: Ray itself retries an
+    unreachable one for about ten minutes before saying so."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ValueError(f"no Ray cluster answers at {address!r} ({e}): start one (`ray start --head`), or pass the "
+                         "head's address (HOST:6379, ray://HOST:10001, or auto on a node of the cluster)") from None
+
+
+def check_shared_storage(directory: Path) -> None:
+    """On a cluster of several nodes, every node must see `directory` (checkpoints, metrics and token
+    shards live there): one task pinned to each node reads a probe file the driver writes. A node that
+    does not see it fails here, before training, naming the node."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) < 2:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    probe = directory / f".loom-probe-{token}"
+    probe.write_text(token)
+    try:
+        sees = ray.remote(num_cpus=0, max_retries=0)(_sees)
+        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(probe), token) for n in alive]
+        blind = [n.get("NodeManagerAddress", n["NodeID"]) for n, ok in zip(alive, ray.get(refs, timeout=300)) if not ok]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ValueError(f"Ray node(s) {', '.join(blind)} do not see {directory}: training writes checkpoints there "
+                         "from every node; mount the same shared storage at the same path on every node (`loom check` "
+                         "tests a cluster)")
+
+
 def fit(cfg: LoopConfig, config: WorkerConfig, output_dir: Path, name: str):
     """TorchTrainer over `cfg.num_workers` workers running `train_worker(config)` (after `connect`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -154,6 +210,7 @@ def fit(cfg: LoopConfig, config: WorkerConfig, output_dir: Path, name: str):
     from training.train import train_worker
 
     use_gpu = config.use_gpu
+    check_shared_storage(Path(output_dir).absolute())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"worker": config},  # Ray wants a dict; the typed config travels inside it
