@@ -249,5 +249,5 @@ def test_a_ray_worker_environment_that_cannot_start_fails_in_one_line():
 def test_an_unreachable_ray_address_is_one_clear_error():
     from training.launch import connect
 
-    with pytest.raises(ValueError, match="no Ray cluster answers at '127.0.0.1:1'"):
+    with pytest.raises(ValueError, match=r"no Ray cluster answers at '127\.0\.0\.1:1'"):
         connect(PretrainConfig(), "127.0.0.1:1")
