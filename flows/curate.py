@@ -280,7 +280,7 @@ def curate_flow(
 
     Args:
         inputs: Corpus files, directories or globs (JSONL, Parquet, text; .gz/.zst; local paths or s3://...).
-        run_id: Name of the run; its data lives in <workdir>/runs/<run_id>. Default: derived from the inputs.
+        run_id: Name of the run; its data lives in WORKDIR/runs/RUN_ID. Default: derived from the inputs.
         workdir: Where runs live (the data plane). Default: $LOOM_WORKDIR, else ./loom-work.
         config: Every stage's settings (the [sections] of loom.toml).
         force: Redo every stage, even complete ones.
@@ -306,7 +306,7 @@ def gc_flow(run_id: str, workdir: str | None = None, rejects: str = "redact") ->
     map of original ids); manifests and counts stay.
 
     Args:
-        run_id: The run to collect (<workdir>/runs/<run_id>).
+        run_id: The run to collect (WORKDIR/runs/RUN_ID).
         workdir: Where runs live. Default: $LOOM_WORKDIR, else ./loom-work.
         rejects: What happens to rejected raw records: redact (keep reasons, drop text), keep or delete.
     """

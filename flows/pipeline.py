@@ -50,7 +50,7 @@ def pipeline_flow(inputs: list[str] | None = None, sft_data: list[str] | None = 
             sources and redoes only the stages whose inputs changed.
         sft_data: Instruction data for fine-tuning (chat, Alpaca or question/answer records). Empty: the run's
             recorded ones; none at all skips fine-tuning.
-        run_id: Name of the run; its data lives in <workdir>/runs/<run_id>. Default: derived from the inputs;
+        run_id: Name of the run; its data lives in WORKDIR/runs/RUN_ID. Default: derived from the inputs;
             with no inputs either, "nightly" (the run the shipped schedule reruns).
         workdir: Where runs live (the data plane). Default: $LOOM_WORKDIR, else ./loom-work.
         config: Every stage's settings (the [sections] of loom.toml). Empty with no inputs: the run's recorded

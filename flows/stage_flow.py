@@ -26,7 +26,7 @@ from tasks.stage import Stage, exit_with_parent, run_stage
 class StageRun(BaseModel):
     """Which run a stage works on, and how."""
 
-    run_id: str = Field(description="The run to work on; it lives under <workdir>/runs/<run_id>.")
+    run_id: str = Field(description="The run to work on; it lives under WORKDIR/runs/RUN_ID.")
     workdir: str | None = Field(None, description="Work directory (default: $LOOM_WORKDIR or ./loom-work).")
     force: bool = Field(False, description="Rerun even if complete; the stages after it become stale.")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")

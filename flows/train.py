@@ -169,7 +169,7 @@ def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfi
     """Pretrain a GPT on the run's token shards with Ray Train + DeepSpeed; resumes from the last good checkpoint.
 
     Args:
-        run_id: The run whose token shards train the model (<workdir>/runs/<run_id>/tokens).
+        run_id: The run whose token shards train the model (WORKDIR/runs/RUN_ID/tokens).
         workdir: Where runs live. Default: $LOOM_WORKDIR, else ./loom-work.
         config: Model, loop, DeepSpeed and worker settings ([pretrain]).
         ray_address: Ray cluster to train on (ray://host:10001 or auto). Default: a local Ray instance.
