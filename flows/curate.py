@@ -30,7 +30,7 @@ from tasks.layout import RunPaths, stage_dir_name
 from tasks.manifest import read_manifest
 from tasks.near_dedup import REPORT_JSON as NEAR_DEDUP_REPORT_JSON
 from tasks.near_dedup import NearDedup, NearDedupConfig
-from tasks.near_dedup import render_report as render_near_dedup_report
+from tasks.near_dedup_report import render_report as render_near_dedup_report
 from tasks.pii import Pii, PiiConfig
 from tasks.publish import CARD_MD, Publish, PublishConfig
 from tasks.quality import Quality, QualityConfig

@@ -22,7 +22,6 @@ depends only on the input: not on the number of workers, shards or partitions.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -33,9 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks import charts
 from tasks.charts import SIMILARITY_PNG
+from tasks.lsh import band_keys, doc_key, estimated_similarity, optimal_param, split_doc_key
 from tasks.manifest import write_json_atomic
-from tasks.markdown import cell
 from tasks.minhash import MAX_HASH, exact_jaccard, shingle_sets, signatures, signatures_by_script
+from tasks.near_dedup_report import locators, render_report
 from tasks.shards import filter_shard, iter_batches
 from tasks.stage import Stage, StageContext, UnitResult
 
@@ -45,7 +45,6 @@ BATCH_ROWS = 4096
 PAIR_WINDOW = 7  # in a bucket, documents this close in order are candidate pairs (all of a bucket of 8)
 _KEY_SCHEMA = pa.schema([("band", pa.uint16()), ("key", pa.uint64()), ("doc", pa.uint64())])
 _EDGE_SCHEMA = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
-_MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
 class NearDedupConfig(BaseModel):
@@ -98,50 +97,6 @@ class NearDedupConfig(BaseModel):
         return optimal_param(self.threshold, self.num_perm, fp, 1 - fp)
 
 
-@lru_cache(maxsize=64)
-def optimal_param(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
-    """(bands, rows) minimizing fp_weight * P(false positive) + fn_weight * P(false negative),
-    integrated over similarity as datasketch.MinHashLSH does."""
-    from scipy.integrate import quad
-
-    best, opt = float("inf"), (0, 0)
-    for b in range(1, num_perm + 1):
-        for r in range(1, num_perm // b + 1):
-            fp, _ = quad(lambda s, b=b, r=r: 1 - (1 - s ** float(r)) ** float(b), 0.0, threshold)
-            fn, _ = quad(lambda s, b=b, r=r: 1 - (1 - (1 - s ** float(r)) ** float(b)), threshold, 1.0)
-            error = fp * fp_weight + fn * fn_weight
-            if error < best:
-                best, opt = error, (b, r)
-    return opt
-
-
-def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """64-bit key of each band of each signature: shape (docs, bands)."""
-    view = sig[:, : bands * rows].reshape(len(sig), bands, rows).astype(np.uint64)
-    keys = np.zeros((len(sig), bands), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(rows):
-            keys = (keys ^ view[:, :, j]) * _MIX
-            keys ^= keys >> np.uint64(29)
-    return keys
-
-
-def _similarity(sig: np.ndarray, ia: np.ndarray, ib: np.ndarray, chunk: int = 65536) -> np.ndarray:
-    """Estimated Jaccard of the signature pairs (ia[k], ib[k]), a chunk at a time (bounded memory)."""
-    out = np.empty(len(ia), dtype=np.float64)
-    for s in range(0, len(ia), chunk):
-        out[s: s + chunk] = (sig[ia[s: s + chunk]] == sig[ib[s: s + chunk]]).mean(axis=1)
-    return out
-
-
-def _doc(shard: int, row: np.ndarray) -> np.ndarray:
-    return (np.uint64(shard) << np.uint64(32)) | row.astype(np.uint64)
-
-
-def _split_doc(doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return (doc >> np.uint64(32)).astype(np.int64), (doc & np.uint64(0xFFFFFFFF)).astype(np.int64)
-
-
 class NearDedup(Stage):
     """Cluster near-duplicate documents with MinHash LSH; keep one per cluster."""
 
@@ -183,7 +138,7 @@ class NearDedup(Stage):
                 empty += int((~has).sum())
                 local = np.flatnonzero(has)
                 keys = band_keys(sig[local], bands, rows)
-                docs = np.repeat(_doc(shard, local + offset), bands)
+                docs = np.repeat(doc_key(shard, local + offset), bands)
                 band = np.tile(np.arange(bands, dtype=np.uint16), len(local))
                 flat = keys.reshape(-1)
                 which = flat % np.uint64(parts)
@@ -232,7 +187,7 @@ class NearDedup(Stage):
     def _signatures_of(self, ctx: StageContext, docs: np.ndarray) -> np.ndarray:
         """Signatures of the given documents, read from the saved per-shard files."""
         out = np.empty((len(docs), self.config.num_perm), dtype=np.uint32)
-        shard_of, row_of = _split_doc(docs)
+        shard_of, row_of = split_doc_key(docs)
         names = ctx.input_shard_names()
         block = 65536
         for shard in np.unique(shard_of):
@@ -252,7 +207,7 @@ class NearDedup(Stage):
         their hashes, never their text. (values, offsets) as `shingle_sets` gives them, in `docs` order."""
         cfg = self.config
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions in docs, values, offsets)
-        shard_of, row_of = _split_doc(docs)
+        shard_of, row_of = split_doc_key(docs)
         names = ctx.input_shard_names()
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
@@ -294,7 +249,7 @@ class NearDedup(Stage):
         sig = self._signatures_of(ctx, nodes)
         sets = self._shingle_sets(ctx, nodes) if cfg.verify == "exact" else None
         if cfg.verify != "none" and len(ia):
-            similar = exact_jaccard(sets, ia, ib) if sets is not None else _similarity(sig, ia, ib)
+            similar = exact_jaccard(sets, ia, ib) if sets is not None else estimated_similarity(sig, ia, ib)
             ok = similar >= cfg.threshold
             ia, ib = ia[ok], ib[ok]
         graph = coo_matrix((np.ones(len(ia), dtype=np.int8), (ia, ib)), shape=(n, n))
@@ -312,12 +267,12 @@ class NearDedup(Stage):
         cluster_id[cluster_labels[order]] = np.arange(len(cluster_labels))
         gone = members[kept_node[label[members]] != members]
         keeper = kept_node[label[gone]]
-        similarity = exact_jaccard(sets, gone, keeper) if sets is not None else _similarity(sig, gone, keeper)
+        similarity = exact_jaccard(sets, gone, keeper) if sets is not None else estimated_similarity(sig, gone, keeper)
         del sig, sets
 
         names = ctx.input_shard_names()
         kept_ids = self._ids_of(ctx, nodes[keeper], names)
-        shard_of, row_of = _split_doc(nodes[gone])
+        shard_of, row_of = split_doc_key(nodes[gone])
         for shard in np.unique(shard_of):
             where = shard_of == shard
             drops = pa.table({
@@ -345,7 +300,7 @@ class NearDedup(Stage):
             labels, first = np.unique(label[members], return_index=True)
             kept[labels] = members[first]
             return kept
-        shard_of, row_of = _split_doc(nodes[members])
+        shard_of, row_of = split_doc_key(nodes[members])
         names = ctx.input_shard_names()
         lengths = np.empty(len(members), dtype=np.int64)
         for shard in np.unique(shard_of):
@@ -360,7 +315,7 @@ class NearDedup(Stage):
 
     def _ids_of(self, ctx, docs: np.ndarray, names: list[str]) -> pa.Array:
         """The id strings of documents (reading only the id column of the shards involved)."""
-        shard_of, row_of = _split_doc(docs)
+        shard_of, row_of = split_doc_key(docs)
         out = [None] * len(docs)
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
@@ -382,7 +337,7 @@ class NearDedup(Stage):
         for lab in top_labels.tolist():
             docs = members[label[members] == lab]
             largest.append({"cluster_id": int(cluster_id[lab]), "size": len(docs),
-                            "kept_at": _locators(names, nodes[[kept_node[lab]]])[0],
+                            "kept_at": locators(names, nodes[[kept_node[lab]]])[0],
                             "kept": self._texts(ctx, names, nodes[[kept_node[lab]]])[0][:300]})
         examples = []
         if len(gone):
@@ -390,7 +345,7 @@ class NearDedup(Stage):
             picks = picks[np.argsort(similarity[picks])]
             kept_texts = self._texts(ctx, names, nodes[keeper[picks]])
             gone_texts = self._texts(ctx, names, nodes[gone[picks]])
-            kept_at, gone_at = _locators(names, nodes[keeper[picks]]), _locators(names, nodes[gone[picks]])
+            kept_at, gone_at = locators(names, nodes[keeper[picks]]), locators(names, nodes[gone[picks]])
             for j, (p, kt, gt) in enumerate(zip(picks.tolist(), kept_texts, gone_texts)):
                 examples.append({"cluster_id": int(cluster_id[label[gone[p]]]),
                                  "similarity": round(float(similarity[p]), 3), "kept_at": kept_at[j],
@@ -404,7 +359,7 @@ class NearDedup(Stage):
         (ctx.stage_dir / REPORT_MD).write_text(render_report(report))
 
     def _texts(self, ctx, names, docs: np.ndarray) -> list[str]:
-        shard_of, row_of = _split_doc(docs)
+        shard_of, row_of = split_doc_key(docs)
         out = [""] * len(docs)
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
@@ -422,42 +377,3 @@ class NearDedup(Stage):
         path = ctx.work_dir / "drops" / f"{key}.arrow"
         drops = feather.read_table(path) if path.exists() else None
         return filter_shard(ctx.input_dir / f"{key}.parquet", ctx.stage_dir, key, drops, "near_duplicate")
-
-
-def _locators(names: list[str], docs: np.ndarray) -> list[str]:
-    """Where documents are in the stage's input ("part-00003:152": shard and row): no personal data."""
-    shard_of, row_of = _split_doc(docs)
-    return [f"{names[s]}:{r}" for s, r in zip(shard_of.tolist(), row_of.tolist())]
-
-
-def render_report(report: dict, with_text: bool = True) -> str:
-    """The report as markdown: settings, cluster sizes, largest clusters, example pairs. `with_text`:
-    the documents' opening words too (the stage directory's own report, in the data plane); without,
-    where each document is and the similarities only (what Prefect's artifact shows)."""
-    cfg = report["config"]
-    if not with_text:  # reports written before locators existed show nothing of the documents
-        report = {**report,
-                  "largest_clusters": [{**c, "kept": c.get("kept_at", "-")} for c in report["largest_clusters"]],
-                  "example_pairs": [{**e, "kept": e.get("kept_at", "-"), "removed": e.get("removed_at", "-")}
-                                    for e in report["example_pairs"]]}
-    what = "document (start)" if with_text else "document (shard:row)"
-    lines = [
-        "# Near-duplicate report (04_near_dedup)", "",
-        f"Threshold {cfg['threshold']}, {cfg['num_perm']} permutations, {cfg['ngram']}-{cfg['shingle']} shingles, "
-        f"{report['bands']} bands x {report['rows']} rows, verification: {cfg['verify']}, keep: {cfg['keep']}.", "",
-        f"- candidate pairs: {report['candidate_pairs']:,}",
-        f"- pairs after verification: {report['verified_pairs']:,}",
-        f"- clusters: {report['clusters']:,} holding {report['documents_in_clusters']:,} documents", "",
-        *([f"![similarity of each removed document to the kept one]({report['similarity_chart']})", ""]
-          if report.get("similarity_chart") else []),
-        "## Cluster sizes", "", "| size | clusters |", "|---:|---:|",
-        *(f"| {size} | {count:,} |" for size, count in report["cluster_sizes"].items()), "",
-        "## Largest clusters", "", f"| cluster | size | kept {what} |", "|---:|---:|---|",
-        *(f"| {c['cluster_id']} | {c['size']} | {cell(c['kept'], 300)} |" for c in report["largest_clusters"]), "",
-        "## Example pairs (lowest similarity first)", "",
-        f"| cluster | similarity | kept {what} | removed {what} |", "|---:|---:|---|---|",
-        *(f"| {e['cluster_id']} | {e['similarity']} | {cell(e['kept'], 300)} | {cell(e['removed'], 300)} |"
-          for e in report["example_pairs"]),
-    ]
-    return "\n".join(lines) + "\n"
-

@@ -131,8 +131,9 @@ class Publish(Stage):
             lengths.append(pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False))
             if "lang" in table.column_names:
                 langs.append(table.column("lang").to_numpy(zero_copy_only=False).astype(str))
-                for lang, size in zip(langs[-1].tolist(), sizes.tolist()):
-                    language_bytes[lang] += size
+                names, which = np.unique(langs[-1], return_inverse=True)
+                for lang, size in zip(names.tolist(), np.bincount(which, weights=sizes).tolist()):
+                    language_bytes[lang] += int(size)
             start = 0
             cum = written + np.cumsum(sizes)
             while start < table.num_rows:

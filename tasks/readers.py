@@ -1,6 +1,6 @@
 """One reader per input format. Each is a generator of `(position, record, encoding, raw)` for the
 records it could read; what it cannot read it hands to `sink.reject(...)` with a reason, so nothing is
-dropped silently. `sink` is the per-file writer of the ingest stage (`tasks.ingest.FileSink`): it also
+dropped silently. `sink` is the per-file writer of the ingest stage (`tasks.sink.FileSink`): it also
 counts blank lines and remembers the last position read, so a read error part-way through a file
 names where it happened.
 

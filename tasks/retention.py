@@ -54,7 +54,7 @@ def collect(run_root: Path, rejects: str = "redact") -> dict:
     if read_manifest(run_root / PUBLISH) is None:
         raise ValueError(f"run {run_root.name} is not published yet: collecting its intermediates would lose its "
                          "data. Run `loom curate` to the end first.")
-    from tasks.ingest import raw_policy
+    from tasks.sink import raw_policy
 
     redact = raw_policy("drop" if rejects == "drop" else "redact")
     report: dict = {"stages": {}, "bytes_freed": 0}

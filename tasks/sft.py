@@ -37,9 +37,9 @@ import orjson
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.ingest import InvalidRecord
 from tasks.manifest import write_json_atomic
 from tasks.shards import REMOVED_DIR, OutputFile, ShardWriter, iter_batches, list_shards, sha256_file
+from tasks.sink import InvalidRecord
 from tasks.stage import Stage, StageContext, UnitResult
 from tasks.tokenize import EOT, INDEX_FILE, is_validation, load_tokenizer, token_dtype
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from tasks.ingest import Ingest
+from tasks.lsh import optimal_param
 from tasks.minhash import MAX_HASH, shingle_hash, shingles, signatures
-from tasks.near_dedup import REPORT_JSON, REPORT_MD, NearDedup, NearDedupConfig, optimal_param
+from tasks.near_dedup import REPORT_JSON, REPORT_MD, NearDedup, NearDedupConfig
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
 
