@@ -68,3 +68,28 @@ class SftData:
         masks = np.stack([np.asarray(self.masks[s][o]) for s, o in zip(shard, offset)])
         targets = np.where(masks[:, 1:] > 0, tokens[:, 1:], -1)
         return torch.from_numpy(tokens[:, :-1]), torch.from_numpy(targets)
+
+
+class Batches:
+    """Training batches by data position: the one asked for `ahead` is prepared at once (on a GPU,
+    pinned and copied without waiting), so reading it overlaps the device's work on the current step.
+    A position that was not prepared (after a rollback) is read when taken."""
+
+    def __init__(self, data: TokenData | SftData, micro_batch: int, seed: int, rank: int, device):
+        self.data, self.micro_batch, self.seed, self.rank, self.device = data, micro_batch, seed, rank, device
+        self.pinned = torch.device(device).type == "cuda"
+        self.key, self.ready = None, None
+
+    def _load(self, position: int, micro: int):
+        x, y = self.data.batch(self.micro_batch, self.seed, position, micro, self.rank)
+        if self.pinned:
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    def ahead(self, position: int, micro: int) -> None:
+        self.key, self.ready = (position, micro), self._load(position, micro)
+
+    def take(self, position: int, micro: int):
+        ready = self.ready if self.key == (position, micro) else self._load(position, micro)
+        self.key, self.ready = None, None
+        return ready
