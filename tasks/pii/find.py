@@ -9,7 +9,7 @@ import re
 
 from tasks.langid import UNDETERMINED, identify, latin_share, probability_of
 from tasks.pii.config import MAX_NLP_CHARS, NER_ENTITIES, PRESIDIO_PATTERN_ENTITIES, PiiConfig
-from tasks.pii.engine import analyzer, freeze_loaded, pattern_gates
+from tasks.pii.engine import NER_LABELS, analyzer, freeze_loaded, language_model, pattern_gates
 from tasks.pii.fast_ner import ner_docs
 from tasks.pii.names import (
     cued_names,
@@ -64,7 +64,8 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
     ner_wanted = wanted & NER_ENTITIES
     # the English-tuned finders read text in ner_languages (language ID only where it is not plainly English);
     # the strict ones the rest
-    modeled_text = _modeled(texts, langs, cfg) if ner_wanted or use_names or use_places or patterns_only else None
+    modeled_text, languages = (_modeled(texts, langs, cfg) if ner_wanted or use_names or use_places or patterns_only
+                               else (None, None))
     modeled = [modeled_text is None or modeled_text[i] for i, _, _ in pieces]
     views = [ner_view(p, use_names) if on else p for (_, _, p), on in zip(pieces, modeled)]
     ner_iter = ner_docs(nlp, (v for v, on in zip(views, modeled) if on), cfg.batch_size, cfg.fast_ner) \
@@ -111,6 +112,8 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
         if "LOCATION" in wanted and use_places:
             found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in cued_places(piece)
                          if score >= cfg.threshold("LOCATION")]
+    if ner_wanted and cfg.models and languages is not None:
+        _language_ner(texts, languages, modeled_text, cfg, ner_wanted, ner_score, found)
     if "PERSON" in wanted:
         for text, spans in zip(texts, found):
             spans += other_mentions(text, spans, use_names)
@@ -128,8 +131,27 @@ def plainly_english(text: str) -> bool:
     return head.isascii() and len(_ENGLISH_WORDS.findall(head, 0, 600)) >= 3
 
 
-def _modeled(texts: list[str], langs: list[str] | None, cfg: PiiConfig) -> list[bool]:
-    """Whether NER and the English-tuned rules read each text: its language is one of `ner_languages`,
+def _language_ner(texts: list[str], languages: list[str], modeled: list[bool], cfg: PiiConfig, wanted: set[str],
+                  score: float, found: list[list]) -> None:
+    """`[pii.models]`: a text in one of its languages (and not read by the main model) gets that model's
+    PERSON/LOCATION spans."""
+    for lang, model in cfg.models.items():
+        chosen = [i for i, (language, on) in enumerate(zip(languages, modeled)) if language == lang and not on]
+        if not chosen:
+            continue
+        nlp = language_model(model)
+        pieces = [(i, offset, piece) for i in chosen for offset, piece in _chunks(texts[i])]
+        docs = ner_docs(nlp, (piece for _, _, piece in pieces), cfg.batch_size, fast=False)
+        for (i, offset, piece), doc in zip(pieces, docs):
+            for ent in doc.ents:
+                entity = NER_LABELS.get(ent.label_)
+                end = ent.start_char + _name_length(piece[ent.start_char:ent.end_char])
+                if entity in wanted and end > ent.start_char and score >= cfg.threshold(entity):
+                    found[i].append((ent.start_char + offset, end + offset, entity, score))
+
+
+def _modeled(texts: list[str], langs: list[str] | None, cfg: PiiConfig) -> tuple[list[bool], list[str]]:
+    """Whether NER and the English-tuned rules read each text, and each text's language: its language is one of `ner_languages`,
     or it may well be (at least `min_lang_probability`: short English texts are often taken for a
     neighbour); a text too short to judge when it is mostly in the Latin script the model reads. A text
     in another language or script gets the pattern recognizers only."""
@@ -149,7 +171,7 @@ def _modeled(texts: list[str], langs: list[str] | None, cfg: PiiConfig) -> list[
             out.append(cfg.undetermined_ner and latin_share(text) >= 0.5)
         else:
             out.append(lang in cfg.ner_languages or likely[i] >= cfg.min_lang_probability)
-    return out
+    return out, [lang for lang, _ in found]
 
 
 _NAME_LIKE = re.compile(r"[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from tasks.pii.config import PII_COUNTS, PiiConfig
-from tasks.pii.engine import analyzer
+from tasks.pii.engine import analyzer, language_model
 from tasks.pii.find import find_pii
 from tasks.pii.replace import replace_spans
 from tasks.shards import ShardWriter, iter_batches, list_shards
@@ -133,6 +133,9 @@ class Pii(Stage):
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         analyzer(self.config.model, self.config.fast_ner)  # a missing model fails here, once, with its remedy
+        if self.config.profile == "thorough":
+            for model in self.config.models.values():
+                language_model(model)
         return [s.stem for s in list_shards(ctx.input_dir)]
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:

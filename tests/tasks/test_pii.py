@@ -454,3 +454,32 @@ def test_the_patterns_profile_finds_what_the_pattern_recognizers_find_and_no_nam
                  and not any(n[0] < s[1] and s[0] < n[1] for n in thorough[i] if n[2] in NER_ENTITIES)]
         assert set(alone) <= {s[:3] for s in patterns[i]}, texts[i][:100]
     assert sum(len(spans) for spans in patterns) > 200
+
+
+def test_a_model_per_language_reads_only_its_language(shared, tmp_path):
+    """`[pii.models] de = ...`: German text gets that spaCy pipeline's PERSON/LOCATION (here a real pipeline
+    saved to disk, its entities from a rule-based component), other languages never do, and a model that is
+    not installed fails with its remedy."""
+    import spacy
+
+    from tasks.pii.config import NER_ENTITIES
+
+    nlp = spacy.blank("de")
+    nlp.add_pipe("entity_ruler", name="ner").add_patterns(
+        [{"label": "PER", "pattern": "Angela Merkel"}, {"label": "LOC", "pattern": "Bremen"}])
+    nlp.to_disk(tmp_path / "de_model")
+    docs = dict(_multilingual_documents(shared, every=1)[::-1])  # a paragraph per language
+    plant = " Angela Merkel besuchte gestern Bremen."
+    texts = [docs["de"] + plant, docs["es"] + plant, docs["de"]]
+    cfg = PiiConfig(models={"de": str(tmp_path / "de_model")})
+    german, spanish, plain = find_pii(texts, cfg, ["de", "es", "de"])
+    assert {(texts[0][s:e], entity) for s, e, entity, _ in german if entity in NER_ENTITIES} == {
+        ("Angela Merkel", "PERSON"), ("Bremen", "LOCATION")}
+    assert not [s for s in spanish if s[2] in NER_ENTITIES] and not [s for s in plain if s[2] in NER_ENTITIES]
+    assert not [s for s in find_pii(texts[:1], PiiConfig(), ["de"])[0] if s[2] in NER_ENTITIES]
+    assert not [s for s in find_pii(texts[:1], cfg.model_copy(update={"profile": "patterns"}), ["de"])[0]
+                if s[2] in NER_ENTITIES]
+    with pytest.raises(PiiModelError, match=r"\[pii.models\]"):
+        find_pii(texts[:1], PiiConfig(models={"de": "de_core_news_not_installed"}), ["de"])
+    with pytest.raises(ValueError, match="already reads"):
+        PiiConfig(models={"en": "en_core_web_sm"})
