@@ -69,9 +69,8 @@ class CurateConfig(BaseModel):
                                      description="finetune: supervised fine-tuning (`loom finetune`).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
                                      description="evaluation of a checkpoint (`loom evaluate`).")
-    stages_off: list[str] = Field(default_factory=lambda: ["quality"], description="Stages turned off (any but "
-                                  "ingest and publish; the others keep their directory numbers). The quality "
-                                  "stage is off until the demo and defaults are tuned for it: [] turns it on.")
+    stages_off: list[str] = Field(default_factory=list, description="Stages turned off (any but ingest and "
+                                  "publish; the others keep their directory numbers), e.g. [\"quality\"].")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     ray_address: str | None = Field(
         default_factory=lambda: os.environ.get("LOOM_RAY_ADDRESS") or None,

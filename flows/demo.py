@@ -2,7 +2,8 @@
 
 It mixes every supported input format and plants what the stages must catch: exact
 duplicates (with case, spacing and punctuation changes), near duplicates (a few words
-edited, boilerplate added), personal data and secrets, toxic posts and posts that only
+edited, boilerplate added), text in six other languages, low-quality pages (repeated lines, lorem
+ipsum, symbol soup, bullet lists, numbers), personal data and secrets, toxic posts and posts that only
 mention identities, malformed JSON, undecodable bytes,
 missing and empty text, a legacy cp1252 line, an oversize line and a Project Gutenberg header.
 `plant_counts` says how many of each were planted, so the demo and its test can check them.
@@ -125,6 +126,25 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
         f.write(b"\n")  # a blank line is not a record
         f.write(b'{"id": "messy-ok-2", "text": "A clean record after the mess.\\u0000 (NUL removed)"}\n')
 
+    # Other languages (the Universal Declaration of Human Rights, article 1), for 03_quality's language ID
+    with open(directory / "udhr-article-1.jsonl", "w", encoding="utf-8") as f:
+        for lang, text in UDHR_ARTICLE_1.items():
+            f.write(json.dumps({"id": f"udhr-{lang}", "text": text}, ensure_ascii=False) + "\n")
+
+    # Low-quality pages for 03_quality, each with the defect its rule removes
+    page = max((r["text"] for r in records[:50]), key=len)
+    sentences = [s.strip() + "." for s in page.replace("\n", " ").split(". ") if len(s.split()) >= 4]
+    low_quality = {
+        "gopher:dup_lines": "\n".join([sentences[0]] * 10 + sentences[1:4]),
+        "c4:lorem_ipsum": page + "\n\nLorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.",
+        "gopher:symbol_word_ratio": " ".join(f"#{w} ..." for w in page.split()[:80]),
+        "gopher:bullet_lines": "\n".join(f"- {w}" for w in page.split()[:60]),
+        "gopher:alpha_words_ratio": " ".join(f"{i * 7919 % 100003} {i * 31 % 997} {w}" for i, w in enumerate(page.split()[:80])),
+    }
+    with open(directory / "scraped-pages.jsonl", "w", encoding="utf-8") as f:
+        for i, text in enumerate(low_quality.values()):
+            f.write(json.dumps({"id": f"page-{i}", "text": text}) + "\n")
+
     notes = directory / "notes"
     notes.mkdir(exist_ok=True)
     for i, (topic, text) in enumerate(passages[:3]):
@@ -140,7 +160,10 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
 
     planted = {
         # passages, notes, gutenberg, messy ok, legacy, reposts, edited copies, tickets, posts
-        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources) + len(long_ones) + len(tickets) + len(toxic) + len(benign),
+        "good_records": n + 3 + 1 + 2 + 1 + len(dup_sources) + len(long_ones) + len(tickets) + len(toxic) + len(benign)
+        + len(UDHR_ARTICLE_1) + len(low_quality),
+        "languages": sorted(UDHR_ARTICLE_1),
+        "low_quality": {f"page-{i}": reason for i, reason in enumerate(low_quality)},
         "toxic": [f"post-{i}" for i in range(len(toxic))],
         "identity_mentions": [f"post-{len(toxic) + i}" for i in range(len(benign))],
         "exact_duplicates": len(dup_sources),
@@ -155,14 +178,30 @@ def make_demo_corpus(directory: Path, duplicates: int = 40, near_duplicates: int
     return planted
 
 
+# The Universal Declaration of Human Rights, article 1 (United Nations; free to reproduce)
+UDHR_ARTICLE_1 = {
+    "de": "Alle Menschen sind frei und gleich an Würde und Rechten geboren. Sie sind mit Vernunft und Gewissen "
+          "begabt und sollen einander im Geist der Brüderlichkeit begegnen.",
+    "fr": "Tous les êtres humains naissent libres et égaux en dignité et en droits. Ils sont doués de raison et de "
+          "conscience et doivent agir les uns envers les autres dans un esprit de fraternité.",
+    "es": "Todos los seres humanos nacen libres e iguales en dignidad y derechos y, dotados como están de razón y "
+          "conciencia, deben comportarse fraternalmente los unos con los otros.",
+    "ru": "Все люди рождаются свободными и равными в своем достоинстве и правах. Они наделены разумом и совестью "
+          "и должны поступать в отношении друг друга в духе братства.",
+    "zh": "人人生而自由，在尊严和权利上一律平等。他们赋有理性和良心，并应以兄弟关系的精神相对待。",
+    "ja": "すべての人間は、生まれながらにして自由であり、かつ、尊厳と権利とについて平等である。人間は、理性と良心とを"
+          "授けられており、互いに同胞の精神をもって行動しなければならない。",
+}
+
 DEMO_QUESTION = "What is 12 plus 7?"
 
 
 def make_demo_instructions(directory: Path, arithmetic: int = 400, seed: int = 0) -> dict:
     """Instruction data for the demo's fine-tune, in all three supported shapes: question/answer
     arithmetic with GSM8K-style `#### answer` lines (so exact match is measured), chat questions
-    about Python statements (answers from pydoc_data.topics), Alpaca-style copy tasks; plus two
-    malformed records the ingest reader must reject."""
+    about Python statements (answers from pydoc_data.topics, so the held-out ones are in the corpus
+    too, for decontamination to remove), Alpaca-style copy tasks; plus two malformed records the ingest
+    reader must reject."""
     import random
     from pydoc_data.topics import topics
 
@@ -173,9 +212,10 @@ def make_demo_instructions(directory: Path, arithmetic: int = 400, seed: int = 0
     for _ in range(arithmetic):
         a, b = rng.randint(0, 30), rng.randint(0, 30)
         records.append({"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"})
-    for topic in sorted(topics):
-        first = topics[topic].strip().split("\n\n")[0].replace("\n", " ").strip()
-        if 20 <= len(first) <= 300:
+    for topic in sorted(topics):  # answered by the topic's first paragraph: also in the corpus (07_decontaminate)
+        first = next((p.replace("\n", " ").strip() for p in topics[topic].strip().split("\n\n")
+                      if len(p.split()) >= 15 and len(p) <= 400), None)
+        if first:
             records.append({"messages": [{"role": "user", "content": f"What is the Python topic '{topic}' about?"},
                                          {"role": "assistant", "content": first}]})
     words = sorted({w for text in list(topics.values())[:20] for w in text.split() if w.isalpha() and len(w) > 3})
@@ -194,6 +234,12 @@ def make_demo_instructions(directory: Path, arithmetic: int = 400, seed: int = 0
 def demo_config(cfg, pretrain_steps: int, finetune_steps: int):
     """The demo's settings on top of the defaults: small and quick, and showing every check."""
     cfg.ingest.max_doc_bytes = 1 << 20  # so the planted 2 MiB line shows the oversize check
+    # 03_quality on: the published web-text thresholds would take a fifth of Python's reference docs (hard-wrapped
+    # lines, code, braces, terms repeated) and the short posts and tickets the later stages must see; the planted
+    # low-quality pages are still removed, each by its rule
+    q = cfg.quality
+    q.min_words, q.min_stop_words, q.min_alpha_words_ratio, q.c4_curly_braces = 3, 0, 0.4, False
+    q.c4_line_languages, q.dup_ngram_max_ratio, q.top_ngram_max_ratio, q.fineweb = [], {}, {}, False
     cfg.tokenize.vocab_size = 2048  # a small corpus: a small vocabulary
     cfg.pretrain.steps, cfg.pretrain.eval_every, cfg.pretrain.ckpt_every = pretrain_steps, 50, 50
     cfg.pretrain.warmup_steps = min(cfg.pretrain.warmup_steps, pretrain_steps)

@@ -19,22 +19,36 @@ from flows.config import CurateConfig, default_run_id, load_pipeline_run, record
 from flows.curate import curate_flow, tokenize_flow
 from flows.reporting import artifact_key
 from flows.stage_flow import StageRun, task_runner
-from flows.train import evaluate_flow, finetune_flow, pretrain_flow
+from flows.train import evaluate_flow, finetune_flow, pretrain_flow, sft_ingest_flow
 from tasks.layout import RunPaths
+from tasks.sft import HELDOUT_EVAL_SET, write_heldout_eval_set
 
 SCHEDULED_RUN = "nightly"  # what a pipeline run given neither inputs nor run_id reruns (the nightly schedule)
 STEPS = ("curate", "tokenize", "pretrain", "finetune", "evaluate")
 
 
-def keep_evaluation_out(config: CurateConfig) -> CurateConfig:
-    """The evaluation sets `loom evaluate` will use (GSM8K, CrowS-Pairs) become decontamination's, so a
-    pipeline never evaluates a model on what it trained on."""
-    sets = [s for s in (config.evaluate.gsm8k, config.evaluate.crows_pairs) if s]
+def keep_evaluation_out(config: CurateConfig, heldout: str | None = None) -> CurateConfig:
+    """The evaluation sets `loom evaluate` will use (GSM8K, CrowS-Pairs, and `heldout`: the fine-tuning
+    examples held out for its held-out scores) become decontamination's, so a pipeline never evaluates a
+    model on what it trained on."""
+    sets = [s for s in (config.evaluate.gsm8k, config.evaluate.crows_pairs, heldout) if s]
     missing = [s for s in sets if s not in config.decontaminate.eval_sets]
     if not missing:
         return config
     decontaminate = config.decontaminate.model_copy(update={"eval_sets": [*config.decontaminate.eval_sets, *missing]})
     return config.model_copy(update={"decontaminate": decontaminate})
+
+
+def heldout_eval_set(sft_data: list[str], config: CurateConfig, paths: RunPaths, run_id: str) -> str:
+    """The instruction examples fine-tuning will hold out, as an evaluation file in the run: read now by the
+    same ingest the fine-tune runs (which then finds it done), split by the same seeded hash of their ids."""
+    examples = paths.finetune / "data" / "01_ingest"
+    sft_ingest_flow(config.ingest, StageRun(run_id=run_id, output_dir=str(examples), workers=1),
+                    [str(Path(d).absolute()) for d in sft_data])
+    out = paths.root / "eval" / HELDOUT_EVAL_SET
+    count = write_heldout_eval_set(examples, config.finetune.val_fraction, config.finetune.seed, out)
+    get_run_logger().info("%d held-out instruction example(s) kept out of the pretraining data", count)
+    return str(out)
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{run_id}")
@@ -77,7 +91,7 @@ def pipeline_flow(inputs: list[str] | None = None, sft_data: list[str] | None = 
     first = STEPS.index(start_at)
     out: dict = {"run_id": run_id, "start_at": start_at}
     if first <= 0:
-        config = keep_evaluation_out(config)
+        config = keep_evaluation_out(config, heldout_eval_set(sft_data, config, paths, run_id) if sft_data else None)
         out["curate"] = curate_flow(inputs=inputs, run_id=run_id, workdir=str(wd), config=config)
         record_sft_data(paths, sft_data)
     if first <= 1:

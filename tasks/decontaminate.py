@@ -42,7 +42,7 @@ class DecontaminateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     eval_sets: list[str] = Field(default_factory=list, description="Evaluation files (JSONL, JSON, CSV, text). "
-                                 "`loom pipeline` adds the sets `loom evaluate` uses.")
+                                 "`loom pipeline` adds the sets `loom evaluate` uses and the fine-tune's held-out examples.")
     fields: list[str] = Field(default_factory=list, description="Record fields holding evaluation text "
                               "(default: every string field).")
     ngram: int = Field(13, ge=4, le=64, description="Words an overlap shares (13, as GPT-3 and lighteval).")

@@ -72,6 +72,8 @@ class QualityConfig(BaseModel):
         description="Gopher: characters in duplicated n-grams.")
     c4: bool = Field(True, description="C4's rules: lorem ipsum and curly braces remove a document; in English, "
                      "lines without terminal punctuation, about javascript, or cookie and policy notices are dropped.")
+    c4_curly_braces: bool = Field(True, description="C4: a curly brace removes an English document (web pages with "
+                                  "braces are code); turn off for corpora of code documentation.")
     c4_line_languages: list[str] = Field(default_factory=lambda: ["en"], description="Languages C4's line "
                                          "cleaning applies to (its word lists are English).")
     c4_min_words_per_line: int = Field(3, ge=0, description="C4: shorter lines are dropped (English).")
@@ -169,7 +171,7 @@ def judge(text: str, lang: str, cfg: QualityConfig) -> tuple[str, str | None, di
     if cfg.c4:
         if "lorem ipsum" in lower:
             fail("c4:lorem_ipsum")
-        if "{" in text and lang in cfg.c4_line_languages:  # English web pages with braces are code; {0,1} in maths
+        if cfg.c4_curly_braces and "{" in text and lang in cfg.c4_line_languages:  # English web pages with braces are code; {0,1} in maths
             fail("c4:curly_brace")
     if cfg.gopher_quality:
         spaced = not unspaced(lang)

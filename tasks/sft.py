@@ -269,3 +269,24 @@ class SftTokenize(Stage):
         write_json_atomic(ctx.stage_dir / INDEX_FILE, index)
         files = [ctx.stage_dir / INDEX_FILE, ctx.stage_dir / VAL_EXAMPLES]
         return {"outputs": [OutputFile(p.name, "index", 0, p.stat().st_size, sha256_file(p)).to_dict() for p in files]}
+
+
+HELDOUT_EVAL_SET = "sft_heldout.jsonl"
+
+
+def write_heldout_eval_set(examples_dir: Path, val_fraction: float, seed: int, out: Path) -> int:
+    """The examples fine-tuning will hold out (the seeded hash of their ids that `SftTokenize` uses), as an
+    evaluation set for decontamination: a JSON line per example, a field per message. Returns how many."""
+    lines = []
+    for shard in list_shards(Path(examples_dir)):
+        for batch in iter_batches(shard, 4096):
+            ids = batch.column("id").to_pylist()
+            for i in np.flatnonzero(is_validation(ids, val_fraction, seed)).tolist():
+                messages = json.loads(batch.column("text")[i].as_py())["messages"]
+                lines.append(json.dumps({f"{m['role']}_{k}": m["content"] for k, m in enumerate(messages)},
+                                        ensure_ascii=False) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(out)
+    return len(lines)

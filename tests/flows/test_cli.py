@@ -189,6 +189,16 @@ def test_demo_catches_everything_it_planted_trains_and_publishes_artifacts(prefe
         f"repost-{i:03d}" for i in range(planted["exact_duplicates"])}
     near = read_dir(tmp_path / "runs/demo/04_near_dedup/_removed").column("id").to_pylist()
     assert {i for i in near if i.startswith("edited-")} == {f"edited-{i:03d}" for i in range(planted["near_duplicates"])}
+    low = read_dir(tmp_path / "runs/demo/03_quality/_removed")  # 03_quality: each planted page by its rule
+    reasons = dict(zip(low.column("id").to_pylist(), low.column("reason").to_pylist()))
+    assert {i: r for i, r in reasons.items() if i.startswith("page-")} == planted["low_quality"]
+    assert "03_quality" in out and "lorem_ipsum" in out and all(f" {lang} " in out for lang in planted["languages"])
+    card = (tmp_path / "runs/demo/08_publish/README.md").read_text()
+    assert all(f"| {lang} |" in card for lang in planted["languages"])
+    # 07_decontaminate: the fine-tune's held-out examples are evaluation data; Python's docs hold some answers
+    leaks = json.loads((tmp_path / "runs/demo/07_decontaminate/decontamination_report.json").read_text())
+    assert "sft_heldout.jsonl" in leaks["eval_sets"] and status["07_decontaminate"]["removed"]["contaminated"] >= 1
+    assert all(item.startswith("sft_heldout.jsonl:") for item in leaks["leaks"])
     published = "\n".join(read_dir(tmp_path / "runs/demo/08_publish").column("text").to_pylist())
     assert not any(value in published for value in planted["pii_values"])
     assert status["05_pii"]["rows_out"] == status["04_near_dedup"]["rows_out"]
