@@ -44,9 +44,41 @@ class StageRun(BaseModel):
         return RunPaths.of(self.workdir, self.run_id)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="{label}")
+UNIT_RETRIES = 2  # a unit that failed for a reason outside Loom (storage, network, a lost Ray worker) runs again
+UNIT_RETRY_DELAYS = [5, 30]
+_LASTING_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+_RAY_TRANSIENT = {"RayActorError", "ActorDiedError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+                  "OwnerDiedError", "ObjectFetchTimedOutError", "RaySystemError", "LocalRayletDiedError"}
+
+
+def transient(error: BaseException) -> bool:
+    """A failure of the world outside the unit, worth a retry: network and object-store I/O (OSError but a
+    missing or forbidden path), timeouts, a Ray worker or node lost. A bug or bad data fails the same way
+    again and is not retried."""
+    for e in (error, error.__cause__, error.__context__):
+        if e is None:
+            continue
+        if isinstance(e, (TimeoutError, ConnectionError)) or (isinstance(e, OSError)
+                                                              and not isinstance(e, _LASTING_OS_ERRORS)):
+            return True
+        if type(e).__name__ in _RAY_TRANSIENT:
+            return True
+    return False
+
+
+def _retry_if_transient(task, task_run, state) -> bool:
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as e:  # what failed decides
+        return transient(e)
+    return False
+
+
+@task(cache_policy=NO_CACHE, task_run_name="{label}", retries=UNIT_RETRIES, retry_delay_seconds=UNIT_RETRY_DELAYS,
+      retry_condition_fn=_retry_if_transient)
 def stage_unit(fn, key: str, label: str) -> dict:
-    """Run one unit of a stage (a shard, a partition) and record it as done."""
+    """Run one unit of a stage (a shard, a partition) and record it as done. Units are idempotent (their
+    outputs are written whole, then marked done), so a transient failure is retried."""
     return fn(key)
 
 

@@ -342,8 +342,8 @@ def test_reruns_use_the_runs_config_refuse_stale_data_and_never_share_a_stage(pr
         holder.wait()
 
 
-def test_the_quality_stage_in_the_pipeline_when_turned_on(prefect_server, shared, tmp_path):
-    """With the quality stage on, curate runs 03_quality between exact and near dedup: languages are
+def test_the_quality_stage_in_the_pipeline(prefect_server, shared, tmp_path):
+    """Curate runs 03_quality (on by default) between exact and near dedup: languages are
     identified, a keep-list and the filters remove with reasons, and near dedup reads the quality stage's
     output; turning a stage that cannot be off is an error."""
     en = [p for p in (shared / "multilingual/texts/en/xquad_wiki_paragraphs.txt").read_text().split("\n")
@@ -356,7 +356,7 @@ def test_the_quality_stage_in_the_pipeline_when_turned_on(prefect_server, shared
         for i, text in enumerate([*en, *zh, *de, en[0] + "\nLorem ipsum dolor sit amet, consectetur adipiscing."]):
             f.write(json.dumps({"id": f"d{i}", "text": text}, ensure_ascii=False) + "\n")
     wd = tmp_path / "wd"
-    cfg = _config(tmp_path, 'stages_off = []\n[quality]\nlanguages = ["en", "zh"]\n')
+    cfg = _config(tmp_path, '[quality]\nlanguages = ["en", "zh"]\n')
     loom("curate", tmp_path / "docs.jsonl", "--workdir", wd, "--run-id", "q", "--config", cfg)
     status = runs_json(wd, "q")
     assert list(status) == ["01_ingest", "02_exact_dedup", "03_quality", "04_near_dedup", "05_pii", "06_bias",
