@@ -149,6 +149,7 @@ def test_ray_aws_cluster_has_a_gpu_worker_type_and_valid_ec2_requests():
             gpu_types.append(name)
     assert raw["head_node_type"] not in gpu_types and gpu_types, "a GPU worker type beside a CPU head"
     assert all(raw["available_node_types"][t]["max_workers"] >= 1 for t in gpu_types)
+    assert all(raw["available_node_types"][t]["min_workers"] == 0 for t in gpu_types), "GPU nodes scale from zero"
 
 
 def test_ray_local_cluster_config_bootstraps_as_on_premise():
@@ -182,6 +183,27 @@ def _mounts_work_volume(pod: dict, claim: str) -> str:
     return next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == volume)
 
 
+def _pinned(package: str) -> str:
+    pins = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    return pins[package]
+
+
+def test_every_install_path_installs_through_the_constraints_file():
+    """The Makefile, the Dockerfile and the AWS cluster's setup install with `-c constraints.txt`, which pins
+    the versions this checkout is tested with (Ray, Prefect, DeepSpeed as installed here), not torch."""
+    import deepspeed
+    import prefect
+
+    assert (_pinned("ray"), _pinned("prefect"), _pinned("deepspeed")) == (
+        __import__("ray").__version__, prefect.__version__, deepspeed.__version__)
+    assert not any(line.startswith("torch==") for line in (ROOT / "constraints.txt").read_text().splitlines())
+    assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+    assert (INFRA / "Dockerfile").read_text().count("pip install -c constraints.txt") == 2
+    setup = _launcher_config("cluster.yaml")["setup_commands"]
+    assert any("-c /home/ubuntu/loom/constraints.txt" in c for c in setup)
+
+
 def test_kuberay_raycluster_has_gpu_workers_and_shared_storage():
     import ray
 
@@ -191,7 +213,7 @@ def test_kuberay_raycluster_has_gpu_workers_and_shared_storage():
     cluster = docs["RayCluster/loom"]
     assert cluster["apiVersion"] == "ray.io/v1"
     spec = cluster["spec"]
-    assert spec["rayVersion"] == ray.__version__, "the Ray in the image"
+    assert spec["rayVersion"] == ray.__version__ == _pinned("ray"), "the Ray in the image: constraints.txt's"
     head = spec["headGroupSpec"]
     assert isinstance(head["rayStartParams"], dict) and all(isinstance(v, str) for v in head["rayStartParams"].values())
     gpu_groups = []
@@ -204,6 +226,13 @@ def test_kuberay_raycluster_has_gpu_workers_and_shared_storage():
             assert container["resources"]["requests"]["nvidia.com/gpu"] == limits["nvidia.com/gpu"]
             gpu_groups.append(group)
     assert gpu_groups, "a worker group with GPUs"
+    cpu_groups = [g for g in spec["workerGroupSpecs"] if g not in gpu_groups]
+    assert cpu_groups and all(g["rayStartParams"].get("num-gpus") == "0" for g in cpu_groups), "CPU pods for curation"
+    assert all(g["minReplicas"] == 0 for g in gpu_groups), "GPU pods only while training asks for them"
+    assert head["rayStartParams"]["num-cpus"] == "0", "no work scheduled on the head (KubeRay's guidance)"
+    for pod in _pods(spec):  # Ray's object store lives in /dev/shm, 64 MiB unless a memory volume is mounted
+        shm = next(m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/dev/shm")
+        assert next(v for v in pod["volumes"] if v["name"] == shm)["emptyDir"]["medium"] == "Memory"
     images = {c["image"] for pod in _pods(spec) for c in pod["containers"]}
     assert len(images) == 1, "one image, so one Python and one Ray, on every pod"
     paths = {_mounts_work_volume(pod, "loom-work") for pod in _pods(spec)}
@@ -299,7 +328,7 @@ def test_dockerfile_builds_a_gpu_and_a_cpu_image_of_loom():
         kinds = [k for k, _ in steps]
         runs = " && ".join(a for k, a in steps if k == "RUN")
         assert "download.pytorch.org/whl/" in runs and ("cpu" in runs) == (name == "cpu"), name
-        assert runs.index('pip install "$TORCH"') < runs.index('pip install -e ".[aws]"'), "torch before Loom"
+        assert runs.index('pip install "$TORCH"') < runs.index('pip install -c constraints.txt -e ".[aws]"'), "torch first"
         assert "loom --help" in runs, "the image checks its own entry point"
         assert ("COPY", "--from=source /opt/loom /opt/loom") in steps
         assert kinds[-1] == "CMD" and "USER" in kinds
