@@ -111,55 +111,6 @@ def reasons_table(summaries: list[dict]) -> Table | None:
     return table
 
 
-class StageProgress:
-    """Progress of a stage's units: a Prefect progress artifact, a log line per phase, a bar on a terminal."""
-
-    def __init__(self, stage: str, run_id: str, logger=None):
-        self.stage, self.run_id, self.logger = stage, run_id, logger
-        self.artifact_id = None
-        self.phases: dict[str, tuple[int, int]] = {}
-        self._bar = None
-        self._task = None
-
-    def __call__(self, stage: str, phase: str, done: int, total: int) -> None:
-        self.phases[phase] = (done, total)
-        fraction = sum(d for d, _ in self.phases.values()) / max(1, sum(t for _, t in self.phases.values()))
-        self._artifact(100.0 * fraction)
-        if sys.stderr.isatty():
-            self._terminal(phase, done, total)
-        if self.logger and done == total:
-            self.logger.info("%s %s: %d/%d units done", stage, phase, done, total)
-
-    def _artifact(self, percent: float) -> None:
-        try:
-            from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-            if self.artifact_id is None:
-                self.artifact_id = create_progress_artifact(
-                    progress=percent, key=artifact_key(self.run_id, self.stage, "progress"),
-                    description=f"{self.stage} of run {self.run_id}")
-            else:
-                update_progress_artifact(self.artifact_id, progress=percent)
-        except Exception:  # progress is a courtesy; never fail a stage over it
-            pass
-
-    def _terminal(self, phase: str, done: int, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        if self._bar is None:
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=True)
-            self._bar.start()
-        description = f"{self.stage} {phase}"
-        if self._task is None or self._bar.tasks[self._task].description != description:
-            self._task = self._bar.add_task(description, total=total)
-        self._bar.update(self._task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 # ---- what the CLI prints at the end of a command ------------------------------------------------
 
 def print_outcome(summaries: list[dict], title: str) -> None:

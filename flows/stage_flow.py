@@ -18,9 +18,11 @@ from prefect.task_runners import ProcessPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows.config import default_workers
-from flows.reporting import StageProgress, artifact_key, stage_summary, summary_rows
+from flows.progress import StageProgress
+from flows.reporting import artifact_key, stage_summary, summary_rows
 from tasks.layout import RunPaths
-from tasks.stage import Stage, exit_with_parent, run_stage
+from tasks.manifest import read_manifest
+from tasks.stage import WORK_DIR, Stage, exit_with_parent, run_stage
 
 
 class StageRun(BaseModel):
@@ -105,7 +107,9 @@ def run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None,
             inputs = [str(run.paths().stage(upstream))]
         else:
             raise ValueError(f"{stage.name} needs an input: an upstream stage or an input directory")
-    progress = StageProgress(stage.name, run.run_id, logger)
+    upstream = read_manifest(Path(inputs[0])) if len(inputs) == 1 and Path(inputs[0]).is_dir() else None
+    progress = StageProgress(stage.name, run.run_id, logger, work_dir=stage_dir / WORK_DIR,
+                             total_rows=upstream.rows_out if upstream is not None else None)
     t0 = time.perf_counter()
     try:
         outcome = run_stage(stage, run_id=run.run_id, stage_dir=stage_dir, inputs=inputs,

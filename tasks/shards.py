@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.progress import unit_progress
+
 DOC_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -186,10 +188,20 @@ class ShardWriter:
 
 def iter_batches(path: Path, batch_rows: int = 4096, columns: list[str] | None = None):
     """Record batches of a Parquet file, streamed: memory is bounded by a row group and a
-    batch, never the file (no pre-buffering of whole row groups)."""
-    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
+    batch, never the file (no pre-buffering of whole row groups). Each batch counts toward the
+    running unit's progress (tasks.progress)."""
+    batches = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
         batch_rows, columns=columns, use_threads=False
     )
+    return _metered(path, batches)
+
+
+def _metered(path: Path, batches):
+    first = True
+    for batch in batches:
+        yield batch
+        unit_progress(path, batch.num_rows, batch.nbytes, restart=first)
+        first = False
 
 
 def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None, reason: str | None,

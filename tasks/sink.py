@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.inputs import InputFile, derived_id
+from tasks.progress import unit_progress
 from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter
 from tasks.text_cleaning import clean_text, normalize_unicode, strip_gutenberg
 
@@ -151,6 +152,7 @@ class FileSink:
         if not n:
             return
         cfg, f = self.cfg, self.f
+        unit_progress(f.source, n, batch.chars)
         texts = pa.array(batch.texts, pa.string())
         keep = np.ones(n, dtype=bool)
         for i in np.flatnonzero(pc.binary_length(texts).to_numpy(zero_copy_only=False) > cfg.max_doc_bytes):

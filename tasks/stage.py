@@ -40,6 +40,7 @@ from tasks.manifest import (
     write_json_atomic,
     write_manifest,
 )
+from tasks.progress import metering, progress_file
 from tasks.retention import GC_MARKER
 from tasks.shards import REJECTS_DIR, REMOVED_DIR, list_shards
 
@@ -157,7 +158,10 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
 def execute_unit(stage: Stage, ctx: StageContext, phase: str, key: str) -> UnitResult:
     """Run one unit and record its completion marker (the unit of resumption)."""
     exit_with_parent()
-    result = stage.run_unit(ctx, phase, key)
+    upstream = Path(ctx.inputs[0]) if len(ctx.inputs) == 1 else None  # documents: the upstream stage's shards
+    only_under = upstream if upstream is not None and (upstream / MANIFEST).exists() else None
+    with metering(progress_file(ctx.work_dir, phase, key), only_under):
+        result = stage.run_unit(ctx, phase, key)
     marker = _marker(ctx, phase, key)
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, result)

@@ -243,6 +243,26 @@ def test_infra_prefect_yaml_declares_every_deployment():
             assert schedule["active"] is False and schedule["slug"]
 
 
+def test_prefect_deploy_all_with_the_shipped_yaml_registers_every_deployment(served, tmp_path):
+    """The documented `prefect deploy --all --prefect-file infra/prefect.yaml`, with Prefect's own CLI. It
+    once stopped with a 422 after the first deployment: Prefect 3.8.8's client sends `"limit": null` when it
+    looks for workers, which FastAPI >= 0.151 rejects (it used to mean "the default"); pyproject pins
+    FastAPI below that."""
+    api_url, _, _ = served
+    env = {**os.environ, "PREFECT_API_URL": api_url, "LOOM_HOME": str(ROOT)}
+    prefect = [sys.executable, "-m", "prefect", "--no-prompt"]
+    subprocess.run([*prefect, "work-pool", "create", "loom", "--type", "process", "--overwrite"], env=env, cwd=ROOT,
+                   check=True, capture_output=True, timeout=120)
+    done = subprocess.run([*prefect, "deploy", "--all", "--prefect-file", "infra/prefect.yaml"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with _client() as client:
+        for d in DEPLOYMENTS:
+            deployment = _deployment(client, d.name)
+            assert deployment.work_pool_name == "loom" and deployment.entrypoint.startswith("flows/")
+            assert all(not s.active for s in deployment.schedules)
+
+
 def test_deploy_registers_every_flow_for_a_process_work_pool(served, tmp_path, monkeypatch):
     """`loom deploy` (last in this module: it turns the served deployments into work-pool ones), from another
     directory than the project's: the same entrypoints."""

@@ -148,3 +148,28 @@ def test_the_published_directory_is_a_hugging_face_dataset(ingested, tmp_path):
     for section in ("## Stage funnel", "## How it was curated", "## Personal data", "## Sources", "## Known limitations"):
         assert section in card, section
     assert "/tmp/" not in card.split("## Sources")[1].split("##")[0]  # sources by relative name
+
+
+def test_units_report_the_documents_they_have_read(shared, tmp_path):
+    """While a stage runs, each unit's meter says how many documents (and bytes) it has read, for the progress
+    bar and the Prefect progress artifact: the sum over finished units is the documents they held, counted
+    once though a stage reads a shard twice (decide, then copy)."""
+    from tasks.progress import read_progress
+    from tasks.quality import Quality
+
+    src = tmp_path / "in.jsonl"
+    texts = (shared / "multilingual/texts/en/xquad_wiki_paragraphs.txt").read_text().splitlines()
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts) if t))
+    run_stage(Ingest(shard_bytes=60_000, unit_bytes=60_000), run_id="p", stage_dir=tmp_path / "01", inputs=[src])
+    shards = read_manifest(tmp_path / "01")
+    assert len([o for o in shards.outputs if o["kind"] == "documents"]) >= 3
+    seen = []
+
+    def progress(stage, phase, done, total):
+        seen.append((done, total, read_progress(tmp_path / "03" / "_work", phase)))
+
+    run_stage(Quality(), run_id="p", stage_dir=tmp_path / "03", inputs=[tmp_path / "01"], progress=progress)
+    rows = [r for _, _, (r, _) in seen]
+    assert rows == sorted(rows) and rows[-1] == shards.rows_out  # every document once, never more
+    assert all(b > 0 for d, _, (_, b) in seen if d) and seen[-1][0] == seen[-1][1]
+    assert not (tmp_path / "03" / "_work").exists()  # the meters go with the work directory
