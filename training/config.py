@@ -141,6 +141,8 @@ class WorkerConfig(BaseModel):
     stop_after: int | None = Field(None, description="Tests: stop after this step, as an interruption would.")
     debug_kill_at: int | None = Field(None, description="Tests: SIGKILL the rank-0 worker at this step, once.")
     debug_spike_at: int | None = Field(None, description="Tests: a loss spike at this step, once.")
+    debug_batch_log: bool = Field(False, description="Tests: each rank appends the token rows it trains on to "
+                                  "batches-rank<R>.jsonl in the output directory.")
 
 
 class PretrainWorkerConfig(WorkerConfig):

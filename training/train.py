@@ -46,6 +46,7 @@ from training.checkpoint import (
     write_manifest,
 )
 from training.config import FinetuneWorkerConfig, LoopConfig, WorkerConfig, parse_worker_config
+from training.reshard import load_resharded, saved_world_size
 
 
 def lr_at(step: int, loop: LoopConfig) -> float:
@@ -137,8 +138,16 @@ def train_worker(cfg: WorkerConfig | dict) -> None:
                                                 "nodes": nodes, "model": asdict(cfg.model)}, indent=1))
 
     def restore(tag: Path) -> tuple[int, int, int]:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag.name)
-        _set_rng_state(client["rng"][rank] if rank < len(client["rng"]) else client["rng"][0])
+        saved = saved_world_size(tag)
+        if saved is not None and saved != world:  # a cluster of another size: DeepSpeed's universal checkpoint
+            client = load_resharded(engine, tag, out, rank, world, saved, lambda m: _log(rank, m))
+        else:
+            _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag.name)
+        states = client["rng"]
+        if len(states) != world:
+            _log(rank, f"RNG states were saved by {len(states)} worker(s), not {world}: ranks without one take rank "
+                       f"0's (dropout draws differ from an uninterrupted run; batches do not: they follow the step)")
+        _set_rng_state(states[rank] if rank < len(states) else states[0])
         return client["step"], client["tokens_seen"], client.get("data_offset", 0)
 
     step, tokens_seen, data_offset, spikes = 0, 0, 0, 0
@@ -161,6 +170,8 @@ def train_worker(cfg: WorkerConfig | dict) -> None:
         for micro in range(loop.grad_accum):
             x, y = batches.take(step + data_offset, micro)
             _, loss = engine(x, y)
+            if cfg.debug_batch_log:  # tests: which tokens each rank trained on, by step, and its loss
+                _log_batch(out, rank, world, step + 1, micro, x, float(loss))
             engine.backward(loss)
             engine.step()
             losses.append(loss.detach().float())
@@ -221,6 +232,11 @@ def train_worker(cfg: WorkerConfig | dict) -> None:
             raise SystemExit(f"stopped after step {step} (stop_after)")
     if writer is not None:
         writer.close()
+
+
+def _log_batch(out: Path, rank: int, world: int, step: int, micro: int, x: torch.Tensor, loss: float) -> None:
+    with open(out / f"batches-rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "micro": micro, "world": world, "loss": loss, "rows": x.cpu().tolist()}) + "\n")
 
 
 STALE_BUILD_LOCK_S = 600

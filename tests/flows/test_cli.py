@@ -90,7 +90,8 @@ def mixed_corpus(shared, tmp_path_factory):
 
 def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefect_server, mixed_corpus, tmp_path):
     wd = tmp_path / "wd"
-    out = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--workers", "2")
+    off = _config(tmp_path, 'stages_off = ["quality"]\n')  # counts below are of the dedup stages; quality: its own test
+    out = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--workers", "2", "--config", off)
     assert "curate run mix" in out and "08_publish" in out
     status = runs_json(wd, "mix")
     assert [s["status"] for s in status.values()] == ["complete"] * 6
@@ -116,12 +117,12 @@ def test_curate_end_to_end_rerun_skips_and_config_change_reruns_downstream(prefe
     assert {Path(p).name for p in pictures} >= {"funnel.png", "lengths.png", "near_dedup_similarity.png"}
     assert all(Path(p).read_bytes()[:4] == b"\x89PNG" for p in pictures)
 
-    again = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix")
+    again = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--config", off)
     assert again.count("│ skipped") == 6
     finished = {s: runs_json(wd, "mix")[s]["finished_at"] for s in ("01_ingest", "02_exact_dedup")}
 
     cfg = tmp_path / "strict.toml"
-    cfg.write_text("[exact_dedup]\ncasefold = false\n")
+    cfg.write_text('stages_off = ["quality"]\n[exact_dedup]\ncasefold = false\n')
     changed = loom("curate", mixed_corpus, "--workdir", wd, "--run-id", "mix", "--config", cfg)
     assert changed.count("│ skipped") == 1  # ingest only
     status = runs_json(wd, "mix")
@@ -141,7 +142,7 @@ def test_step_reruns_one_stage_and_marks_later_stages_stale(prefect_server, mixe
     loom("curate", mixed_corpus / "gsm8k.jsonl", mixed_corpus / "zz-planted.jsonl", "--workdir", wd, "--run-id", "r")
     before = runs_json(wd, "r")
     out = loom("step", "exact_dedup", "--run-id", "r", "--workdir", wd, "--force")
-    assert "now stale: 04_near_dedup, 05_pii, 06_bias, 08_publish" in out
+    assert "now stale: 03_quality, 04_near_dedup, 05_pii, 06_bias, 08_publish" in out
     after = runs_json(wd, "r")
     assert after["01_ingest"]["finished_at"] == before["01_ingest"]["finished_at"]
     assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]

@@ -78,7 +78,7 @@ def test_no_personal_data_reaches_the_control_plane_and_gc_leaves_none(prefect_s
     assert len(values) > 50
     wd = tmp_path / "wd"
     cfg = tmp_path / "loom.toml"
-    cfg.write_text("[near_dedup]\nthreshold = 0.7\n")
+    cfg.write_text("[near_dedup]\nthreshold = 0.7\n[quality]\nmin_words = 3\nmin_stop_words = 0\n")
     result = runner.invoke(app, ["curate", str(tmp_path / "planted.jsonl"), "--run-id", "priv", "--workdir", str(wd),
                                  "--workers", "2", "--config", str(cfg)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -48,7 +48,7 @@ def _pool_workers(proc: subprocess.Popen, timeout: float = 240) -> list[psutil.P
 def test_killing_curate_ends_its_workers_and_the_run_resumes(shared, tmp_path, sig):
     corpus, wd = _corpus(shared, tmp_path / "plays.jsonl"), tmp_path / "wd"
     cfg = tmp_path / "small-units.toml"
-    cfg.write_text("[ingest]\nunit_bytes = 200000\nshard_bytes = 200000\n")
+    cfg.write_text('stages_off = ["quality"]\n[ingest]\nunit_bytes = 200000\nshard_bytes = 200000\n')  # short paragraphs
     proc = _start(corpus, wd, cfg)
     workers = _pool_workers(proc)
     everything = [p for p in psutil.Process(proc.pid).children(recursive=True)

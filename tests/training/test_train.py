@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +253,61 @@ def test_an_unreachable_ray_address_is_one_clear_error():
 
     with pytest.raises(ValueError, match=r"no Ray cluster answers at '127\.0\.0\.1:1'"):
         connect(PretrainConfig(), "127.0.0.1:1")
+
+
+def _run_ranks(tokens: Path, out: Path, world: int, **overrides) -> None:
+    """The worker on `world` local processes (a gloo group, no Ray): what Ray Train runs, minus its start-up."""
+    import socket
+
+    cfg = PretrainConfig(**{"eval_every": 100, "log_every": 1, "micro_batch": 2, "model_overrides": {"block_size": 64},
+                            **overrides})
+    vocab = json.loads((tokens / "index.json").read_text())["vocab_size"]
+    path = out.parent / f"{out.name}-w{world}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(worker_config(cfg, tokens, out, vocab, use_gpu=False, debug_batch_log=True).model_dump_json())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "training.train", str(path)], cwd=ROOT, stderr=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+             for r in range(world)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+
+
+def _rank0(out: Path, world: int) -> dict[int, dict]:
+    """Rank 0's batches and losses by step, from the run on `world` workers (the latest entry of a step)."""
+    rows = [json.loads(line) for line in (out / "batches-rank0.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if r["world"] == world}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_resuming_on_another_number_of_workers_carries_the_state_over(tokens, tmp_path, stage):
+    """A ZeRO run saved by 2 workers resumes on 1 (shrinking), and that one's checkpoint on 2 again (growing),
+    through DeepSpeed's universal checkpoint: the first step after each resume computes the same loss on rank
+    0's batch as the run that did not change size (the weights carried over exactly), every step's batches are
+    the ones its data position names (none repeated or skipped), and the RNG caveat is said."""
+    from training.data import TokenData
+    from training.reshard import UNIVERSAL_DIR
+
+    out, ds = tmp_path / "run", str(ROOT / f"infra/deepspeed/zero{stage}.json")
+    _run_ranks(tokens, out, 2, steps=5, ckpt_every=4, deepspeed=ds)  # checkpoints at 4 and 5
+    shutil.rmtree(out / "checkpoints/step-0000005")
+    _run_ranks(tokens, out, 1, steps=9, ckpt_every=4, deepspeed=ds)  # shrinks: resumes at 4, checkpoints 8 and 9
+    assert _rank0(out, 1)[5]["loss"] == pytest.approx(_rank0(out, 2)[5]["loss"], rel=1e-5)
+    reference = _rank0(out, 1)[9]["loss"]
+    shutil.rmtree(out / "checkpoints/step-0000009")
+    _run_ranks(tokens, out, 2, steps=10, ckpt_every=4, deepspeed=ds)  # grows: resumes at 8
+    assert _rank0(out, 2)[9]["loss"] == pytest.approx(reference, rel=1e-5)
+    assert (out / UNIVERSAL_DIR / "step-0000008").is_dir()
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 9, 10]  # each run goes on from its checkpoint's step
+    data = TokenData(tokens, "train", 64)
+    for rank in (0, 1):
+        for r in map(json.loads, (out / f"batches-rank{rank}.jsonl").read_text().splitlines()):
+            x, _ = data.batch(2, 1337, r["step"] - 1, r["micro"], rank)  # the data position is the step
+            assert r["rows"] == x.tolist(), (rank, r["step"], r["world"])
