@@ -147,7 +147,7 @@ def test_step_reruns_one_stage_and_marks_later_stages_stale(prefect_server, mixe
     assert after["01_ingest"]["finished_at"] == before["01_ingest"]["finished_at"]
     assert after["02_exact_dedup"]["finished_at"] != before["02_exact_dedup"]["finished_at"]
     assert after["04_near_dedup"]["status"] == after["08_publish"]["status"] == "stale"
-    for stage in ("near_dedup", "pii", "bias", "publish"):
+    for stage in ("quality", "near_dedup", "pii", "bias", "publish"):
         loom("step", stage, "--run-id", "r", "--workdir", wd)
     assert runs_json(wd, "r")["08_publish"]["status"] == "complete"
     listing = json.loads(loom("runs", "--workdir", wd, "--json"))

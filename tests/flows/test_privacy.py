@@ -101,5 +101,5 @@ def test_no_personal_data_reaches_the_control_plane_and_gc_leaves_none(prefect_s
     rejects = pq.read_table(next((run / "01_ingest/_rejects").glob("*.parquet"))).to_pylist()
     assert rejects[0]["reason"] == "malformed_json" and "<EMAIL>" in rejects[0]["raw"]
     listing = json.loads(runner.invoke(app, ["runs", "priv", "--workdir", str(wd), "--json"]).output)["stages"]
-    assert [s["status"] for s in listing] == ["collected", "collected", "collected", "complete", "complete", "complete"]
+    assert [s["status"] for s in listing] == ["collected"] * 4 + ["complete"] * 3  # the stages before PII: gone
     assert listing[0]["rows_out"] > 100  # the counts stay
