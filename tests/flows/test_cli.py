@@ -151,7 +151,7 @@ def test_step_reruns_one_stage_and_marks_later_stages_stale(prefect_server, mixe
         loom("step", stage, "--run-id", "r", "--workdir", wd)
     assert runs_json(wd, "r")["08_publish"]["status"] == "complete"
     listing = json.loads(loom("runs", "--workdir", wd, "--json"))
-    assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 6
+    assert listing[0]["run_id"] == "r" and listing[0]["complete"] == 7
 
 
 def test_step_on_any_input(prefect_server, shared, tmp_path):
