@@ -3,6 +3,7 @@ units done, on the terminal's bar and in a Prefect progress artifact."""
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import threading
 import time
@@ -33,8 +34,8 @@ class StageProgress:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._watcher = None
-        if work_dir is not None:
-            self._watcher = threading.Thread(target=self._watch, daemon=True)
+        if work_dir is not None:  # in a copy of this context: the flow run's, so its artifact stays the run's
+            self._watcher = threading.Thread(target=contextvars.copy_context().run, args=(self._watch,), daemon=True)
             self._watcher.start()
 
     def __call__(self, stage: str, phase: str, done: int, total: int) -> None:
