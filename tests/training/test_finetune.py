@@ -215,34 +215,34 @@ def test_export_round_trip_to_hugging_face(finetuned, tmp_path):
     assert all(t.dtype == torch.float32 for t in saved["state_dict"].values())
 
 
-def _sft_losses(out: Path) -> dict[int, float]:
-    return {m["step"]: m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+def _sft_metrics(out: Path) -> list[tuple[int, float]]:
+    return [(m["step"], m["loss"]) for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "frozen", "lora"])
 def test_zero3_finetuning_trains_resumes_exactly_and_exports(pretrained, sft_rows, tmp_path, mode):
-    """Under ZeRO-3 (parameters partitioned), each fine-tuning mode trains, a run interrupted after step 4
-    resumes from its step-3 checkpoint with the same losses as an uninterrupted one, and the partitioned
-    checkpoint exports to Hugging Face with the logits Loom's own loader gives."""
+    """Under ZeRO-3 (parameters partitioned), each fine-tuning mode trains; a run interrupted after step 5
+    resumes from its step-3 checkpoint and computes steps 4 and 5 again with the same losses (weights and
+    optimizer state carried over exactly); the partitioned checkpoint exports to Hugging Face with the
+    logits Loom's own loader gives."""
     from transformers import GPT2LMHeadModel
 
     from training.export import export_hf
 
-    cfg = FinetuneConfig(mode=mode, steps=6, eval_every=6, ckpt_every=3, log_every=3, micro_batch=4,
+    cfg = FinetuneConfig(mode=mode, steps=6, eval_every=6, ckpt_every=3, log_every=1, micro_batch=4,
                          trainable_blocks=1, lora_rank=4, lr=3e-3, deepspeed=str(ROOT / "infra/deepspeed/zero3.json"))
-    runs = {}
-    for name, stop in (("straight", None), ("interrupted", 4), ("interrupted", None)):
-        config = finetune_worker_config(cfg, pretrained, sft_rows[0] / "sft", tmp_path / name, use_gpu=False,
-                                        stop_after=stop)
-        _train(config, tmp_path / f"{name}-{stop}.json")
-        runs[name] = tmp_path / name
-    straight, resumed = _sft_losses(runs["straight"]), _sft_losses(runs["interrupted"])
-    assert sorted(straight) == sorted(resumed) == list(range(1, 7))
-    assert all(abs(straight[s] - resumed[s]) <= 1e-6 * abs(straight[s]) for s in straight), (straight, resumed)
-    tag = resolve_checkpoint(runs["interrupted"])
+    out = tmp_path / "run"
+    for stop in (5, None):  # interrupted after step 5 (checkpoint at 3), then resumed
+        _train(finetune_worker_config(cfg, pretrained, sft_rows[0] / "sft", out, use_gpu=False, stop_after=stop),
+               tmp_path / f"run-{stop}.json")
+    metrics = _sft_metrics(out)
+    assert [step for step, _ in metrics] == [1, 2, 3, 4, 5, 4, 5, 6]
+    first, again = dict(metrics[:5]), dict(metrics[5:])
+    assert all(abs(first[s] - again[s]) <= 1e-6 * abs(first[s]) for s in (4, 5)), metrics
+    tag = resolve_checkpoint(out)
     assert any(tag.glob("zero_pp_rank_*_model_states.pt"))  # partitioned, as ZeRO-3 saves
-    changed, after = _changed(pretrained, runs["interrupted"])
+    changed, after = _changed(pretrained, out)
     if mode == "lora":  # the base weights stay; the adapters learned
         assert not changed and any(k.endswith("lora_B") and t.abs().sum() > 0 for k, t in after.items())
     else:
