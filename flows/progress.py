@@ -26,6 +26,7 @@ class StageProgress:
         self.stage, self.run_id, self.logger = stage, run_id, logger
         self.work_dir, self.total_rows, self.log_every_s = work_dir, total_rows, log_every_s
         self.artifact_id = None
+        self._shown = -1.0
         self.phases: dict[str, tuple[int, int]] = {}
         self.phase = ""
         self._bar = self._task = None
@@ -72,7 +73,9 @@ class StageProgress:
                     percent = 100.0
             else:
                 percent = 100.0 * sum(d for d, _ in self.phases.values()) / max(1, sum(t for _, t in self.phases.values()))
-            self._artifact(percent)
+            if self.artifact_id is None or abs(percent - self._shown) >= 1.0 or percent == 100.0 != self._shown:
+                self._artifact(percent)  # an API call: only when the share moved by a point or more
+                self._shown = percent
             if sys.stderr.isatty() and self.phase:
                 self._terminal(rows, nbytes)
 
