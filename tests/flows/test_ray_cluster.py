@@ -1,6 +1,7 @@
 """Scale-out on a real two-node Ray cluster on this machine (`ray start --head` plus a second
 `ray start --address` node with its own resources): curate runs its shard work there, a
-2-worker pretrain spreads across both nodes, and both give what a local run gives; `loom check`
+2-worker pretrain spreads across both nodes, and both give what a local run gives; `loom pipeline
+--ray-address` runs every step there; `loom check`
 sees both nodes and the work directory from each. Each
 `loom` command runs in its own process, as people run them (and so no Ray connection of one
 command outlives it into the next)."""
@@ -94,3 +95,13 @@ def test_curate_and_a_two_worker_pretrain_across_two_nodes_match_a_local_run(
         nodes[name] = json.loads((out / "run_info.json").read_text())["nodes"]
     assert len(set(nodes["cluster"])) == 2  # one worker on each node
     assert losses["cluster"] == pytest.approx(losses["local"], rel=1e-5)
+
+    # `loom pipeline --ray-address`: prefect-ray's task runner (curate, tokenize) and Ray Train (pretrain) in one
+    # process, on the cluster. It once died with `ActorDiedError: TrainController ... cancelled before it started`.
+    config = tmp_path / "pipeline.toml"
+    config.write_text('stages_off = ["quality"]\n[tokenize]\nvocab_size = 512\n[pretrain]\nsteps = 4\neval_every = 4\n'
+                      "ckpt_every = 4\nnum_workers = 2\n[evaluate]\nexamples = 0\n")
+    done = _loom("pipeline", str(corpus), "--run-id", "p", "--workdir", str(tmp_path / "pipeline"), "--config",
+                 str(config), "--ray-address", two_node_cluster, api_url=prefect_server)
+    info = json.loads((tmp_path / "pipeline/runs/p/train/run_info.json").read_text())
+    assert "validation loss" in done and len(set(info["nodes"])) == 2
