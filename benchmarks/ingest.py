@@ -1,6 +1,6 @@
 """Ingest + exact dedup throughput and memory, beside a plain pyarrow.json + pandas baseline.
 
-    .venv/bin/python benchmarks/ingest.py [--size-mb 200] [--workers 2]
+    .venv/bin/python benchmarks/ingest.py [--size-mb 200] [--workers 2] [--codecs lz4 snappy zstd none]
 
 Builds a JSONL corpus of at least --size-mb from ../shared/data/pretrain (passages of
 Shakespeare, Gutenberg books and WikiText-2, made distinct per copy, with 10% planted exact
@@ -10,8 +10,9 @@ several cores are compared fairly.
 
 Contenders:
   baseline   pyarrow.json.read_json (1 thread) -> pandas drop_duplicates(text) -> Parquet
-  loom x1    01_ingest + 02_exact_dedup, one process (the stage functions, no Prefect)
-  loom xN    the same with N worker processes
+  loom x1    01_ingest + 02_exact_dedup, one process (the stage functions, no Prefect), once per
+             intermediate shard codec in --codecs (the default: the configured one)
+  loom xN    the same with N worker processes (ingest splits the one file into units itself)
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tasks.shards import CODECS, INTERMEDIATE_CODEC  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
 
 
@@ -82,35 +86,18 @@ def run_baseline(corpus: str, out: str) -> dict:
     return {"docs_out": len(kept)}
 
 
-def run_loom(corpus: str, out: str, workers: int) -> dict:
+def run_loom(corpus: str, out: str, workers: int, codec: str) -> dict:
     from tasks.exact_dedup import ExactDedup
     from tasks.ingest import Ingest
     from tasks.stage import local_mapper, run_stage
 
     mapper = local_mapper(workers)
-    unit = max(8 << 20, os.path.getsize(corpus) // (4 * workers))
-    files = sorted(str(p) for p in Path(corpus).parent.glob("split/piece-*.jsonl")) if workers > 1 else [corpus]
-    run_stage(Ingest(unit_bytes=unit), run_id="bench", stage_dir=Path(out) / "01_ingest", inputs=files, mapper=mapper)
+    run_stage(Ingest(), run_id="bench", stage_dir=Path(out) / "01_ingest", inputs=[corpus], mapper=mapper,
+              codec=codec)
     m = run_stage(ExactDedup(), run_id="bench", stage_dir=Path(out) / "02_exact_dedup",
-                  inputs=[str(Path(out) / "01_ingest")], mapper=mapper).manifest
-    return {"docs_out": m.rows_out}
-
-
-def _split(corpus: Path, directory: Path, pieces: int) -> list[str]:
-    if pieces == 1:
-        return [str(corpus)]
-    directory.mkdir(parents=True, exist_ok=True)
-    size = corpus.stat().st_size
-    paths, outs = [], []
-    for k in range(pieces):
-        paths.append(directory / f"piece-{k:03d}.jsonl")
-        outs.append(open(paths[-1], "wb"))  # noqa: SIM115 (closed after the split)
-    with open(corpus, "rb") as f:
-        for line in f:
-            outs[min(pieces - 1, f.tell() * pieces // size)].write(line)
-    for o in outs:
-        o.close()
-    return [str(p) for p in paths]
+                  inputs=[str(Path(out) / "01_ingest")], mapper=mapper, codec=codec).manifest
+    disk = sum(f.stat().st_size for f in Path(out).rglob("part-*.parquet"))
+    return {"docs_out": m.rows_out, "disk_mb": disk / 1e6}
 
 
 def child(args) -> None:
@@ -118,7 +105,7 @@ def child(args) -> None:
     if args.child == "baseline":
         result = run_baseline(args.corpus, args.out)
     else:
-        result = run_loom(args.corpus, args.out, args.workers)
+        result = run_loom(args.corpus, args.out, args.workers, args.codec)
     wall = time.perf_counter() - t0
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -134,6 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--codecs", nargs="+", choices=CODECS, default=[INTERMEDIATE_CODEC],
+                        help="Intermediate shard codecs to compare in loom x1 (default: the configured one).")
+    parser.add_argument("--codec", default=INTERMEDIATE_CODEC, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["baseline", "loom"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -145,16 +135,15 @@ def main() -> None:
         corpus = Path(tmp) / "corpus.jsonl"
         size, docs = build_corpus(corpus, args.size_mb)
         print(f"corpus: {size / 1e6:.0f} MB, {docs:,} documents (10% planted exact duplicates)\n", flush=True)
-        # one JSONL file is one unit of ingest work: parallel runs read the same lines split
-        # into 4N pieces (made here, outside the measured runs)
-        _split(corpus, Path(tmp) / "split", pieces=4 * args.workers)
-        contenders = [("baseline (pyarrow.json + pandas)", ["--child", "baseline"]),
-                      ("loom ingest+exact_dedup x1", ["--child", "loom", "--workers", "1"])]
+        contenders = [("baseline (pyarrow.json + pandas)", ["--child", "baseline"])]
+        contenders += [(f"loom x1, {codec}", ["--child", "loom", "--codec", codec, "--workers", "1"])
+                       for codec in args.codecs]
         if args.workers > 1:
-            contenders.append((f"loom ingest+exact_dedup x{args.workers}", ["--child", "loom", "--workers", str(args.workers)]))
+            contenders.append((f"loom x{args.workers}, {args.codecs[0]}",
+                               ["--child", "loom", "--codec", args.codecs[0], "--workers", str(args.workers)]))
         rows = []
         for name, extra in contenders:
-            out = Path(tmp) / name.split()[0] / extra[-1]
+            out = Path(tmp) / "-".join(extra[1::2])
             out.mkdir(parents=True, exist_ok=True)
             proc = subprocess.run([sys.executable, __file__, "--corpus", str(corpus), "--out", str(out), *extra],
                                   capture_output=True, text=True, cwd=ROOT)
@@ -164,15 +153,18 @@ def main() -> None:
                 continue
             r = json.loads(line[7:])
             rows.append((name, r))
-        header = f"{'contender':38} {'wall s':>7} {'CPU s':>7} {'MB/s':>7} {'MB/s/core':>9} {'docs/s':>9} {'peak RSS MB':>11} {'docs out':>9}"
+        header = (f"{'contender':34} {'wall s':>7} {'CPU s':>7} {'MB/s':>7} {'MB/s/core':>9} {'docs/s':>9} "
+                  f"{'peak RSS MB':>11} {'docs out':>9} {'shards MB':>9}")
         print(header)
         print("-" * len(header))
         for name, r in rows:
             mb = size / 1e6
-            print(f"{name:38} {r['wall']:7.1f} {r['cpu']:7.1f} {mb / r['wall']:7.1f} {mb / r['cpu']:9.1f} "
-                  f"{docs / r['wall']:9,.0f} {r['peak_rss_mb']:11,.0f} {r['docs_out']:9,}")
+            shards = f"{r['disk_mb']:9,.0f}" if "disk_mb" in r else f"{'':9}"
+            print(f"{name:34} {r['wall']:7.1f} {r['cpu']:7.1f} {mb / r['wall']:7.1f} {mb / r['cpu']:9.1f} "
+                  f"{docs / r['wall']:9,.0f} {r['peak_rss_mb']:11,.0f} {r['docs_out']:9,} {shards}")
         print("\nMB/s/core = input MB / CPU seconds. Peak RSS is the largest single process. The baseline folds no"
-              "\ncase/space/punctuation and keeps no rejects, removed rows or manifests; loom does all of that.")
+              "\ncase/space/punctuation and keeps no rejects, removed rows or manifests; loom does all of that."
+              "\nshards MB: both stages' document shards on disk (the intermediate codec's size).")
 
 
 if __name__ == "__main__":

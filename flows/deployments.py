@@ -11,7 +11,6 @@ schedule a person created, edited or paused in the UI is never overwritten.
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +73,19 @@ DEPLOYMENTS = [
 ]
 
 
+def entrypoint(flow) -> str:
+    """'flows/curate.py:ingest_flow': the module and name that hold the Flow object (a stage flow wraps a
+    plain call of flows/stages.py, so the function's own file and name would load a plain function)."""
+    import sys
+
+    for module in ("flows.curate", "flows.pipeline", "flows.train"):
+        names = [name for name, value in vars(sys.modules[module]).items() if value is flow]
+        if names:
+            source = Path(sys.modules[module].__file__).resolve().relative_to(REPO_ROOT)
+            return f"{source.as_posix()}:{names[0]}"
+    raise ValueError(f"flow {flow.name} is not defined in flows/curate.py, flows/pipeline.py or flows/train.py")
+
+
 def existing_deployments() -> set[str]:
     """'flow/deployment' names of ours the server already has."""
     from prefect.client.orchestration import get_client
@@ -108,8 +120,7 @@ def runner_deployments(existing: set[str] | None = None, job_variables: dict | N
                                               limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE))
         # relative to the project whatever the current directory (Prefect makes it relative to the current
         # one: `../work/loom/flows/...` from elsewhere); serve and the process worker run from the project
-        source = Path(inspect.getsourcefile(d.flow.fn)).resolve().relative_to(REPO_ROOT)
-        deployment.entrypoint = f"{source.as_posix()}:{d.flow.fn.__qualname__}"
+        deployment.entrypoint = entrypoint(d.flow)
         if not first_time:
             # Prefect sends `schedules: []` for a deployment built without schedules, and the server
             # then deletes the ones people made in the UI: leave the field out of the update instead.

@@ -3,6 +3,7 @@ units done, on the terminal's bar and in a Prefect progress artifact."""
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import sys
 import threading
@@ -22,8 +23,8 @@ class StageProgress:
     lines printed above it instead of through it."""
 
     def __init__(self, stage: str, run_id: str, logger=None, work_dir: Path | None = None,
-                 total_rows: int | None = None, log_every_s: float = 30.0):
-        self.stage, self.run_id, self.logger = stage, run_id, logger
+                 total_rows: int | None = None, log_every_s: float = 30.0, control=None):
+        self.stage, self.run_id, self.logger, self.control = stage, run_id, logger, control
         self.work_dir, self.total_rows, self.log_every_s = work_dir, total_rows, log_every_s
         self.artifact_id = None
         self._shown = -1.0
@@ -34,6 +35,7 @@ class StageProgress:
         self._last_log = time.monotonic()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._shown_lock = threading.Lock()
         self._watcher = None
         if work_dir is not None:  # in a copy of this context: the flow run's, so its artifact stays the run's
             self._watcher = threading.Thread(target=contextvars.copy_context().run, args=(self._watch,), daemon=True)
@@ -50,11 +52,13 @@ class StageProgress:
         return read_progress(self.work_dir, self.phase) if self.work_dir is not None and self.phase else (0, 0)
 
     def _documents(self) -> str:
-        rows, nbytes = self._read()
-        if not rows:
-            return ""
+        text = self._amount(*self._read())
+        return f", {text}" if text else ""
+
+    def _amount(self, rows: int, nbytes: int) -> str:
+        """'1,200/5,000 documents, 3.1 MB' (of the upstream stage's total where known); '' before any."""
         of = f"/{self.total_rows:,}" if self.total_rows else ""
-        return f", {rows:,}{of} documents, {nbytes / 1e6:,.1f} MB"
+        return f"{rows:,}{of} documents, {nbytes / 1e6:,.1f} MB" if rows else ""
 
     def _watch(self) -> None:
         while not self._stop.wait(2.0):
@@ -65,34 +69,31 @@ class StageProgress:
                 self.logger.info("%s %s: %d/%d units%s", self.stage, self.phase, done, total, self._documents())
 
     def _show(self) -> None:
-        with self._lock:
-            rows, nbytes = self._read()
-            if self.total_rows and rows:  # documents of the whole input, when the upstream stage says how many
-                percent = 100.0 * min(1.0, rows / self.total_rows)
-                if self.phases and all(d == t for d, t in self.phases.values()):
-                    percent = 100.0
-            else:
-                percent = 100.0 * sum(d for d, _ in self.phases.values()) / max(1, sum(t for _, t in self.phases.values()))
+        with self._lock:  # a consistent view of the phases; the reads and API calls below need no lock
+            phases, phase = dict(self.phases), self.phase
+        rows, nbytes = self._read()
+        if self.total_rows and rows:  # documents of the whole input, when the upstream stage says how many
+            percent = 100.0 * min(1.0, rows / self.total_rows)
+            if phases and all(d == t for d, t in phases.values()):
+                percent = 100.0
+        else:
+            percent = 100.0 * sum(d for d, _ in phases.values()) / max(1, sum(t for _, t in phases.values()))
+        with self._shown_lock:  # the watcher thread and the stage's own thread both show
             if self.artifact_id is None or abs(percent - self._shown) >= 1.0 or percent == 100.0 != self._shown:
                 self._artifact(percent)  # an API call: only when the share moved by a point or more
                 self._shown = percent
-            if sys.stderr.isatty() and self.phase:
-                self._terminal(rows, nbytes)
+            if sys.stderr.isatty() and phase:
+                self._terminal(phase, phases[phase], rows, nbytes)
 
     def _artifact(self, percent: float) -> None:
-        try:
-            from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        if self.control is None:
+            return
+        with contextlib.suppress(Exception):  # progress is a courtesy; never fail a stage over it
+            self.artifact_id = self.control.progress(percent, key=artifact_key(self.run_id, self.stage, "progress"),
+                                                     description=f"{self.stage} of run {self.run_id}",
+                                                     artifact_id=self.artifact_id) or self.artifact_id or 0
 
-            if self.artifact_id is None:
-                self.artifact_id = create_progress_artifact(
-                    progress=percent, key=artifact_key(self.run_id, self.stage, "progress"),
-                    description=f"{self.stage} of run {self.run_id}")
-            else:
-                update_progress_artifact(self.artifact_id, progress=percent)
-        except Exception:  # progress is a courtesy; never fail a stage over it
-            pass
-
-    def _terminal(self, rows: int, nbytes: int) -> None:
+    def _terminal(self, phase: str, units: tuple[int, int], rows: int, nbytes: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         if self._bar is None:
@@ -100,11 +101,10 @@ class StageProgress:
                                  TextColumn("units {task.fields[documents]}"), TimeElapsedColumn(),
                                  console=console, transient=True)
             self._bar.start()
-            self._consoles = _logs_above(console)
-        done, total = self.phases[self.phase]
-        of = f"/{self.total_rows:,}" if self.total_rows else ""
-        documents = f"{rows:,}{of} docs, {nbytes / 1e6:,.1f} MB" if rows else ""
-        description = f"{self.stage} {self.phase}"
+            self._consoles = self.control.logs_above(console) if self.control is not None else []
+        done, total = units
+        documents = self._amount(rows, nbytes)
+        description = f"{self.stage} {phase}"
         if self._task is None or self._bar.tasks[self._task].description != description:
             self._task = self._bar.add_task(description, total=total, documents=documents)
         self._bar.update(self._task, completed=done, total=total, documents=documents)
@@ -131,7 +131,7 @@ class _TextOnly:
         self.target.print(message if not isinstance(message, str) else Text(message), **kwargs)
 
 
-def _logs_above(target: Console) -> list:
+def prefect_logs_above(target: Console) -> list:
     """Point Prefect's console log handlers at `target` while a bar is shown there, so each log line is
     printed above the bar (rich keeps a live display below what its console prints); returns how to undo it."""
     import logging

@@ -219,7 +219,7 @@ class Bias(Stage):
                           "bias_reasons": pa.array(drops["bias_reasons"], pa.string())})
         result = filter_shard(source, ctx.stage_dir, key, table, "toxic",
                               add_columns={"toxicity": pa.array(toxicity, pa.float32()),
-                                           "bias_flags": pa.array(flags, pa.list_(pa.string()))})
+                                           "bias_flags": pa.array(flags, pa.list_(pa.string()))}, codec=ctx.codec)
         result["stats"]["kept_by_identity_guard"] = int(guarded)
         return result
 

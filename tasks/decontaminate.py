@@ -181,7 +181,7 @@ class Decontaminate(Stage):
         kept = sorted(set(range(row)) - set(drops["row"]))
         table = pa.table({"row": pa.array(drops["row"], pa.int64()), "eval_item": pa.array(drops["eval_item"], pa.string())})
         result = filter_shard(source, ctx.stage_dir, key, table, "contaminated",
-                              replace_columns={"text": pa.array([texts[i] for i in kept], pa.string())})
+                              replace_columns={"text": pa.array([texts[i] for i in kept], pa.string())}, codec=ctx.codec)
         (ctx.work_dir / "leaked").mkdir(parents=True, exist_ok=True)
         write_json_atomic(ctx.work_dir / "leaked" / f"{key}.json", dict(leaked))
         result["stats"]["documents_cut"] = cut

@@ -238,4 +238,4 @@ class ExactDedup(Stage):
         dup_files = sorted((ctx.work_dir / "dups" / key).glob("*.arrow"))
         drops = pa.concat_tables([feather.read_table(f) for f in dup_files]) if dup_files else None
         return filter_shard(ctx.input_dir / f"{key}.parquet", ctx.stage_dir, key,
-                            drops.select(["row", "kept_id"]) if drops else None, "exact_duplicate")
+                            drops.select(["row", "kept_id"]) if drops else None, "exact_duplicate", codec=ctx.codec)

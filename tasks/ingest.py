@@ -152,7 +152,7 @@ class Ingest(Stage):
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         plan = json.loads((ctx.work_dir / "plan.json").read_text())
-        writer = ShardWriter(ctx.stage_dir, key, DOC_SCHEMA, shard_bytes=self.config.shard_bytes)
+        writer = ShardWriter(ctx.stage_dir, key, DOC_SCHEMA, shard_bytes=self.config.shard_bytes, codec=ctx.codec)
         rejects = RejectsWriter(ctx.stage_dir, key, redact=raw_policy(self.config.rejects_raw))
         stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "gutenberg_stripped": 0}
         rows_out = 0

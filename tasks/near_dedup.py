@@ -42,6 +42,7 @@ from tasks.stage import Stage, StageContext, UnitResult
 REPORT_MD = "near_dedup_report.md"
 REPORT_JSON = "near_dedup_report.json"
 BATCH_ROWS = 4096
+BATCH_BYTES = 4 << 20  # of text per signature or shingle-set call: their arrays take ~40 bytes per text byte
 PAIR_WINDOW = 7  # in a bucket, documents this close in order are candidate pairs (all of a bucket of 8)
 _KEY_SCHEMA = pa.schema([("band", pa.uint16()), ("key", pa.uint64()), ("doc", pa.uint64())])
 _EDGE_SCHEMA = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
@@ -128,7 +129,8 @@ class NearDedup(Stage):
         spills: dict[int, list[pa.Table]] = {p: [] for p in range(parts)}
         lengths, offset, empty = [], 0, 0
         with open(sig_path, "wb") as sig_file:
-            for batch in iter_batches(ctx.input_dir / f"{key}.parquet", BATCH_ROWS, columns=["text"]):
+            for batch in iter_batches(ctx.input_dir / f"{key}.parquet", BATCH_ROWS, columns=["text"],
+                                      max_bytes=BATCH_BYTES):
                 text = batch.column("text")
                 sig = (signatures_by_script(text, cfg.num_perm, cfg.seed, cfg.ngram, cfg.char_ngram)
                        if cfg.shingle == "auto" else signatures(text, cfg.num_perm, cfg.seed, cfg.ngram, cfg.shingle))
@@ -213,7 +215,8 @@ class NearDedup(Stage):
             where = np.flatnonzero(shard_of == shard)
             rows = row_of[where]
             offset = 0
-            for batch in iter_batches(ctx.input_dir / f"{names[shard]}.parquet", BATCH_ROWS, columns=["text"]):
+            for batch in iter_batches(ctx.input_dir / f"{names[shard]}.parquet", BATCH_ROWS, columns=["text"],
+                                      max_bytes=BATCH_BYTES):
                 lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
                 if hi > lo:
                     texts = batch.column("text").take(pa.array(rows[lo:hi] - offset))
@@ -376,4 +379,5 @@ class NearDedup(Stage):
     def _filter(self, ctx: StageContext, key: str) -> UnitResult:
         path = ctx.work_dir / "drops" / f"{key}.arrow"
         drops = feather.read_table(path) if path.exists() else None
-        return filter_shard(ctx.input_dir / f"{key}.parquet", ctx.stage_dir, key, drops, "near_duplicate")
+        return filter_shard(ctx.input_dir / f"{key}.parquet", ctx.stage_dir, key, drops, "near_duplicate",
+                            codec=ctx.codec)

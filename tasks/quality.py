@@ -271,7 +271,7 @@ class Quality(Stage):
         result = filter_shard(source, ctx.stage_dir, key, table, None,
                               replace_columns={"text": column(texts, pa.string())},
                               add_columns={"lang": column(langs, pa.string()), "lang_score": column(scores, pa.float32()),
-                                           "quality": column(stats, pa.string())})
+                                           "quality": column(stats, pa.string())}, codec=ctx.codec)
         by_lang: Counter[str] = Counter(langs)
         by_bytes: Counter[str] = Counter()
         for lang, text in zip(langs, texts):

@@ -48,7 +48,11 @@ REJECT_SCHEMA = pa.schema(
 REJECTS_DIR = "_rejects"
 REMOVED_DIR = "_removed"
 RAW_LIMIT = 2000
-COMPRESSION = "zstd"
+COMPRESSION = "zstd"  # kept files: publish's shards, what stages removed, rejects
+# Intermediate document shards are written once and read once: a fast codec (Parquet names), chosen by
+# benchmarks/ingest.py --codecs; zstd was a third of ingest's CPU.
+INTERMEDIATE_CODEC = "lz4"
+CODECS = ("lz4", "snappy", "zstd", "none")
 DICTIONARY_COLUMNS = {"source", "reason"}
 LARGE_COLUMNS = {"text", "meta", "raw", "detail"}
 
@@ -76,7 +80,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 class ShardWriter:
-    """Appends tables to zstd Parquet files of about `shard_bytes` (uncompressed Arrow bytes) each.
+    """Appends tables to Parquet files of about `shard_bytes` (uncompressed Arrow bytes) each, compressed
+    with `codec` (zstd by default; a stage's intermediate document shards use its context's codec).
 
     Files are named `<prefix>-000.parquet`, `<prefix>-001.parquet`, ... in `directory`; a
     single-file writer (`roll=False`) writes exactly `<prefix>.parquet`. Nothing appears
@@ -93,7 +98,9 @@ class ShardWriter:
         row_group_bytes: int = 8 << 20,
         roll: bool = True,
         base_dir: Path | None = None,
+        codec: str = COMPRESSION,
     ):
+        self.codec = codec
         self.directory = Path(directory)
         self.prefix = prefix
         self.schema = schema
@@ -128,7 +135,7 @@ class ShardWriter:
         self._final = self.directory / name
         self._tmp = self.directory / f".{name}.tmp"
         self._writer = pq.ParquetWriter(
-            self._tmp, self.schema, compression=COMPRESSION,
+            self._tmp, self.schema, compression=self.codec,
             # dictionaries and min/max statistics only where they pay: not on large text columns
             use_dictionary=[n for n in self.schema.names if n in DICTIONARY_COLUMNS],
             write_statistics=[n for n in self.schema.names if n not in LARGE_COLUMNS],
@@ -186,14 +193,30 @@ class ShardWriter:
             self._tmp.unlink(missing_ok=True)
 
 
-def iter_batches(path: Path, batch_rows: int = 4096, columns: list[str] | None = None):
+BATCH_BYTES = 16 << 20  # a batch of long documents is cut to about this much: work on it often takes ~40x
+
+
+def iter_batches(path: Path, batch_rows: int = 4096, columns: list[str] | None = None,
+                 max_bytes: int = BATCH_BYTES):
     """Record batches of a Parquet file, streamed: memory is bounded by a row group and a
-    batch, never the file (no pre-buffering of whole row groups). Each batch counts toward the
-    running unit's progress (tasks.progress)."""
+    batch, never the file (no pre-buffering of whole row groups). A batch holds at most `batch_rows`
+    rows and about `max_bytes` (a longer one is cut, rows in order; one row may exceed it), so the
+    memory of what runs on a batch follows bytes, not rows. Each batch counts toward the running
+    unit's progress (tasks.progress)."""
     batches = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20).iter_batches(
         batch_rows, columns=columns, use_threads=False
     )
-    return _metered(path, batches)
+    return _metered(path, _by_bytes(batches, max_bytes))
+
+
+def _by_bytes(batches, max_bytes: int):
+    for batch in batches:
+        if batch.nbytes <= max_bytes or batch.num_rows <= 1:
+            yield batch
+            continue
+        rows = max(1, int(batch.num_rows * max_bytes / batch.nbytes))
+        for lo in range(0, batch.num_rows, rows):
+            yield batch.slice(lo, rows)
 
 
 def _metered(path: Path, batches):
@@ -206,7 +229,7 @@ def _metered(path: Path, batches):
 
 def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None, reason: str | None,
                  batch_rows: int = 4096, add_columns: dict[str, pa.Array] | None = None,
-                 replace_columns: dict[str, pa.Array] | None = None) -> dict:
+                 replace_columns: dict[str, pa.Array] | None = None, codec: str = INTERMEDIATE_CODEC) -> dict:
     """Copy shard `source` to `stage_dir/key.parquet` without the rows in `drops` (column
     "row", plus the columns each removed row carries, e.g. kept_id); those rows go to
     `_removed/key.parquet` with `reason` (None: each drop's own, in a "reason" column of `drops`).
@@ -230,7 +253,7 @@ def filter_shard(source: Path, stage_dir: Path, key: str, drops: pa.Table | None
         reasons = []
     gone_schema = pa.schema([*schema, pa.field("reason", pa.string()),
                              *(f for f in extra.schema if f.name not in schema.names)])
-    writer = ShardWriter(stage_dir, key, out_schema, roll=False)
+    writer = ShardWriter(stage_dir, key, out_schema, roll=False, codec=codec)
     removed_writer = ShardWriter(stage_dir / REMOVED_DIR, key, gone_schema, kind="removed", roll=False,
                                  base_dir=stage_dir)
     offset = rows_out = text_bytes = 0

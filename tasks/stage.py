@@ -42,7 +42,7 @@ from tasks.manifest import (
 )
 from tasks.progress import metering, progress_file
 from tasks.retention import GC_MARKER
-from tasks.shards import REJECTS_DIR, REMOVED_DIR, list_shards
+from tasks.shards import INTERMEDIATE_CODEC, REJECTS_DIR, REMOVED_DIR, list_shards
 
 WORK_DIR = "_work"  # spill files and per-unit completion markers; removed once the manifest is written
 ATTEMPT = "attempt.json"
@@ -61,6 +61,7 @@ class StageContext:
     run_id: str
     stage_dir: Path
     inputs: list[str]
+    codec: str = INTERMEDIATE_CODEC  # of the document shards it writes (publish's final ones: zstd)
 
     @property
     def work_dir(self) -> Path:
@@ -222,13 +223,14 @@ def run_stage(
     force: bool = False,
     progress: ProgressCallback | None = None,
     lock_wait: float = 0.0,
+    codec: str = INTERMEDIATE_CODEC,
 ) -> StageOutcome:
     """Run `stage` from `inputs` into `stage_dir`, skipping it if it is already complete. One writer at a
     time: another process writing the directory makes this fail fast (StageLocked), or wait up to
     `lock_wait` seconds."""
     stage_dir = Path(stage_dir)
     inputs = [str(i) for i in inputs]
-    ctx = StageContext(stage=stage.name, run_id=run_id, stage_dir=stage_dir, inputs=inputs)
+    ctx = StageContext(stage=stage.name, run_id=run_id, stage_dir=stage_dir, inputs=inputs, codec=codec)
     fingerprint = stage.input_fingerprint(inputs)
     chash = config_hash(stage.config_dict())
 

@@ -17,7 +17,20 @@ from flows.cli.prologue import (
     run_flow,
     run_paths,
 )
+from flows.control import use_prefect
 from flows.reporting import console, print_outcome
+
+
+def _calls(prefect: bool) -> dict:
+    """`curate` and `step`: as Prefect flows (flows/curate.py), or plain calls (flows/stages.py) that import
+    no Prefect and start no server."""
+    if prefect:
+        from flows.curate import curate_flow, step_flow
+
+        return {"curate": curate_flow, "step": step_flow}
+    from flows.stages import curate, step
+
+    return {"curate": curate, "step": step}
 
 
 @app.command()
@@ -30,18 +43,20 @@ def curate(
     ray_address: str | None = Options.ray_address,
     force: bool = typer.Option(False, "--force", help="Rerun every stage even if complete."),
     wait: bool = Options.wait,
+    prefect: bool | None = Options.prefect,
 ) -> None:
     """Run the curate flow: ingest -> exact/near dedup -> pii -> bias -> publish, skipping complete stages."""
     from flows.config import default_run_id
-    from flows.curate import curate_flow
 
     cfg = command_config(config, workers, ray_address=ray_address)
     inputs = [str(Path(i).absolute()) for i in inputs]
     paths = run_paths(workdir, run_id or default_run_id(inputs))
     check_inputs(inputs)
-    summaries = run_flow(lambda: curate_flow(inputs=inputs, run_id=paths.run_id, workdir=str(paths.workdir),
-                                             config=cfg, force=force, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
-                         errors=(FileNotFoundError,))
+    prefect = use_prefect(prefect, cfg.ray_address)
+    curate = _calls(prefect)["curate"]
+    summaries = run_flow(lambda: curate(inputs=inputs, run_id=paths.run_id, workdir=str(paths.workdir),
+                                        config=cfg, force=force, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
+                         errors=(FileNotFoundError,), prefect=prefect)
     print_outcome(summaries, f"curate run {paths.run_id}")
 
 
@@ -58,9 +73,10 @@ def step(
     config: Path | None = Options.config,
     workers: int | None = Options.workers,
     ray_address: str | None = Options.ray_address,
+    prefect: bool | None = Options.prefect,
 ) -> None:
     """Rerun one stage of a run (--run-id), or run one stage on any input (--input ... --output DIR)."""
-    from flows.curate import PIPELINE, StageRun, active_stages, run_one_stage, stale_after, step_flow
+    from flows.stages import PIPELINE, StageRun, active_stages, run_one_stage, stale_after
     from tasks.layout import stage_dir_name
 
     try:
@@ -78,10 +94,12 @@ def step(
         out = output.absolute()
         step_run = run_id or f"step-{out.name}"
         run_paths(workdir, step_run)  # the id is checked like any run's
-        summaries = run_flow(lambda: step_flow(stage=name, inputs=[str(Path(i).absolute()) for i in inputs],
+        prefect = use_prefect(prefect, cfg.ray_address)
+        step_call = _calls(prefect)["step"]
+        summaries = run_flow(lambda: step_call(stage=name, inputs=[str(Path(i).absolute()) for i in inputs],
                                                output_dir=str(out), run_id=step_run, config=cfg, force=force,
                                                wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
-                             errors=(FileNotFoundError,))
+                             errors=(FileNotFoundError,), prefect=prefect)
         print_outcome(summaries, f"step {name}")
         return
 
@@ -92,9 +110,10 @@ def step(
         fail(f"{name} is off in run {run_id}'s config (stages_off); turn it on with a config whose stages_off "
              "leaves it out, then rerun `loom curate`")
     run = StageRun(run_id=run_id, workdir=str(paths.workdir), force=force, workers=cfg.workers,
-                   ray_address=cfg.ray_address, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0)
+                   ray_address=cfg.ray_address, codec=cfg.shard_codec, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0)
+    prefect = use_prefect(prefect, cfg.ray_address)
     summary = run_flow(lambda: run_one_stage(name, run, cfg.for_stage(name), run_inputs), errors=(FileNotFoundError,),
-                       hint=f" (run the stages before {name} first, e.g. loom curate)")
+                       hint=f" (run the stages before {name} first, e.g. loom curate)", prefect=prefect)
     print_outcome([summary], f"step {name} of run {run_id}")
     stale = stale_after(paths, name)
     if stale:

@@ -39,6 +39,10 @@ class Options:
                                "reran since it was made (stale).")
     wait = typer.Option(False, "--wait", help="Queue behind another process writing the same stage directory "
                         "instead of failing at once.")
+    prefect = typer.Option(None, "--prefect/--no-prefect", envvar="LOOM_PREFECT",
+                           help="Record the run in Prefect (flow runs, artifacts). Default: when a Prefect API is "
+                           "configured (PREFECT_API_URL or the active profile) or --ray-address is given; with "
+                           "--prefect and none configured, a temporary local server starts (~10 s).")
     checkpoint = typer.Option(..., "--checkpoint", "--from", help="A checkpoint (step-* directory), or a training "
                               "output (runs/R/train, runs/R/finetune): its newest good checkpoint.")
 
@@ -117,12 +121,22 @@ WAIT_FOR_LOCK_S = 7 * 24 * 3600.0  # --wait: as long as the other writer takes
 
 
 def run_flow(call: Callable[[], T], errors: tuple[type[Exception], ...] = (FileNotFoundError, ValueError),
-             hint: str = "") -> T:
-    """Call a flow against one Prefect API for the command; the errors a person can fix become one line."""
-    from flows.prefect_api import prefect_api
+             hint: str = "", prefect: bool = True) -> T:
+    """Call a flow against one Prefect API for the command, or with `prefect` off the same stage calls with
+    no Prefect at all (flows/control.py); the errors a person can fix become one line."""
     from tasks.lock import StageLocked
 
-    with prefect_api():
+    if prefect:
+        from flows.prefect_api import prefect_api
+
+        plane = prefect_api()
+    else:
+        from flows.control import Control, using
+        from flows.reaper import watch_descendants
+
+        watch_descendants()  # whatever this command starts (process pools) ends with it, even after SIGKILL
+        plane = using(Control())
+    with plane:
         try:
             return call()
         except StageLocked as e:  # another run is writing there: never a traceback

@@ -181,7 +181,7 @@ class Pii(Stage):
                 table = table.set_column(table.column_names.index("meta"), "meta", pa.array(metas, pa.string()))
             table = table.append_column(PII_COUNTS, pa.array(counts, PII_COUNTS.type))
             if writer is None:
-                writer = ShardWriter(ctx.stage_dir, key, table.schema, roll=False)
+                writer = ShardWriter(ctx.stage_dir, key, table.schema, roll=False, codec=ctx.codec)
             writer.write(table)
             if mapping:  # the original ids stay in the data plane, beside the shards, for lookups
                 id_map = id_map or ShardWriter(ctx.stage_dir / ID_MAP_DIR, key, ID_MAP_SCHEMA, roll=False)

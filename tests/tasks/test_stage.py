@@ -173,3 +173,38 @@ def test_units_report_the_documents_they_have_read(shared, tmp_path):
     assert rows == sorted(rows) and rows[-1] == shards.rows_out  # every document once, never more
     assert all(b > 0 for d, _, (_, b) in seen if d) and seen[-1][0] == seen[-1][1]
     assert not (tmp_path / "03" / "_work").exists()  # the meters go with the work directory
+
+
+def _codecs(directory) -> set[str]:
+    return {pq.ParquetFile(p).metadata.row_group(0).column(1).compression
+            for p in directory.glob("part-*.parquet")}
+
+
+def test_intermediate_shards_use_the_run_codec_and_publish_zstd(ingested, tmp_path):
+    """Stages pass documents in the codec asked for (lz4 by default): the same documents as zstd's;
+    what is kept (publish's shards, what a stage removed) stays zstd."""
+    assert _codecs(ingested) == {"LZ4"}  # the default
+    kept = {}
+    for codec in ("zstd", "none", "snappy"):
+        out = tmp_path / codec
+        run_stage(ExactDedup(), run_id="t", stage_dir=out, inputs=[str(ingested)], codec=codec)
+        assert _codecs(out) == {codec.upper().replace("NONE", "UNCOMPRESSED")}
+        assert {pq.ParquetFile(p).metadata.row_group(0).column(1).compression
+                for p in (out / "_removed").glob("*.parquet")} == {"ZSTD"}
+        kept[codec] = read_dir(out).column("id").to_pylist()
+    assert kept["zstd"] == kept["none"] == kept["snappy"]
+    run_stage(Publish(), run_id="t", stage_dir=tmp_path / "pub", inputs=[str(tmp_path / "none")], codec="none")
+    assert _codecs(tmp_path / "pub") == {"ZSTD"}
+
+
+def test_batches_of_long_documents_are_cut_by_bytes(tmp_path):
+    import pyarrow as pa
+
+    from tasks.shards import iter_batches
+
+    texts = [("word " * (2000 + i)).strip() for i in range(40)]  # about 10 KB each
+    pq.write_table(pa.table({"text": texts}), tmp_path / "long.parquet")
+    batches = list(iter_batches(tmp_path / "long.parquet", 4096, max_bytes=50_000))
+    assert all(b.nbytes <= 60_000 for b in batches) and len(batches) >= 8
+    assert [t for b in batches for t in b.column("text").to_pylist()] == texts  # every row, in order
+    assert len(list(iter_batches(tmp_path / "long.parquet", 4096))) == 1  # 400 KB: under the default
