@@ -76,8 +76,9 @@ class CurateConfig(BaseModel):
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
     shard_codec: Literal["lz4", "snappy", "zstd", "none"] = Field(
         INTERMEDIATE_CODEC, description="Compression of the document shards stages pass to each other (written "
-        "once, read once; publish's final shards are zstd). lz4 measured cheapest per byte saved; none is "
-        "cheaper still in CPU but about 2.5x zstd's size on disk.")
+        "once, read once; publish's final shards, removed documents and rejects are zstd). none costs about 30% "
+        "less CPU in ingest + exact dedup than any codec, at about 2.5x zstd's size on disk; lz4 and snappy save "
+        "no CPU over zstd here. zstd where disk is scarcer than CPU.")
     ray_address: str | None = Field(
         default_factory=lambda: os.environ.get("LOOM_RAY_ADDRESS") or None,
         description="Run shard work on Ray instead of local processes: a cluster address ('auto', "

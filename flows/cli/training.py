@@ -34,10 +34,11 @@ def tokenize(
     vocab_size: int | None = typer.Option(None, "--vocab-size", min=300, help="BPE vocabulary size."),
     force: bool = typer.Option(False, "--force", help="Rerun even if complete."),
     allow_stale: bool = Options.allow_stale,
+    prefect: bool | None = Options.prefect,
 ) -> None:
     """Train a byte-level BPE tokenizer on a run's published shards and write train/val token shards."""
-    from flows.curate import tokenize_flow
-    from flows.stage_flow import StageRun, task_runner
+    from flows.control import use_prefect
+    from flows.stage_flow import StageRun
     from tasks.manifest import read_manifest
 
     paths, _inputs, cfg = open_run(workdir, run_id, config, workers, ray_address)
@@ -48,8 +49,15 @@ def tokenize(
     override(cfg.tokenize, vocab_size=vocab_size)
     run = StageRun(run_id=run_id, workdir=str(paths.workdir), force=force, workers=cfg.workers,
                    ray_address=cfg.ray_address)
-    summary = run_flow(lambda: tokenize_flow.with_options(task_runner=task_runner(cfg.workers, cfg.ray_address))(
-        run=run, config=cfg.tokenize, allow_stale=allow_stale))
+    prefect = use_prefect(prefect, cfg.ray_address)
+    if prefect:
+        from flows.curate import tokenize_flow
+        from flows.stage_flow import task_runner
+
+        call = tokenize_flow.with_options(task_runner=task_runner(cfg.workers, cfg.ray_address))
+    else:
+        from flows.stages import tokenize as call
+    summary = run_flow(lambda: call(run=run, config=cfg.tokenize, allow_stale=allow_stale), prefect=prefect)
     print_tokens(summary)
 
 
@@ -65,16 +73,43 @@ def pretrain(
     deepspeed: str | None = Options.deepspeed,
     gpu: bool | None = Options.gpu,
     allow_stale: bool = Options.allow_stale,
+    submit_to: str | None = typer.Option(
+        None, "--submit", help="Run this command as a Ray Job on a remote cluster: its job server "
+        "(http://head:8265, or ray://head:10001). Logs stream here; the job id is recorded in the run. The work "
+        "directory must be shared storage."),
 ) -> None:
     """Pretrain a GPT on a run's token shards: Ray Train workers, each a DeepSpeed engine; resumes
     from the last good checkpoint."""
+    if submit_to:
+        args = ["pretrain", "--run-id", run_id, "--workdir", str(run_paths(workdir, run_id).workdir)]
+        for flag, value in (("--config", config), ("--num-workers", num_workers), ("--steps", steps),
+                            ("--model", model), ("--deepspeed", deepspeed)):
+            if value is not None:
+                args += [flag, str(Path(value).absolute()) if flag == "--config" or str(value).endswith(".json")
+                         else str(value)]
+        args += [] if gpu is None else ["--gpu" if gpu else "--no-gpu"]
+        args += ["--allow-stale"] if allow_stale else []
+        _submit(submit_to, args, run_id, "pretrain")
+    from flows.submit import record_job
     from flows.train import pretrain_flow
 
     paths, _inputs, cfg = open_run(workdir, run_id, config, None, ray_address)
+    record_job(paths.train)
     override(cfg.pretrain, num_workers=num_workers, steps=steps, model=model, deepspeed=deepspeed, use_gpu=gpu)
     summary = run_flow(lambda: pretrain_flow(run_id=run_id, workdir=str(paths.workdir), config=cfg.pretrain,
                                              ray_address=cfg.ray_address, allow_stale=allow_stale))
     print_training(summary)
+
+
+def _submit(address: str, args: list[str], run_id: str, what: str):
+    """Run `loom *args` as a Ray Job at `address`; exit with its status."""
+    from flows.submit import submit
+
+    try:
+        code = submit(address, args, run_id, what, say=lambda m: console.print(m, highlight=False))
+    except ConnectionError as e:
+        fail(str(e))
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -181,18 +181,18 @@ def _codecs(directory) -> set[str]:
 
 
 def test_intermediate_shards_use_the_run_codec_and_publish_zstd(ingested, tmp_path):
-    """Stages pass documents in the codec asked for (lz4 by default): the same documents as zstd's;
+    """Stages pass documents in the codec asked for (none by default): the same documents as zstd's;
     what is kept (publish's shards, what a stage removed) stays zstd."""
-    assert _codecs(ingested) == {"LZ4"}  # the default
+    assert _codecs(ingested) == {"UNCOMPRESSED"}  # the default
     kept = {}
-    for codec in ("zstd", "none", "snappy"):
+    for codec in ("zstd", "none", "lz4"):
         out = tmp_path / codec
         run_stage(ExactDedup(), run_id="t", stage_dir=out, inputs=[str(ingested)], codec=codec)
         assert _codecs(out) == {codec.upper().replace("NONE", "UNCOMPRESSED")}
         assert {pq.ParquetFile(p).metadata.row_group(0).column(1).compression
                 for p in (out / "_removed").glob("*.parquet")} == {"ZSTD"}
         kept[codec] = read_dir(out).column("id").to_pylist()
-    assert kept["zstd"] == kept["none"] == kept["snappy"]
+    assert kept["zstd"] == kept["none"] == kept["lz4"]
     run_stage(Publish(), run_id="t", stage_dir=tmp_path / "pub", inputs=[str(tmp_path / "none")], codec="none")
     assert _codecs(tmp_path / "pub") == {"ZSTD"}
 
