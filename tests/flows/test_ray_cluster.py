@@ -8,6 +8,7 @@ command outlives it into the next)."""
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -105,3 +106,55 @@ def test_curate_and_a_two_worker_pretrain_across_two_nodes_match_a_local_run(
                  str(config), "--ray-address", two_node_cluster, api_url=prefect_server)
     info = json.loads((tmp_path / "pipeline/runs/p/train/run_info.json").read_text())
     assert "validation loss" in done and len(set(info["nodes"])) == 2
+
+
+@pytest.fixture
+def ray_job_server():
+    """A one-node Ray cluster with its dashboard, which serves Ray's job submission API."""
+    import ray
+
+    ray.shutdown()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    port, dashboard = _free_port(), _free_port()
+    head = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
+                           "true", "--dashboard-port", str(dashboard), "--disable-usage-stats"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        yield f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_pretraining_submitted_as_a_ray_job_streams_its_logs_and_records_its_id(
+        ray_job_server, prefect_server, shared, tmp_path):
+    """`loom pretrain --submit`: the command runs on the cluster as a Ray Job (the driver is not this
+    process), its log comes back here, and the run records the job's id; an address with no job server
+    is a one-line error."""
+    corpus = tmp_path / "corpus.jsonl"
+    lines = (shared / "sft/gsm8k/test.jsonl").read_text().splitlines()[:400]
+    corpus.write_text("".join(json.dumps({"id": f"q{i}", "text": json.loads(q)["question"]}) + "\n"
+                              for i, q in enumerate(lines)))
+    workdir = str(tmp_path / "w")
+    for command in (["curate", str(corpus), "--run-id", "r"], ["tokenize", "--run-id", "r", "--vocab-size", "400"]):
+        _loom(*command, "--workdir", workdir, "--no-prefect", api_url=prefect_server)
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "RAY_AUTH_MODE": "disabled",
+           "LOOM_JOB_PYTHON": sys.executable}
+    cli = [sys.executable, "-m", "flows.cli", "pretrain", "--run-id", "r", "--workdir", workdir]
+    done = subprocess.run([*cli, "--steps", "4", "--submit", ray_job_server], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    job_id = re.search(r"submitted Ray job (loom-pretrain-r-\S+)", out).group(1)
+    assert f"Ray job {job_id}: SUCCEEDED" in out
+    assert "validation loss" in out  # the job's own summary table, streamed back
+    recorded = [json.loads(line) for line in (tmp_path / "w/runs/r/train/ray_jobs.jsonl").read_text().splitlines()]
+    assert [r["job_id"] for r in recorded] == [job_id]
+    assert list((tmp_path / "w/runs/r/train/checkpoints").glob("step-*"))
+
+    unreachable = subprocess.run([*cli, "--submit", f"http://127.0.0.1:{_free_port()}"], env=env,
+                                 capture_output=True, text=True, timeout=300)
+    assert unreachable.returncode == 2 and "cannot reach the Ray job server" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
