@@ -181,11 +181,31 @@ def local_mapper(workers: int = 1) -> Mapper:
         if workers <= 1 or len(keys) <= 1:
             return _run_inline(fn, keys, on_done)
         with ProcessPoolExecutor(max_workers=min(workers, len(keys)), initializer=exit_with_parent) as pool:
-            futures = {pool.submit(fn, key): key for key in keys}
-            for future in as_completed(futures):
-                on_done(futures[future], future.result())
+            _run_on(pool, fn, keys, on_done)
 
     return mapper
+
+
+def pool_mapper(pool: Callable[[], ProcessPoolExecutor], workers: int) -> Mapper:
+    """Run units on a process pool someone else owns and shuts down (`pool()` gives it, made on first use),
+    inline when one worker or one unit."""
+
+    def mapper(fn, keys, on_done, label=""):
+        if workers <= 1 or len(keys) <= 1:
+            return _run_inline(fn, keys, on_done)
+        _run_on(pool(), fn, keys, on_done)
+
+    return mapper
+
+
+def _run_on(pool: ProcessPoolExecutor, fn, keys, on_done) -> None:
+    futures = {pool.submit(fn, key): key for key in keys}
+    try:
+        for future in as_completed(futures):
+            on_done(futures[future], future.result())
+    finally:  # a failed unit: the others are not waited for (a long pool outlives this phase)
+        for future in futures:
+            future.cancel()
 
 
 def _prepare(stage: Stage, ctx: StageContext, attempt: dict, force: bool) -> int:

@@ -1,6 +1,7 @@
 """Launch training with Ray Train: `TorchTrainer` runs `training.train.train_worker` on N
 workers (a local Ray instance unless an address is given), each with a DeepSpeed engine.
-Pretraining and fine-tuning go through the same launcher; they differ in the worker config.
+Pretraining and fine-tuning go through the same launcher; they differ in the worker config. Each
+worker starts its engine under `stale_build_lock_guard` (a killed JIT build of a DeepSpeed op leaves a lock).
 
     loom pretrain --run-id r1 [--num-workers 2] [--ray-address auto]
     loom finetune --from loom-work/runs/r1/train --data sft.jsonl --run-id r1
@@ -8,8 +9,11 @@ Pretraining and fine-tuning go through the same launcher; they differ in the wor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 from tasks.tokenize import INDEX_FILE, TOKENIZER_FILE
@@ -235,3 +239,30 @@ def _cpus_per_worker(num_workers: int) -> int:
     total = ray.cluster_resources().get("CPU", 1)
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
     return max(1, int(min(total // num_workers, largest)))
+
+
+STALE_BUILD_LOCK_S = 600
+
+
+@contextlib.contextmanager
+def stale_build_lock_guard(log, max_age_s: float = STALE_BUILD_LOCK_S):
+    """PyTorch's JIT extension builds (DeepSpeed's ops) wait forever on a `lock` file that a killed
+    build left behind. While the engine starts, a lock older than `max_age_s` (a build takes
+    minutes) is removed, so the waiting process goes on."""
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(5.0):
+            for lock in root.glob("**/lock"):
+                with contextlib.suppress(OSError):
+                    if time.time() - lock.stat().st_mtime > max_age_s:
+                        lock.unlink()
+                        log(f"removed {lock}: a build lock {max_age_s:.0f}+ s old, left by a killed build")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()

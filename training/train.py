@@ -19,14 +19,12 @@ built on the driver (training/config.py):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
 import os
 import random
 import shutil
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -46,6 +44,7 @@ from training.checkpoint import (
     write_manifest,
 )
 from training.config import FinetuneWorkerConfig, LoopConfig, WorkerConfig, parse_worker_config
+from training.launch import stale_build_lock_guard
 from training.reshard import load_resharded, saved_world_size
 
 
@@ -118,7 +117,7 @@ def train_worker(cfg: WorkerConfig | dict) -> None:
 
         model.load_state_dict(load_model(cfg.init_from)[0].state_dict())  # LoRA of a fine-tune merged
     trainable = prepare(model, finetune)  # fine-tuning modes freeze or adapt parts of it
-    with _stale_build_lock_guard(lambda m: _log(rank, m)):  # DeepSpeed may JIT-build an op here
+    with stale_build_lock_guard(lambda m: _log(rank, m)):  # DeepSpeed may JIT-build an op here
         engine, _, _, _ = deepspeed.initialize(model=model, config=deepspeed_config(cfg.deepspeed, loop),
                                                dist_init_required=True,
                                                model_parameters=[p for p in model.parameters() if p.requires_grad])
@@ -237,33 +236,6 @@ def train_worker(cfg: WorkerConfig | dict) -> None:
 def _log_batch(out: Path, rank: int, world: int, step: int, micro: int, x: torch.Tensor, loss: float) -> None:
     with open(out / f"batches-rank{rank}.jsonl", "a") as f:
         f.write(json.dumps({"step": step, "micro": micro, "world": world, "loss": loss, "rows": x.cpu().tolist()}) + "\n")
-
-
-STALE_BUILD_LOCK_S = 600
-
-
-@contextlib.contextmanager
-def _stale_build_lock_guard(log, max_age_s: float = STALE_BUILD_LOCK_S):
-    """PyTorch's JIT extension builds (DeepSpeed's ops) wait forever on a `lock` file that a killed
-    build left behind. While the engine starts, a lock older than `max_age_s` (a build takes
-    minutes) is removed, so the waiting process goes on."""
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(5.0):
-            for lock in root.glob("**/lock"):
-                with contextlib.suppress(OSError):
-                    if time.time() - lock.stat().st_mtime > max_age_s:
-                        lock.unlink()
-                        log(f"removed {lock}: a build lock {max_age_s:.0f}+ s old, left by a killed build")
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        done.set()
 
 
 def _node_id(ray_train) -> str:

@@ -19,6 +19,13 @@ and print what `flows.reporting` makes of the result.
 
 from __future__ import annotations
 
+import os
+
+# Shard work runs one process per core, so numpy's BLAS (the PII stage's NER network) gets one thread in each,
+# set before numpy loads (pool workers inherit it): its own threads on the other cores cost CPU and gave
+# nothing. Torch (training, generation) has its own thread pool and is not affected.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import typer
 
 from flows.cli import curation, operations, training  # noqa: F401 (each registers its commands on `app`)

@@ -43,6 +43,9 @@ class Options:
                            help="Record the run in Prefect (flow runs, artifacts). Default: when a Prefect API is "
                            "configured (PREFECT_API_URL or the active profile) or --ray-address is given; with "
                            "--prefect and none configured, a temporary local server starts (~10 s).")
+    submit = typer.Option(None, "--submit", help="Run this command as a Ray Job on a remote cluster: its job "
+                          "server (http://head:8265, or ray://head:10001). Logs stream here; the job id is "
+                          "recorded in the run. Paths must be on storage the cluster shares.")
     checkpoint = typer.Option(..., "--checkpoint", "--from", help="A checkpoint (step-* directory), or a training "
                               "output (runs/R/train, runs/R/finetune): its newest good checkpoint.")
 

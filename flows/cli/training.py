@@ -73,23 +73,15 @@ def pretrain(
     deepspeed: str | None = Options.deepspeed,
     gpu: bool | None = Options.gpu,
     allow_stale: bool = Options.allow_stale,
-    submit_to: str | None = typer.Option(
-        None, "--submit", help="Run this command as a Ray Job on a remote cluster: its job server "
-        "(http://head:8265, or ray://head:10001). Logs stream here; the job id is recorded in the run. The work "
-        "directory must be shared storage."),
+    submit_to: str | None = Options.submit,
 ) -> None:
     """Pretrain a GPT on a run's token shards: Ray Train workers, each a DeepSpeed engine; resumes
     from the last good checkpoint."""
     if submit_to:
-        args = ["pretrain", "--run-id", run_id, "--workdir", str(run_paths(workdir, run_id).workdir)]
-        for flag, value in (("--config", config), ("--num-workers", num_workers), ("--steps", steps),
-                            ("--model", model), ("--deepspeed", deepspeed)):
-            if value is not None:
-                args += [flag, str(Path(value).absolute()) if flag == "--config" or str(value).endswith(".json")
-                         else str(value)]
-        args += [] if gpu is None else ["--gpu" if gpu else "--no-gpu"]
-        args += ["--allow-stale"] if allow_stale else []
-        _submit(submit_to, args, run_id, "pretrain")
+        _submit(submit_to, "pretrain", run_id, {
+            "--run-id": run_id, "--workdir": run_paths(workdir, run_id).workdir, "--config": config,
+            "--num-workers": num_workers, "--steps": steps, "--model": model, "--deepspeed": deepspeed,
+            "--gpu": gpu, "--allow-stale": allow_stale})
     from flows.submit import record_job
     from flows.train import pretrain_flow
 
@@ -101,10 +93,20 @@ def pretrain(
     print_training(summary)
 
 
-def _submit(address: str, args: list[str], run_id: str, what: str):
-    """Run `loom *args` as a Ray Job at `address`; exit with its status."""
+def _submit(address: str, what: str, run_id: str, options: dict):
+    """Run `loom WHAT` with `options` as a Ray Job at `address`; exit with its status. Paths go absolute
+    (they must be on storage the cluster shares); options left at None are left out."""
     from flows.submit import submit
 
+    args = [what]
+    for flag, value in options.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, bool):
+                args += [flag] if v else ([f"--no-{flag[2:]}"] if flag == "--gpu" else [])
+            elif v is not None:
+                args += [flag, str(Path(v).absolute()) if isinstance(v, Path) or str(v).endswith(".json")
+                         else str(v)]
     try:
         code = submit(address, args, run_id, what, say=lambda m: console.print(m, highlight=False))
     except ConnectionError as e:
@@ -129,9 +131,19 @@ def finetune(
     ray_address: str | None = Options.ray_address,
     deepspeed: str | None = Options.deepspeed,
     gpu: bool | None = Options.gpu,
+    submit_to: str | None = Options.submit,
 ) -> None:
     """Fine-tune a checkpoint on instruction data (loss on responses only, packed sequences) with the
     same Ray + DeepSpeed launcher, checkpoints and monitoring as pretraining."""
+    if submit_to:
+        if not run_id:
+            fail("--submit needs --run-id R (the job id is recorded in that run)")
+        _submit(submit_to, "finetune", run_id, {
+            "--data": [Path(d) for d in data], "--from": Path(checkpoint) if checkpoint else None,
+            "--run-id": run_id, "--output": output, "--workdir": run_paths(workdir, run_id).workdir,
+            "--config": config, "--mode": mode, "--steps": steps, "--num-workers": num_workers,
+            "--deepspeed": deepspeed, "--gpu": gpu})
+    from flows.submit import record_job
     from flows.train import finetune_flow
     from tasks.layout import RunPaths
 
@@ -149,6 +161,7 @@ def finetune(
     if mode not in (None, "full", "frozen", "lora"):
         fail(f"--mode must be full, frozen or lora, not {mode!r}")
     override(cfg.finetune, mode=mode, steps=steps, num_workers=num_workers, deepspeed=deepspeed, use_gpu=gpu)
+    record_job(output)
     summary = run_flow(lambda: finetune_flow(checkpoint=str(tag), data=[str(Path(d).absolute()) for d in data],
                                              run_id=run_id, output_dir=str(output.absolute()), config=cfg.finetune,
                                              ray_address=cfg.ray_address, ingest=cfg.ingest, pii=cfg.pii))

@@ -154,6 +154,16 @@ def test_pretraining_submitted_as_a_ray_job_streams_its_logs_and_records_its_id(
     assert [r["job_id"] for r in recorded] == [job_id]
     assert list((tmp_path / "w/runs/r/train/checkpoints").glob("step-*"))
 
+    sft = tmp_path / "sft.jsonl"  # fine-tuning goes the same way, from the run's pretrained model
+    sft.write_text("\n".join((shared / "sft/gsm8k/test.jsonl").read_text().splitlines()[:60]) + "\n")
+    tuned = subprocess.run([sys.executable, "-m", "flows.cli", "finetune", "--run-id", "r", "--workdir", workdir,
+                            "--data", "sft.jsonl", "--steps", "2", "--submit", ray_job_server], env=env,
+                           capture_output=True, text=True, timeout=900, cwd=tmp_path)  # a relative path, sent absolute
+    assert tuned.returncode == 0, (tuned.stdout + tuned.stderr)[-4000:]
+    job_id = re.search(r"submitted Ray job (loom-finetune-r-\S+)", tuned.stdout + tuned.stderr).group(1)
+    recorded = (tmp_path / "w/runs/r/finetune/ray_jobs.jsonl").read_text()
+    assert job_id in recorded and list((tmp_path / "w/runs/r/finetune/checkpoints").glob("step-*"))
+
     unreachable = subprocess.run([*cli, "--submit", f"http://127.0.0.1:{_free_port()}"], env=env,
                                  capture_output=True, text=True, timeout=300)
     assert unreachable.returncode == 2 and "cannot reach the Ray job server" in unreachable.stderr

@@ -187,7 +187,7 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tmp_path
     import os
     import time
 
-    from training.train import _stale_build_lock_guard
+    from training.launch import stale_build_lock_guard
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     stale, fresh = tmp_path / "py311_cpu/deepspeed_shm_comm/lock", tmp_path / "py311_cpu/other_op/lock"
@@ -196,7 +196,7 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next_run(tmp_path
         lock.touch()
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     said = []
-    with _stale_build_lock_guard(said.append):
+    with stale_build_lock_guard(said.append):
         time.sleep(6)
     assert not stale.exists() and fresh.exists()  # a build in progress keeps its lock
     assert "killed build" in said[0]
