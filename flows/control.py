@@ -78,9 +78,14 @@ class Control:
             self._pools[workers] = ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent)
         return self._pools[workers]
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """End the command's pool: after its work, or at once when the command was interrupted (a unit cut
+        short stays resumable: its completion marker is written only when it ends)."""
         for pool in self._pools.values():
-            pool.shutdown(cancel_futures=True)
+            if interrupted:  # its units' futures then fail as the pool breaks (cancelling them too races that)
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+            pool.shutdown(wait=not interrupted, cancel_futures=not interrupted)
         self._pools.clear()
 
     def call(self, name: str, **kwargs):
@@ -155,9 +160,13 @@ def using(control: Control) -> Iterator[Control]:
     token = _CURRENT.set(control)
     try:
         yield control
+    except BaseException:
+        control.close(interrupted=True)
+        raise
+    else:
+        control.close()
     finally:
         _CURRENT.reset(token)
-        control.close()
 
 
 def prefect_api_configured(environ: dict | None = None, cwd: Path | None = None) -> str | None:

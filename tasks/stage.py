@@ -203,9 +203,10 @@ def _run_on(pool: ProcessPoolExecutor, fn, keys, on_done) -> None:
     try:
         for future in as_completed(futures):
             on_done(futures[future], future.result())
-    finally:  # a failed unit: the others are not waited for (a long pool outlives this phase)
+    except Exception:  # a failed unit: the others do not start (the pool outlives this phase)
         for future in futures:
             future.cancel()
+        raise
 
 
 def _prepare(stage: Stage, ctx: StageContext, attempt: dict, force: bool) -> int:

@@ -33,16 +33,30 @@ from flows.cli.prologue import app
 from flows.reporting import console
 from tasks import __version__
 
+SIGTERM_GRACE_S = 10.0
+
 
 def _stop_on_sigterm() -> None:
     """SIGTERM (a scheduler, `kill`, a container stopping) stops a command as Ctrl-C does: the stage being
-    written releases its lock and stays resumable, and pool workers end with the command."""
+    written releases its lock and stays resumable, and pool workers end with the command. If the command
+    is still running SIGTERM_GRACE_S later, it exits there: the KeyboardInterrupt can be lost (Cython code
+    that ignores exceptions, such as pyarrow's first import of pandas, may be running when it is raised)."""
     import signal
+    import threading
 
     def interrupt(signum, frame):
+        watchdog = threading.Timer(SIGTERM_GRACE_S, _exit_now, args=(signum,))
+        watchdog.daemon = True  # a command that stops in time exits without waiting for it
+        watchdog.start()
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def _exit_now(signum: int) -> None:
+    console.print(f"stopped by signal {signum} (still running {SIGTERM_GRACE_S:.0f} s after it); the run resumes "
+                  "where it stopped", highlight=False)
+    os._exit(128 + signum)
 
 
 @app.callback(invoke_without_command=True)

@@ -31,11 +31,13 @@ def _start(corpus: Path, wd: Path, cfg: Path) -> subprocess.Popen:
 
 
 def _pool_workers(proc: subprocess.Popen, timeout: float = 240) -> list[psutil.Process]:
-    """The command's process-pool workers, once units are running on them."""
+    """The command's process-pool workers, once units are running on them: started by spawning (Prefect's
+    pool) or forked from the command (the pool of a command that runs without Prefect)."""
+    command = psutil.Process(proc.pid)
     deadline = time.time() + timeout
     while time.time() < deadline:
-        kids = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                if "spawn_main" in " ".join(p.cmdline())]
+        kids = [p for p in command.children(recursive=True)
+                if "spawn_main" in " ".join(p.cmdline()) or p.cmdline() == command.cmdline()]
         if len(kids) >= 2:
             return kids
         assert proc.poll() is None, proc.stderr.read()[-3000:]
