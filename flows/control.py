@@ -73,8 +73,13 @@ class Control:
         if workers not in self._pools:
             from concurrent.futures import ProcessPoolExecutor
 
+            import pyarrow as pa
+
             from tasks.stage import exit_with_parent
 
+            # pyarrow imports pandas (where installed) on its first array built from a list: 0.17 s once here,
+            # inherited by the forked workers, instead of once in each of them
+            pa.array([], pa.string())
             self._pools[workers] = ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent)
         return self._pools[workers]
 
