@@ -21,6 +21,11 @@ from flows.control import use_prefect
 from flows.reporting import console, print_outcome
 
 
+def _say_unrecorded(prefect: bool) -> None:
+    if not prefect:
+        console.print("[dim]not recorded in Prefect (no Prefect API configured; --prefect records it)[/dim]")
+
+
 def _calls(prefect: bool) -> dict:
     """`curate` and `step`: as Prefect flows (flows/curate.py), or plain calls (flows/stages.py) that import
     no Prefect and start no server."""
@@ -58,6 +63,7 @@ def curate(
                                         config=cfg, force=force, wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
                          errors=(FileNotFoundError,), prefect=prefect)
     print_outcome(summaries, f"curate run {paths.run_id}")
+    _say_unrecorded(prefect)
 
 
 @app.command()
@@ -101,6 +107,7 @@ def step(
                                                wait_for_lock=WAIT_FOR_LOCK_S if wait else 0.0),
                              errors=(FileNotFoundError,), prefect=prefect)
         print_outcome(summaries, f"step {name}")
+        _say_unrecorded(prefect)
         return
 
     if not run_id:
@@ -115,6 +122,7 @@ def step(
     summary = run_flow(lambda: run_one_stage(name, run, cfg.for_stage(name), run_inputs), errors=(FileNotFoundError,),
                        hint=f" (run the stages before {name} first, e.g. loom curate)", prefect=prefect)
     print_outcome([summary], f"step {name} of run {run_id}")
+    _say_unrecorded(prefect)
     stale = stale_after(paths, name)
     if stale:
         console.print(f"[yellow]now stale:[/yellow] {', '.join(stale)} "
