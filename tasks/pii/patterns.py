@@ -9,19 +9,11 @@ import itertools
 import re
 from functools import lru_cache, partial
 
-# Cheap tests that decide which recognizers can possibly match a text.
-_SECRET_PREFIXES = re.compile(r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_|sk-|AIza")
-_SECRET_WORDS = ("pass", "pwd", "secret", "key", "token")  # password, api_key, access_token, PRIVATE KEY...
-
-
-def _secret_plausible(text: str) -> bool:
-    """Whether any of SECRET_PATTERNS could match: a provider's prefix, or a word of the password
-    pattern in any case (casefold, as the pattern's IGNORECASE also matches 'ſ' and the Kelvin sign)."""
-    if _SECRET_PREFIXES.search(text):
-        return True
-    folded = text.casefold()
-    return any(word in folded for word in _SECRET_WORDS)
-
+# Cheap tests that decide which recognizers can possibly match a text. The secret test is what each of
+# SECRET_PATTERNS needs (a provider's prefix, a private key block, a password word before ':' or '='), so
+# prose that merely says "key" or "pass" is not searched by all of them.
+_SECRET_WORDS = r"(?i:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
+_SECRET_NEEDS = r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_(?:live|test)_|sk-|AIza|PRIVATE KEY|" + _SECRET_WORDS
 
 PLAUSIBLE = {
     "EMAIL_ADDRESS": re.compile(r"@").search,
@@ -31,7 +23,7 @@ PLAUSIBLE = {
     "IP_ADDRESS": re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d|:[0-9A-Fa-f]{0,4}:").search,
     "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}").search,
     "STREET_ADDRESS": re.compile(r"\d").search,
-    "SECRET": _secret_plausible,
+    "SECRET": re.compile(_SECRET_NEEDS + r"\s*[:=]").search,
     "CN_RESIDENT_ID": re.compile(r"\d{17}[\dXx]").search,
 }
 
@@ -46,7 +38,8 @@ PLAUSIBLE_RE2 = {
     "IP_ADDRESS": r"\p{Nd}\.\p{Nd}{1,3}\.\p{Nd}{1,3}\.\p{Nd}|:[0-9A-Fa-f]{0,4}:",
     "US_SSN": r"\p{Nd}{3}\P{Nd}{0,2}\p{Nd}{2}\P{Nd}{0,2}\p{Nd}{4}",
     "STREET_ADDRESS": r"\p{Nd}",
-    "SECRET": r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_|sk-|AIza|(?i:pass|paß|pwd|secret|key|token)",  # ß: casefold
+    # \s of `re` in RE2: ASCII whitespace, \v, the separators \x1c-\x1f, NEL and every Unicode space (\p{Z})
+    "SECRET": _SECRET_NEEDS + r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*[:=]",
     "CN_RESIDENT_ID": r"\p{Nd}{17}[\p{Nd}Xx]",
 }
 
