@@ -37,11 +37,34 @@ PLAUSIBLE_RE2 = {
     "IBAN_CODE": r"[A-Za-z]{2}[ -]?\p{Nd}{2}",
     "IP_ADDRESS": r"\p{Nd}\.\p{Nd}{1,3}\.\p{Nd}{1,3}\.\p{Nd}|:[0-9A-Fa-f]{0,4}:",
     "US_SSN": r"\p{Nd}{3}\P{Nd}{0,2}\p{Nd}{2}\P{Nd}{0,2}\p{Nd}{4}",
-    "STREET_ADDRESS": r"\p{Nd}",
+    "STREET_ADDRESS": None,  # street_address_gate(), below: it is built from the street words
     # \s of `re` in RE2: ASCII whitespace, \v, the separators \x1c-\x1f, NEL and every Unicode space (\p{Z})
     "SECRET": _SECRET_NEEDS + r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*[:=]",
     "CN_RESIDENT_ID": r"\p{Nd}{17}[\p{Nd}Xx]",
 }
+
+
+def street_address_gate() -> str:
+    """What any match of STREET_ADDRESS or _CORNER needs, in RE2: a number and a street suffix within five
+    words; a number, one to four words capitalized (or particles, or with a street word) and a number; a
+    street word or prefix and a number; a post office box; a military address; "corner of". Prose whose
+    numbers are years and counts ("between 1914 and 1918") is then not searched by the full pattern.
+    Looser than the pattern everywhere (no lookbehinds, no month test), never stricter."""
+    ws = r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]"  # what `re` means by \s in a str pattern
+    word = r"[^\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]+"
+    after = r"(?:[^\p{L}\p{N}_]|$)"  # \b after a letter
+    cap = r"(?:[\p{Lu}\p{Lt}\p{N}\p{So}]" + word[:-1] + "*|" + "|".join(sorted(_STREET_LOWER)) + ")"  # str.isupper/isdigit
+    street = "(?i:" + "|".join(re.escape(w) for w in sorted(_STREET_WORDS)) + ")"
+    return "|".join([
+        rf"\p{{Nd}}[A-Za-z]?{ws}+(?:{word}{ws}+){{0,4}}{_STREET_SUFFIX}{after}",
+        rf"\p{{Nd}}{ws}+(?:{word}[ \t]+){{0,3}}{street}\S*(?:[ \t]+{word}){{0,3}}[ \t]+\p{{Nd}}",
+        rf"\p{{Nd}}{ws}+{cap}(?:[ \t]+{cap}){{0,3}}[ \t]+\p{{Nd}}",
+        _STREET_WORD_END.replace("(?<!bri)", "") + r"[ \t]+\p{Nd}",
+        rf"{_STREET_PREFIX}(?:[ \t]+{word}){{1,4}}[ \t]+\p{{Nd}}",
+        r"P\.?[ \t]?O\.?[ \t]+Box[ \t]+\p{Nd}",
+        r"(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\p{Nd}{5}",
+        r"corner of[ \t]",
+    ])
 
 
 def plausible_rows(texts: list[str], entities) -> dict:
@@ -55,7 +78,8 @@ def plausible_rows(texts: list[str], entities) -> dict:
     out = {}
     for entity in entities:
         if entity in PLAUSIBLE_RE2:
-            out[entity] = pc.match_substring_regex(array, PLAUSIBLE_RE2[entity]).to_numpy(zero_copy_only=False)
+            pattern = PLAUSIBLE_RE2[entity] or _gates()[entity]
+            out[entity] = pc.match_substring_regex(array, pattern).to_numpy(zero_copy_only=False)
         elif entity in PLAUSIBLE:
             out[entity] = np.array([bool(PLAUSIBLE[entity](t)) for t in texts], dtype=bool)
     return out
@@ -314,3 +338,8 @@ OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER":
 # For text in a language the English-tuned rules were not made for: the same, with stricter phones and addresses.
 STRICT_FINDERS = {**OWN_FINDERS, "STREET_ADDRESS": partial(_addresses, strict=True),
                   "PHONE_NUMBER": partial(_phones, strict=True)}
+
+
+@lru_cache(maxsize=1)
+def _gates() -> dict:
+    return {"STREET_ADDRESS": street_address_gate()}

@@ -483,3 +483,31 @@ def test_a_model_per_language_reads_only_its_language(shared, tmp_path):
         find_pii(texts[:1], PiiConfig(models={"de": "de_core_news_not_installed"}), ["de"])
     with pytest.raises(ValueError, match="already reads"):
         PiiConfig(models={"en": "en_core_web_sm"})
+
+
+def test_the_street_address_gate_never_hides_an_address(shared):
+    """The RE2 test that decides which texts the street-address rules read lets through every text in
+    which they find an address (Faker's addresses of many countries, in sentences), and keeps out most
+    prose whose numbers are years and counts."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from faker import Faker
+
+    from tasks.pii.patterns import _addresses, street_address_gate
+
+    rng, texts = random.Random(0), []
+    for locale in ("en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "nl_NL", "da_DK", "sv_SE", "pl_PL",
+                   "hu_HU", "pt_BR", "fi_FI", "cs_CZ"):
+        fake = Faker(locale)
+        fake.seed_instance(7)
+        for _ in range(60):
+            template = rng.choice(["{}", "Send it to {} please.", "I live at {}\nThanks", "Address: {} | phone"])
+            texts += [template.format(fake.address()), f"{fake.street_address()} {fake.postcode()} {fake.city()}"]
+    wiki = (shared / "pretrain/wikitext2_tok").glob("*.txt")
+    prose = [t[i: i + 3000] for t in (p.read_text() for p in sorted(wiki)) for i in range(0, len(t), 3000)]
+    gate = pc.match_substring_regex(pa.array(texts + prose), street_address_gate()).to_pylist()
+    hidden = [t for t, g in zip(texts + prose, gate) if not g and (list(_addresses(t)) or list(_addresses(t, True)))]
+    assert hidden == []
+    assert sum(gate[len(texts):]) < len(prose) / 2  # what the gate is for
