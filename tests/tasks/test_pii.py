@@ -511,3 +511,30 @@ def test_the_street_address_gate_never_hides_an_address(shared):
     hidden = [t for t, g in zip(texts + prose, gate) if not g and (list(_addresses(t)) or list(_addresses(t, True)))]
     assert hidden == []
     assert sum(gate[len(texts):]) < len(prose) / 2  # what the gate is for
+
+
+def test_the_iban_gate_never_hides_an_iban():
+    """The RE2 test before the IBAN recognizers lets through every text in which they find an IBAN, in
+    upper or lower case, compact or in groups of four."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from faker import Faker
+
+    from tasks.pii.patterns import _ibans_in_lower_case, iban_gate, iban_recognizer
+
+    rng, texts = random.Random(0), []
+    for locale in ("en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "nl_NL", "pl_PL", "fi_FI", "lv_LV", "bg_BG"):
+        fake = Faker(locale)
+        fake.seed_instance(3)
+        for _ in range(20):
+            iban = fake.iban()
+            grouped = " ".join(iban[i: i + 4] for i in range(0, len(iban), 4))
+            texts.append(rng.choice(["my iban is {}", "IBAN: {}", "pay {} today"]).format(
+                rng.choice([iban, iban.lower(), grouped, grouped.lower()])))
+    texts += ["in 1990 the company grew", "at 12 the meeting ended"]
+    gate = pc.match_substring_regex(pa.array(texts), iban_gate()).to_pylist()
+    found = [bool(iban_recognizer().analyze(t, ["IBAN_CODE"]) or list(_ibans_in_lower_case(t))) for t in texts]
+    assert sum(found) >= 150 and not any(f and not g for f, g in zip(found, gate))
+    assert gate[-2:] == [False, True]  # "in" is no IBAN country; "at" is (Austria)
