@@ -31,7 +31,7 @@ PLAUSIBLE = {
 # reach the per-text recognizers only where one of these matches. \p{Nd} is what `re` means by \d in str
 # patterns (any decimal digit); (?i) folds case as IGNORECASE does (the long s, the Kelvin sign).
 PLAUSIBLE_RE2 = {
-    "EMAIL_ADDRESS": "@",
+    "EMAIL_ADDRESS": r"\S@\S",  # an address has no space beside its @ (WikiText's " @-@ " has)
     "PHONE_NUMBER": r"(?:\p{Nd}\P{Nd}{0,3}){7}",
     "CREDIT_CARD": r"(?:\p{Nd}[ -]?){12}",
     "IBAN_CODE": None,  # iban_gate(), below: it is built from Presidio's IBAN countries
