@@ -20,11 +20,13 @@ and print what `flows.reporting` makes of the result.
 from __future__ import annotations
 
 import os
+import sys
 
-# Shard work runs one process per core, so numpy's BLAS (the PII stage's NER network) gets one thread in each,
+# Curation runs one process per core, so numpy's BLAS (the PII stage's NER network) gets one thread in each,
 # set before numpy loads (pool workers inherit it): its own threads on the other cores cost CPU and gave
-# nothing. Torch (training, generation) has its own thread pool and is not affected.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# nothing. Only for the curation commands: a torch built on OpenBLAS (Linux on ARM) would read it too.
+if set(sys.argv[1:2]) & {"curate", "step"}:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
