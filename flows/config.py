@@ -33,7 +33,7 @@ from tasks.pii import PiiConfig
 from tasks.publish import PublishConfig
 from tasks.quality import QualityConfig
 from tasks.retention import RetentionConfig
-from tasks.shards import INTERMEDIATE_CODEC
+from tasks.shards import CODECS, INTERMEDIATE_CODEC
 from tasks.tokenize import TokenizeConfig
 from training.config import EvaluateConfig, FinetuneConfig, PretrainConfig
 
@@ -74,7 +74,7 @@ class CurateConfig(BaseModel):
     stages_off: list[str] = Field(default_factory=list, description="Stages turned off (any but ingest and "
                                   "publish; the others keep their directory numbers), e.g. [\"quality\"].")
     workers: int = Field(default_factory=default_workers, ge=1, description="Local processes for shard work.")
-    shard_codec: Literal["lz4", "snappy", "zstd", "none"] = Field(
+    shard_codec: Literal[CODECS] = Field(
         INTERMEDIATE_CODEC, description="Compression of the document shards stages pass to each other (written "
         "once, read once; publish's final shards, removed documents and rejects are zstd). none costs about 30% "
         "less CPU in ingest + exact dedup than any codec, at about 2.5x zstd's size on disk; lz4 and snappy save "

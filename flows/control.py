@@ -49,8 +49,6 @@ class Control:
     that fails for a transient reason runs again), artifacts dropped (the CLI prints the summary table, and
     the work directory holds every manifest and report)."""
 
-    prefect = False
-
     def __init__(self, retry_delays: list[float] | None = None):
         self.retry_delays = UNIT_RETRY_DELAYS if retry_delays is None else retry_delays
         self._pools: dict[int, object] = {}

@@ -91,7 +91,7 @@ class StageProgress:
         with contextlib.suppress(Exception):  # progress is a courtesy; never fail a stage over it
             self.artifact_id = self.control.progress(percent, key=artifact_key(self.run_id, self.stage, "progress"),
                                                      description=f"{self.stage} of run {self.run_id}",
-                                                     artifact_id=self.artifact_id) or self.artifact_id or 0
+                                                     artifact_id=self.artifact_id)
 
     def _terminal(self, phase: str, units: tuple[int, int], rows: int, nbytes: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -106,8 +106,8 @@ def run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None,
     t0 = time.perf_counter()
     try:
         outcome = run_stage(stage, run_id=run.run_id, stage_dir=stage_dir, inputs=inputs,
-                            mapper=control.mapper(run.workers, run.ray_address), force=run.force, progress=progress, lock_wait=run.wait_for_lock,
-                            codec=run.codec)
+                            mapper=control.mapper(run.workers, run.ray_address), force=run.force, progress=progress,
+                            lock_wait=run.wait_for_lock, codec=run.codec)
     finally:
         progress.close()
     summary = stage_summary(outcome, time.perf_counter() - t0)
@@ -124,8 +124,6 @@ def run_stage_flow(stage: Stage, run: StageRun, inputs: list[str] | None = None,
 class PrefectControl(Control):
     """The control plane inside a Prefect flow run: the run's logger, units as Prefect tasks on the flow's
     task runner, stages as subflows, artifacts in Prefect."""
-
-    prefect = True
 
     def logger(self):
         from prefect import get_run_logger

@@ -80,8 +80,8 @@ def pretrain(
     if submit_to:
         _submit(submit_to, "pretrain", run_id, {
             "--run-id": run_id, "--workdir": run_paths(workdir, run_id).workdir, "--config": config,
-            "--num-workers": num_workers, "--steps": steps, "--model": model, "--deepspeed": deepspeed,
-            "--gpu": gpu, "--allow-stale": allow_stale})
+            "--num-workers": num_workers, "--steps": steps, "--model": model, "--deepspeed": _deepspeed_arg(deepspeed),
+            "--gpu": gpu is True, "--no-gpu": gpu is False, "--allow-stale": allow_stale})
     from flows.submit import record_job
     from flows.train import pretrain_flow
 
@@ -93,9 +93,16 @@ def pretrain(
     print_training(summary)
 
 
+def _deepspeed_arg(value: str | None):
+    """--deepspeed for a job: a shipped config's name as it is, a file of one's own as a path (sent absolute)."""
+    from training.launch import INFRA
+
+    return value if value is None or (INFRA / f"{value}.json").exists() else Path(value)
+
+
 def _submit(address: str, what: str, run_id: str, options: dict):
     """Run `loom WHAT` with `options` as a Ray Job at `address`; exit with its status. Paths go absolute
-    (they must be on storage the cluster shares); options left at None are left out."""
+    (they must be on storage the cluster shares); options left at None or False are left out."""
     from flows.submit import submit
 
     args = [what]
@@ -103,10 +110,9 @@ def _submit(address: str, what: str, run_id: str, options: dict):
         values = value if isinstance(value, list) else [value]
         for v in values:
             if isinstance(v, bool):
-                args += [flag] if v else ([f"--no-{flag[2:]}"] if flag == "--gpu" else [])
+                args += [flag] if v else []
             elif v is not None:
-                args += [flag, str(Path(v).absolute()) if isinstance(v, Path) or str(v).endswith(".json")
-                         else str(v)]
+                args += [flag, str(v.absolute()) if isinstance(v, Path) else str(v)]
     try:
         code = submit(address, args, run_id, what, say=lambda m: console.print(m, highlight=False))
     except ConnectionError as e:
@@ -142,7 +148,7 @@ def finetune(
             "--data": [Path(d) for d in data], "--from": Path(checkpoint) if checkpoint else None,
             "--run-id": run_id, "--output": output, "--workdir": run_paths(workdir, run_id).workdir,
             "--config": config, "--mode": mode, "--steps": steps, "--num-workers": num_workers,
-            "--deepspeed": deepspeed, "--gpu": gpu})
+            "--deepspeed": _deepspeed_arg(deepspeed), "--gpu": gpu is True, "--no-gpu": gpu is False})
     from flows.submit import record_job
     from flows.train import finetune_flow
     from tasks.layout import RunPaths
