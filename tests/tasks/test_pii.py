@@ -21,7 +21,7 @@ from tasks.pii import (
     replace_spans,
     surrogate,
 )
-from tasks.pii.fast_ner import GreedyNer, TokenEmbeddings, decoder, ner_docs
+from tasks.pii.fast_ner import GreedyNer, TokenEmbeddings, WindowEncoder, decoder, ner_docs
 from tasks.pii.names import cued_names, cued_places, listed_names, name_lines, ner_view, other_mentions
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
@@ -80,6 +80,26 @@ def test_the_fast_ner_path_and_spacys_own_give_the_same_spans(shared):
     assert analyzer(PiiConfig().model, False) is not analyzer(PiiConfig().model, True)
     assert sum(1 for spans in fast for s in spans if s[2] in ("PERSON", "LOCATION")) > 100
     assert [[s[:3] for s in spans] for spans in plain] == [[s[:3] for s in spans] for spans in fast]
+
+
+def test_the_window_encoder_is_spacys(shared):
+    """The numpy window encoder gives what the tok2vec's own encoder layers give on real prose and the
+    labeled texts batched together (docs of 1 to 2,000 tokens, padding between them)."""
+    nlp = analyzer(PiiConfig().model).nlp_engine.nlp["en"]
+    tok2vec = nlp.get_pipe("ner").model.layers[0]
+    encoder = WindowEncoder.for_tok2vec(tok2vec)
+    assert encoder is not None and len(encoder.layers) == 4
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())[:100]
+    wiki = [line for line in (shared / "pretrain/wikitext2_tok/valid.txt").read_text().split("\n") if line.strip()]
+    docs = [nlp.make_doc(t) for t in [r["full_text"] for r in records] + wiki[:100] + [" ".join(wiki)[:10_000], "a"]]
+    embedded = tok2vec.layers[0].layers[0].predict(docs)
+    expected = np.concatenate(tok2vec.layers[0].layers[1].predict(embedded))
+    embeddings = TokenEmbeddings.for_tok2vec(tok2vec)
+    table, index = embeddings.lookup(np.concatenate([d.to_array(embeddings.columns) for d in docs]))
+    assert np.array_equal(table[index], np.concatenate(embedded))
+    got = encoder(table, index, [len(d) for d in docs])
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()  # the first layer's sums: last bits
 
 
 def test_token_embeddings_are_the_embedding_layers_output():
