@@ -67,17 +67,16 @@ class _Batched:
             grid[: lengths[i], column] = np.frombuffer(encoded[i], dtype=np.uint8)
         walking = np.searchsorted(-lengths_sorted, -np.arange(1, width + 1), side="right")  # texts longer than pos
         row = np.full(n, self.start_row, dtype=np.int32)  # every text starts in state 0
-        docs, feats = [], []
-        for pos in range(width):
-            k = int(walking[pos])
-            at = row[:k] + grid[pos, :k]
+        feats = []  # per step, what each text still walking emits (-1: nothing); its texts are 0..k-1
+        for k in walking.tolist():
+            at = row[:k] + grid[len(feats), :k]
             row[:k] = self.next_row[at]
-            feature = self.feature[at]
-            hit = np.flatnonzero(feature >= 0)
-            docs.append(hit)
-            feats.append(feature[hit])
-        doc = np.concatenate(docs) if docs else np.zeros(0, np.int64)
-        feat = np.concatenate(feats) if feats else np.zeros(0, np.int64)
+            feats.append(self.feature[at])
+        feat = np.concatenate(feats) if feats else np.zeros(0, np.int32)
+        steps = walking.astype(np.int64)
+        doc = np.arange(len(feat)) - np.repeat(np.cumsum(steps) - steps, steps)  # each entry's text
+        hit = feat >= 0
+        doc, feat = doc[hit], feat[hit]
         counts = csr_matrix((np.ones(len(doc), np.float32), (doc, feat)), shape=(n, len(self.table)))
         counts.sum_duplicates()
         counts.data = np.log1p(counts.data)

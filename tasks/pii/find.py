@@ -20,7 +20,7 @@ from tasks.pii.names import (
     ner_view,
     other_mentions,
 )
-from tasks.pii.patterns import OWN_FINDERS, STRICT_FINDERS, plausible_rows, trim_email
+from tasks.pii.patterns import LANGUAGE_READERS, OWN_FINDERS, STRICT_FINDERS, plausible_rows, trim_email
 
 # ---- finding and replacing ----------------------------------------------------------------------
 
@@ -62,18 +62,23 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
     found: list[list] = [[] for _ in texts]
     wanted = set(cfg.entities) - (NER_ENTITIES if patterns_only else set())
     ner_wanted = wanted & NER_ENTITIES
+    pattern_entities = sorted(wanted - NER_ENTITIES)
+    could = plausible_rows([p for _, _, p in pieces], pattern_entities)
     # the English-tuned finders read text in ner_languages (language ID only where it is not plainly English);
     # the strict ones the rest
-    modeled_text, languages = (_modeled(texts, langs, cfg) if ner_wanted or use_names or use_places or patterns_only
+    english_found: dict = {}  # (piece, entity) -> what an English-tuned finder found before the language was known
+    modeled_text, languages = (_modeled(texts, langs, cfg) if ner_wanted or use_names or use_places
+                               else _modeled_where_read(texts, langs, cfg, pieces, could, pattern_entities,
+                                                        english_found) if patterns_only
                                else (None, None))
     modeled = [modeled_text is None or modeled_text[i] for i, _, _ in pieces]
-    views = [ner_view(p, use_names) if on else p for (_, _, p), on in zip(pieces, modeled)]
+    # the text as NER reads it (where NER reads it); in the patterns profile only Presidio's context words need it
+    views = ([ner_view(p, use_names) if on else p for (_, _, p), on in zip(pieces, modeled)] if ner_wanted
+             else [None] * len(pieces))
     ner_iter = ner_docs(nlp, (v for v, on in zip(views, modeled) if on), cfg.batch_size, cfg.fast_ner) \
         if ner_wanted else None
     # a piece's tokens only when NER reads it, or a pattern recognizer needs them for its context words
     docs = (next(ner_iter) if on and ner_iter is not None else None for on in modeled)
-    pattern_entities = sorted(wanted - NER_ENTITIES)
-    could = plausible_rows([p for _, _, p in pieces], pattern_entities)
     for k, ((i, offset, piece), view, doc, on) in enumerate(zip(pieces, views, docs, modeled)):  # on: NER reads it
         spans = []
         # Presidio's pattern recognizers run only where their pattern could match. NER results
@@ -83,7 +88,8 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
         entities = [e for e in plausible if e in PRESIDIO_PATTERN_ENTITIES
                     and (e not in gates or gates[e](piece))]
         if entities:
-            doc = doc if doc is not None else nlp.make_doc(view)
+            if doc is None:
+                doc = nlp.make_doc(view if view is not None else ner_view(piece, use_names) if on else piece)
             # Presidio raises a weak match's score when a context word ("ssn", "iban", "card") is
             # near, comparing its lemmas. The NER-only pipeline has no lemmatizer, so the words in
             # lower case stand in (Presidio matches context words as substrings: "cards" has "card").
@@ -92,8 +98,10 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
             spans = [(r.start, r.end, r.entity_type, r.score)
                      for r in engine.analyze(piece, language="en", entities=entities, nlp_artifacts=artifacts)]
         finders = OWN_FINDERS if on else STRICT_FINDERS
-        spans += [(start, end, entity, score) for entity in plausible if entity in finders
-                  for start, end, score in finders[entity](piece)]
+        for entity in (e for e in plausible if e in finders):
+            hits = english_found.pop((k, entity), None) if on else None
+            spans += [(start, end, entity, score) for start, end, score in
+                      (_finds(finders, entity, piece, could, k) if hits is None else hits)]
         for ent in doc.ents if doc is not None else ():
             entity = ner_labels.get(ent.label_)
             if entity in ner_wanted:
@@ -172,6 +180,36 @@ def _modeled(texts: list[str], langs: list[str] | None, cfg: PiiConfig) -> tuple
         else:
             out.append(lang in cfg.ner_languages or likely[i] >= cfg.min_lang_probability)
     return out, [lang for lang, _ in found]
+
+
+def _finds(finders: dict, entity: str, piece: str, could: dict, k: int) -> list:
+    """What `finders[entity]` finds in piece k (the street-address rules told which could match it)."""
+    if entity == "STREET_ADDRESS" and entity in could:
+        return list(finders[entity](piece, rules=could[entity][k]))
+    return list(finders[entity](piece))
+
+
+def _modeled_where_read(texts: list[str], langs: list[str] | None, cfg: PiiConfig, pieces: list, could: dict,
+                        entities: list[str], english_found: dict) -> tuple[list[bool], None]:
+    """`_modeled` for the patterns profile, where only the phone and street-address finders read a text's
+    language (their strict forms outside ner_languages, which find nothing where the English-tuned ones
+    find nothing): language ID only for texts where an English-tuned one found something (kept in
+    `english_found` by piece and entity, for the caller), the others taken as modeled (nothing reads that)."""
+    asked = set()
+    for k, (i, _, piece) in enumerate(pieces):
+        for entity in LANGUAGE_READERS.intersection(entities):
+            if entity not in could or could[entity][k]:
+                english_found[k, entity] = hits = _finds(OWN_FINDERS, entity, piece, could, k)
+                if hits:
+                    asked.add(i)
+    modeled = [True] * len(texts)
+    if asked:
+        asked_texts = sorted(asked)
+        answers, _ = _modeled([texts[i] for i in asked_texts], [langs[i] for i in asked_texts] if langs else None,
+                              cfg)
+        for i, on in zip(asked_texts, answers):
+            modeled[i] = on
+    return modeled, None
 
 
 _NAME_LIKE = re.compile(r"[^\W\d_]+(?:[ '’.-]+[^\W\d_]+)*")

@@ -37,52 +37,84 @@ PLAUSIBLE_RE2 = {
     "IBAN_CODE": None,  # iban_gate(), below: it is built from Presidio's IBAN countries
     "IP_ADDRESS": r"\p{Nd}\.\p{Nd}{1,3}\.\p{Nd}{1,3}\.\p{Nd}|:[0-9A-Fa-f]{0,4}:",
     "US_SSN": r"\p{Nd}{3}\P{Nd}{0,2}\p{Nd}{2}\P{Nd}{0,2}\p{Nd}{4}",
-    "STREET_ADDRESS": None,  # street_address_gate(), below: it is built from the street words
+    "STREET_ADDRESS": None,  # street_address_gates(), below: one per rule, built from the street words
     # \s of `re` in RE2: ASCII whitespace, \v, the separators \x1c-\x1f, NEL and every Unicode space (\p{Z})
     "SECRET": _SECRET_NEEDS + r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*[:=]",
     "CN_RESIDENT_ID": r"\p{Nd}{17}[\p{Nd}Xx]",
 }
 
 
-def street_address_gate() -> str:
-    """What any match of STREET_ADDRESS or _CORNER needs, in RE2: a number and a street suffix within five
-    words; a number, one to four words capitalized (or particles, or with a street word) and a number; a
-    street word or prefix and a number; a post office box; a military address; "corner of". Prose whose
-    numbers are years and counts ("between 1914 and 1918") is then not searched by the full pattern.
-    Looser than the pattern everywhere (no lookbehinds, no month test), never stricter."""
+def street_address_gates() -> dict[str, str]:
+    """Rule -> what any match of that street-address rule (`STREET_RULES`, and "corner" for _CORNER) needs,
+    in RE2: a number and a street suffix within five words; a number, one to four words capitalized (or
+    particles, or with a street word) and a number; a street word or prefix and a number; a post office
+    box; a military address; "corner of". Prose whose numbers are years and counts ("between 1914 and
+    1918") is then not searched by the rules. Each is looser than its rule everywhere (no lookbehinds, no
+    month test), never stricter."""
     ws = r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]"  # what `re` means by \s in a str pattern
     word = r"[^\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]+"
     after = r"(?:[^\p{L}\p{N}_]|$)"  # \b after a letter
     cap = r"(?:[\p{Lu}\p{Lt}\p{N}\p{So}]" + word[:-1] + "*|" + "|".join(sorted(_STREET_LOWER)) + ")"  # str.isupper/isdigit
     street = "(?i:" + "|".join(re.escape(w) for w in sorted(_STREET_WORDS)) + ")"
-    return "|".join([
-        rf"\p{{Nd}}[A-Za-z]?{ws}+(?:{word}{ws}+){{0,4}}{_STREET_SUFFIX}{after}",
-        rf"\p{{Nd}}{ws}+(?:{word}[ \t]+){{0,3}}{street}\S*(?:[ \t]+{word}){{0,3}}[ \t]+\p{{Nd}}",
-        rf"\p{{Nd}}{ws}+{cap}(?:[ \t]+{cap}){{0,3}}[ \t]+\p{{Nd}}",
-        _STREET_WORD_END.replace("(?<!bri)", "") + r"[ \t]+\p{Nd}",
-        rf"{_STREET_PREFIX}(?:[ \t]+{word}){{1,4}}[ \t]+\p{{Nd}}",
-        r"P\.?[ \t]?O\.?[ \t]+Box[ \t]+\p{Nd}",
-        r"(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\p{Nd}{5}",
-        r"corner of[ \t]",
-    ])
+    return {
+        "named": rf"\p{{Nd}}[A-Za-z]?{ws}+(?:{word}{ws}+){{0,4}}{_STREET_SUFFIX}{after}",
+        "words": rf"\p{{Nd}}{ws}+(?:{word}[ \t]+){{0,3}}{street}\S*(?:[ \t]+{word}){{0,3}}[ \t]+\p{{Nd}}|"
+                 rf"\p{{Nd}}{ws}+{cap}(?:[ \t]+{cap}){{0,3}}[ \t]+\p{{Nd}}",
+        "street_word": _STREET_WORD_END.replace("(?<!bri)", "") + r"[ \t]+\p{Nd}|"
+                       rf"{_STREET_PREFIX}(?:[ \t]+{word}){{1,4}}[ \t]+\p{{Nd}}",
+        "box": r"P\.?[ \t]?O\.?[ \t]+Box[ \t]+\p{Nd}",
+        "military": r"(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\p{Nd}{5}",
+        "corner": r"corner of[ \t]",
+    }
+
+
+def street_address_gate() -> str:
+    """What any street-address rule needs (`street_address_gates`, any of them), in RE2."""
+    return "|".join(street_address_gates().values())
 
 
 def plausible_rows(texts: list[str], entities) -> dict:
     """Entity -> for each text, whether its recognizers could match it (PLAUSIBLE, for a whole batch at once:
-    Arrow's RE2, many times faster than one `re` search per text and entity)."""
+    Arrow's RE2, many times faster than one `re` search per text and entity). For STREET_ADDRESS, each
+    text's set of the rules that could match it (empty: none), which `_addresses` is given as `rules`."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     array = pa.array(texts, pa.string())
+    gated: dict[str, np.ndarray] = {}
+
+    def gate(entity: str) -> np.ndarray:
+        if entity not in gated:
+            pattern = PLAUSIBLE_RE2[entity] or _gates()[entity]
+            if entity in _WITHIN:  # only texts that pass the wider test can pass this one
+                rows = np.flatnonzero(gate(_WITHIN[entity]))
+                gated[entity] = np.zeros(len(texts), dtype=bool)
+                if len(rows):
+                    gated[entity][rows] = pc.match_substring_regex(array.take(pa.array(rows)), pattern
+                                                                   ).to_numpy(zero_copy_only=False)
+            else:
+                gated[entity] = pc.match_substring_regex(array, pattern).to_numpy(zero_copy_only=False)
+        return gated[entity]
+
     out = {}
     for entity in entities:
-        if entity in PLAUSIBLE_RE2:
-            pattern = PLAUSIBLE_RE2[entity] or _gates()[entity]
-            out[entity] = pc.match_substring_regex(array, pattern).to_numpy(zero_copy_only=False)
+        if entity == "STREET_ADDRESS":
+            could = {rule: pc.match_substring_regex(array, gate).to_numpy(zero_copy_only=False)
+                     for rule, gate in street_address_gates().items()}
+            rules = out[entity] = np.full(len(texts), frozenset(), dtype=object)
+            for row in np.flatnonzero(np.logical_or.reduce(list(could.values()))).tolist():
+                rules[row] = frozenset(rule for rule, on in could.items() if on[row])
+        elif entity in PLAUSIBLE_RE2:
+            out[entity] = gate(entity)
         elif entity in PLAUSIBLE:
             out[entity] = np.array([bool(PLAUSIBLE[entity](t)) for t in texts], dtype=bool)
     return out
+
+
+# A test whose every match holds a match of a wider one: seven digits, at most three other characters
+# apart, are in twelve at most one apart (cards), in 3-2-4 digits at most two apart (SSNs), in 17 in a row.
+_WITHIN = {"CREDIT_CARD": "PHONE_NUMBER", "US_SSN": "PHONE_NUMBER", "CN_RESIDENT_ID": "PHONE_NUMBER"}
 
 
 _STREET_SUFFIX = (
@@ -96,17 +128,21 @@ _WORD = r"(?:" + LETTER + r"[\w'’-]*\.?|\d{1,3}(?:st|nd|rd|th))"  # a word, or
 _STREET_WORD_END = (r"(?:stra(?:ss|ß)e|str\.|gasse|weg|gata|gatan|vej|veien|vegen|väg|vägen|katu|tie|laan|"
                     r"straat|steeg|dreef|utca|ulica|allee|platz|damm|ufer|(?<!bri)gade)")
 _STREET_PREFIX = r"(?:Rue|Via|Viale|Rua|Calle|Avenida|Avda\.|Piazza|Strada|Carrer|Boulevard|Chemin|Allée|ul\.|ulica)"
-STREET_ADDRESS = re.compile(
-    r"\b\d{1,6}[A-Za-z]?\s+(?P<named>(?:" + _WORD + r"\s+){0,4})" + _STREET_SUFFIX + r"\b\.?"
-    r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|#)\.?\s*[\w-]+)?"
-    r"|\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?"
-    r"|(?<![\w-])(?:" + LETTER + r"[\w'’-]*" + _STREET_WORD_END + r"|" + _STREET_PREFIX + r"(?:[ \t]+" + _WORD
-    + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?"
-    # a post office box, and the US military's addresses (ship or unit, then FPO/APO/DPO and state code)
-    r"|\b(?P<box>P\.?[ \t]?O\.?[ \t]+Box[ \t]+\d{1,6})\b"
-    r"|\b(?i:(?:USNS|USNV|USS|USCGC)[ \t]+" + LETTER + r"[\w'’-]*|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+\d{3,5}|"
-    r"Unit[ \t]+\d{3,5}[ \t]+Box[ \t]+\d{3,5})\s+(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\d{5}\b"
-)
+# The street-address rules, in order: a number, up to four words and a street suffix (with a unit); a number,
+# one to four words and a number (whose words _addresses then checks); a street word or prefix and a number;
+# a post office box; the US military's addresses (ship or unit, then FPO/APO/DPO and state code).
+STREET_RULES = {
+    "named": r"\b\d{1,6}[A-Za-z]?\s+(?P<named>(?:" + _WORD + r"\s+){0,4})" + _STREET_SUFFIX + r"\b\.?"
+             r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|#)\.?\s*[\w-]+)?",
+    "words": r"\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?",
+    "street_word": r"(?<![\w-])(?:" + LETTER + r"[\w'’-]*" + _STREET_WORD_END + r"|" + _STREET_PREFIX
+                   + r"(?:[ \t]+" + _WORD + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?",
+    "box": r"\b(?P<box>P\.?[ \t]?O\.?[ \t]+Box[ \t]+\d{1,6})\b",
+    "military": r"\b(?i:(?:USNS|USNV|USS|USCGC)[ \t]+" + LETTER + r"[\w'’-]*|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+"
+                r"\d{3,5}|Unit[ \t]+\d{3,5}[ \t]+Box[ \t]+\d{3,5})\s+(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\d{5}\b",
+}
+STREET_ADDRESS = re.compile("|".join(STREET_RULES.values()))
+_STREET_RULE_PATTERNS = [(rule, re.compile(pattern)) for rule, pattern in STREET_RULES.items()]
 # Two streets that meet: "the corner of Nieuwe Baan 473 St. and Inna Loop St."
 _CORNER = re.compile(r"\bcorner of[ \t]+(?P<first>" + LETTER + r"[\w'’.-]*(?:[ \t]+[\w'’.-]+){0,4}?)[ \t]+and[ \t]+"
                      r"(?P<second>" + LETTER + r"[\w'’.-]*(?:[ \t]+" + LETTER + r"[\w'’.-]*){0,3})")
@@ -142,22 +178,47 @@ _STREET_WORDS = frozenset(("tér", "út", "útja", "utca", "u.", "ulica", "ul.",
                            "weg", "str.", "strasse", "straße", "laan", "straat", "plein", "náměstí", "nám."))
 
 
-def _addresses(text: str, strict: bool = False):
+class _Leftmost:
+    """`re.compile("|".join(patterns)).search(text, at)` for an `at` that never decreases, by each pattern's
+    own search (a pattern's leading digit or literal lets `re` skip ahead; an alternation tries every
+    position): the leftmost match, the first pattern's at a tie. A pattern is searched again only once
+    `at` has passed its last match (a match at a position does not depend on where the search began)."""
+
+    def __init__(self, text: str, patterns: list[re.Pattern]):
+        self.text, self.patterns = text, patterns
+        self.found: list = [False] * len(patterns)  # False: not searched yet; None: no match from there on
+
+    def search(self, at: int):
+        best = None
+        for i, pattern in enumerate(self.patterns):
+            m = self.found[i]
+            if m is False or (m is not None and m.start() < at):
+                m = self.found[i] = pattern.search(self.text, at)
+            if m is not None and (best is None or m.start() < best.start()):
+                best = m
+        return best
+
+
+def _addresses(text: str, strict: bool = False, rules: frozenset | None = None):
     """Postal addresses: two streets' corner, or a street line widened to the building number before
     it and to the parts of the address after it (unit, place, state, postcode) up to the last part
     that only an address has (a unit or a postcode) or to a place that ends the line or sentence, so
     that a place name in prose after a street is not taken along. `strict` (text in a language the
     English-tuned rules were not made for): only an address with a unit or postcode after its street,
-    or a street named with a street word ("Main Street"), so "33 von 36" and "Qing-Dynastie 1911" stay."""
-    for m in _CORNER.finditer(text):  # "corner of Bygget 64 and Komel Club"
+    or a street named with a street word ("Main Street"), so "33 von 36" and "Qing-Dynastie 1911" stay.
+    `rules`: the rules that could match the text (`plausible_rows`); None: every rule."""
+    corners = _CORNER.finditer(text) if rules is None or "corner" in rules else ()
+    for m in corners:  # "corner of Bygget 64 and Komel Club"
         first = m.group("first")
         kept = list(itertools.takewhile(lambda w: w.group()[0].isupper() or w.group()[0].isdigit(),
                                         re.finditer(r"\S+", m.group("second"))))
         if kept and first[0].isupper() and (first.rstrip(".")[-1].isdigit() or re.search(_STREET_SUFFIX + r"\b", first)):
             yield m.start("first"), m.start("second") + kept[-1].end(), 0.6
     at = 0
-    while m := STREET_ADDRESS.search(text, at):
-        words = (m.group("words") or m.group("named") or "").split()
+    street = _Leftmost(text, [p for rule, p in _STREET_RULE_PATTERNS if rules is None or rule in rules])
+    while m := street.search(at):
+        groups = m.groupdict()
+        words = (groups.get("words") or groups.get("named") or "").split()
         if words and (any(w in _MONTHS for w in words) or not (
                 any(w.lower() in _STREET_WORDS for w in words)
                 or all(w[0].isupper() or w[0].isdigit() or w in _STREET_LOWER for w in words))):
@@ -184,7 +245,7 @@ def _addresses(text: str, strict: bool = False):
             pos = part.end()
         if score < 0.9 and fallback is not None:  # no unit or postcode: the place that ends the line
             end = fallback
-        if strict and score < 0.9 and not m.group("named") and not m.group("box"):
+        if strict and score < 0.9 and not groups.get("named") and not groups.get("box"):
             at = m.start() + 1
             continue
         yield start, end, score
@@ -338,17 +399,19 @@ OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER":
 # For text in a language the English-tuned rules were not made for: the same, with stricter phones and addresses.
 STRICT_FINDERS = {**OWN_FINDERS, "STREET_ADDRESS": partial(_addresses, strict=True),
                   "PHONE_NUMBER": partial(_phones, strict=True)}
+LANGUAGE_READERS = frozenset(e for e in OWN_FINDERS if STRICT_FINDERS[e] is not OWN_FINDERS[e])  # read the language
 
 
 def iban_gate() -> str:
     """What an IBAN needs, in RE2, in any case (this stage's own finder upper-cases lower-case ones): a
-    country Presidio knows IBANs of (it validates no other), two check digits, nine more letters or
-    digits. Prose's "in 1990 the" is not searched by the IBAN patterns; "at 1990 the" still is."""
+    country Presidio knows IBANs of (it validates no other), two check digits right after it, as
+    Presidio's pattern has them, and eight more letters or digits. Prose's "at 1990 the" is not searched
+    by the IBAN patterns."""
     from presidio_analyzer.predefined_recognizers.generic.iban_patterns import regex_per_country
 
-    return "(?i:" + "|".join(sorted(regex_per_country)) + r")[ -]?\p{Nd}{2}(?:[ -]?[A-Za-z0-9]){9}"
+    return "(?i:" + "|".join(sorted(regex_per_country)) + r")[0-9]{2}(?:[ -]?[A-Za-z0-9]){8}"
 
 
 @lru_cache(maxsize=1)
 def _gates() -> dict:
-    return {"STREET_ADDRESS": street_address_gate(), "IBAN_CODE": iban_gate()}
+    return {"IBAN_CODE": iban_gate()}
