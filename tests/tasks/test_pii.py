@@ -506,16 +506,17 @@ def test_a_model_per_language_reads_only_its_language(shared, tmp_path):
 
 
 def test_the_street_address_gate_never_hides_an_address(shared):
-    """The RE2 test that decides which texts the street-address rules read lets through every text in
-    which they find an address (Faker's addresses of many countries, in sentences), and keeps out most
-    prose whose numbers are years and counts."""
+    """The RE2 tests that decide which texts the street-address rules read (one per rule) let through every
+    text in which a rule finds an address (Faker's addresses of many countries, in sentences): the rules
+    told which could match find what all of them find. Most prose whose numbers are years and counts is
+    kept out."""
     import random
 
     import pyarrow as pa
     import pyarrow.compute as pc
     from faker import Faker
 
-    from tasks.pii.patterns import _addresses, street_address_gate
+    from tasks.pii.patterns import _addresses, plausible_rows, street_address_gate
 
     rng, texts = random.Random(0), []
     for locale in ("en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "nl_NL", "da_DK", "sv_SE", "pl_PL",
@@ -528,9 +529,38 @@ def test_the_street_address_gate_never_hides_an_address(shared):
     wiki = (shared / "pretrain/wikitext2_tok").glob("*.txt")
     prose = [t[i: i + 3000] for t in (p.read_text() for p in sorted(wiki)) for i in range(0, len(t), 3000)]
     gate = pc.match_substring_regex(pa.array(texts + prose), street_address_gate()).to_pylist()
-    hidden = [t for t, g in zip(texts + prose, gate) if not g and (list(_addresses(t)) or list(_addresses(t, True)))]
-    assert hidden == []
+    rules = plausible_rows(texts + prose, ["STREET_ADDRESS"])["STREET_ADDRESS"]
+    assert [bool(r) for r in rules] == gate
+    for strict in (False, True):
+        hidden = [t for t, r in zip(texts + prose, rules) if list(_addresses(t, strict, r)) != list(_addresses(t, strict))]
+        assert hidden == []
+    assert sum(1 for t in texts if _addresses(t)) > len(texts) * 0.9
     assert sum(gate[len(texts):]) < len(prose) / 2  # what the gate is for
+
+
+def test_a_narrower_pattern_test_runs_only_where_its_wider_one_passes(shared):
+    """Card, SSN and Chinese id tests run only on texts the phone test lets through: every text any of them
+    lets through on its own, the phone test lets through too (Faker's numbers of many countries, prose)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from faker import Faker
+
+    from tasks.pii.patterns import _WITHIN, PLAUSIBLE_RE2, plausible_rows
+
+    texts = []
+    for locale in ("en_US", "en_GB", "de_DE", "fr_FR", "zh_CN", "ja_JP", "pt_BR", "hi_IN", "ar_EG"):
+        fake = Faker(locale)
+        fake.seed_instance(5)
+        texts += [f"card {fake.credit_card_number()}, ssn {fake.ssn()}, phone {fake.phone_number()}" for _ in range(40)]
+    texts += ["id 11010519491231002X", "4111-1111-1111-1111", "078-05-1120", "٤١١١ ١١١١ ١١١١ ١١١١"]
+    wiki = (shared / "pretrain/wikitext2_tok/valid.txt").read_text()
+    texts += [wiki[i: i + 3000] for i in range(0, 300_000, 3000)]
+    could = plausible_rows(texts, list(_WITHIN))
+    for narrow, wide in _WITHIN.items():
+        alone = pc.match_substring_regex(pa.array(texts), PLAUSIBLE_RE2[narrow]).to_numpy(zero_copy_only=False)
+        wider = pc.match_substring_regex(pa.array(texts), PLAUSIBLE_RE2[wide]).to_numpy(zero_copy_only=False)
+        assert alone.sum() > 0 and not (alone & ~wider).any(), narrow
+        assert (could[narrow] == alone).all(), narrow
 
 
 def test_the_iban_gate_never_hides_an_iban():
