@@ -12,6 +12,7 @@ from tasks.pii.config import MAX_NLP_CHARS, NER_ENTITIES, PRESIDIO_PATTERN_ENTIT
 from tasks.pii.engine import NER_LABELS, analyzer, freeze_loaded, language_model, pattern_gates
 from tasks.pii.fast_ner import ner_docs
 from tasks.pii.names import (
+    cue_rows,
     cued_names,
     cued_places,
     listed_names,
@@ -79,6 +80,8 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
         if ner_wanted else None
     # a piece's tokens only when NER reads it, or a pattern recognizer needs them for its context words
     docs = (next(ner_iter) if on and ner_iter is not None else None for on in modeled)
+    named, placed = (cue_rows([p for _, _, p in pieces]) if use_names or use_places
+                     else ([False] * len(pieces), [False] * len(pieces)))  # where a name or a place cue can be
     for k, ((i, offset, piece), view, doc, on) in enumerate(zip(pieces, views, docs, modeled)):  # on: NER reads it
         spans = []
         # Presidio's pattern recognizers run only where their pattern could match. NER results
@@ -115,11 +118,11 @@ def find_pii(texts: list[str], cfg: PiiConfig, langs: list[str] | None = None
         if "PERSON" in wanted and use_names:
             found[i] += [(s + offset, e + offset, "PERSON", score)
                          for s, e, score in itertools.chain(listed_names(piece), name_lines(piece),
-                                                            cued_names(piece))
+                                                            cued_names(piece) if named[k] else ())
                          if score >= cfg.threshold("PERSON")]
         if "LOCATION" in wanted and use_places:
-            found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in cued_places(piece)
-                         if score >= cfg.threshold("LOCATION")]
+            found[i] += [(s + offset, e + offset, "LOCATION", score) for s, e, score in
+                         (cued_places(piece) if placed[k] else ()) if score >= cfg.threshold("LOCATION")]
     if ner_wanted and cfg.models and languages is not None:
         _language_ner(texts, languages, modeled_text, cfg, ner_wanted, ner_score, found)
     if "PERSON" in wanted:

@@ -589,3 +589,20 @@ def test_the_iban_gate_never_hides_an_iban():
     assert sum(found) >= 150 and not any(f and not g for f, g in zip(found, gate))
     # "in" is no IBAN country; "at" is (Austria), but its check digits must follow it, then eight more
     assert gate[-4:] == [False, False, True, False]
+
+
+def test_the_cue_tests_hide_no_cued_name_or_place(shared):
+    """The batch tests before the name and place cues let through every text in which a cue finds a name or
+    a place (the labeled texts, the shared prose, cues in other cases and with the long s)."""
+    from tasks.pii.names import cue_rows, cued_names, cued_places
+
+    records = json.loads((shared / "pii/presidio_research/synth_dataset_v2.json").read_text())
+    wiki = (shared / "pretrain/wikitext2_tok/valid.txt").read_text()
+    texts = [r["full_text"] for r in records] + [wiki[i: i + 3000] for i in range(0, 600_000, 3000)]
+    texts += ["MY NAME IS Ada", "everyone callſ me Aantje", "Mrs Dalloway said", "she grew up in Ohio", "Where: Oslo"]
+    named, placed = cue_rows(texts)
+    assert sum(1 for t in texts if list(cued_names(t))) > 100 and sum(1 for t in texts if list(cued_places(t))) > 20
+    assert [t for t, ok in zip(texts, named) if not ok and list(cued_names(t))] == []
+    assert [t for t, ok in zip(texts, placed) if not ok and list(cued_places(t))] == []
+    assert sum(named) < len(texts)  # what the tests are for
+
