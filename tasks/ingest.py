@@ -36,7 +36,7 @@ from tasks.readers import (
     ByteRange,
     binary_kind,
     json_records,
-    jsonl_records,
+    jsonl_into,
     parquet_records,
     split_lines,
     text_records,
@@ -205,15 +205,16 @@ class Ingest(Stage):
                 return
             if piece:  # a piece of a JSON lines file (one that is not binary: `_pieces` checked)
                 with io.BufferedReader(ByteRange(f.path, *piece["range"]), READ_BLOCK) as fh:
-                    for record in jsonl_records(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback, piece["first"]):
-                        sink.add(*record)
+                    jsonl_into(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback, piece["first"])
                 return
             with open_binary(f.path, compression) as fh:
                 if (kind := binary_kind(fh)) is not None:
                     sink.reject(0, "binary", detail=f"{kind} content, not {fmt} text")
                     return
-                reader = json_records if fmt == "json" else jsonl_records
-                for record in reader(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback):
+                if fmt == "jsonl":
+                    jsonl_into(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback)
+                    return
+                for record in json_records(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback):
                     sink.add(*record)
         except Exception as e:  # unreadable file, truncated archive, corrupt Parquet: keep what was read
             if sink.last is None:

@@ -4,7 +4,7 @@ dropped silently. `sink` is the per-file writer of the ingest stage (`tasks.sink
 counts blank lines and remembers the last position read, so a read error part-way through a file
 names where it happened.
 
-    *.jsonl / *.ndjson     jsonl_records: one JSON object per line (the hot loop: one orjson call a line)
+    *.jsonl / *.ndjson     jsonl_into: one JSON object per line, straight into the sink (the hot loop)
     *.json                 json_records: a JSON array, one (pretty-printed) object, or JSON lines
     *.parquet              parquet_records: one row per record
     *.txt / *.md / *.rst   text_records: one document per file
@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Protocol
 
 import orjson
@@ -37,6 +38,8 @@ class Sink(Protocol):
     last: int | None
 
     def reject(self, position: int, reason: str, raw=None, detail: str = "") -> None: ...
+
+    def add_json_lines(self, start: int, lines: list, mend: Callable[[int, object], tuple[object, str]]) -> None: ...
 
 
 def text_records(f: InputFile, compression: str | None, sink: Sink, max_bytes: int, fallback: str | None
@@ -175,7 +178,7 @@ def json_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterat
             yield position, record, encoding, record
         return
     if not _one_document(fh):
-        yield from jsonl_records(fh, sink, max_bytes, fallback)
+        jsonl_into(fh, sink, max_bytes, fallback)  # JSON lines after all: they go straight into the sink
         return
     raw = fh.read(max_bytes + 1)
     parsed = None
@@ -183,32 +186,26 @@ def json_records(fh, sink: Sink, max_bytes: int, fallback: str | None) -> Iterat
         with contextlib.suppress(DecodeError, orjson.JSONDecodeError):
             parsed = _parse_whole(raw, fallback)
     if parsed is None:  # not one document after all: line by line, with rejects
-        yield from jsonl_records(io.BufferedReader(_Chained(raw, fh)), sink, max_bytes, fallback)
+        jsonl_into(io.BufferedReader(_Chained(raw, fh)), sink, max_bytes, fallback)
     else:
         yield 0, parsed[0], None if parsed[1] == "utf-8" else parsed[1], parsed[0]
 
 
-def jsonl_records(fh, sink: Sink, max_bytes: int, fallback: str | None, first_line: int = 1) -> Iterator[Record]:
-    """One JSON value per line; lines orjson refuses are mended (legacy encodings, lone surrogate
-    escapes) or become rejects (oversize, undecodable, malformed); blank lines are counted. `first_line`:
-    the number of the first line read (a piece of a file starts part-way through it)."""
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+def jsonl_into(fh, sink: Sink, max_bytes: int, fallback: str | None, first_line: int = 1) -> None:
+    """One JSON value per line, straight into `sink` (`add_json_lines`: the hot loop, one orjson call a line);
+    lines orjson refuses are mended (legacy encodings, lone surrogate escapes) or become rejects (oversize,
+    undecodable, malformed); blank lines are counted. `first_line`: the number of the first line read (a
+    piece of a file starts part-way through it)."""
     if first_line == 1:
         _skip_bom(fh)
     for start, lines, oversize in line_blocks(fh, max_bytes, first_line=first_line):
-        for lineno, line in enumerate(lines, start):
-            try:
-                record = loads(line)
-            except (decode_error, TypeError):
-                record, encoding = _mend_line(lineno, line, oversize, sink, max_bytes, fallback)
-                if record is not None:
-                    yield lineno, record, encoding, line
-                continue
-            yield lineno, record, None, line
+        sink.add_json_lines(start, lines, partial(_mend_line, oversize=oversize, sink=sink, limit=max_bytes,
+                                                  fallback=fallback))
         sink.last = start + len(lines) - 1
 
 
-def _mend_line(lineno: int, line, oversize: dict, sink: Sink, limit: int, fallback: str | None) -> tuple[object, str]:
+def _mend_line(lineno: int, line, *, oversize: dict, sink: Sink, limit: int, fallback: str | None
+               ) -> tuple[object, str]:
     """A line orjson refused: oversize, blank, legacy-encoded, or lone surrogate escapes."""
     if line is None:
         sink.reject(lineno, "oversize", raw=oversize[lineno], detail=f"line > {limit} bytes")

@@ -88,6 +88,28 @@ class FileSink:
                 return
         self._check(position, record, encoding, raw)
 
+    def add_json_lines(self, start: int, lines: list, mend) -> None:
+        """A block of JSON lines numbered from `start` (None: an oversize line), one orjson call a line: the
+        common shape (an object of the text and a string id, nothing else) appended right here, any other
+        record through `add`. `mend(lineno, line)` gives the (record, encoding) of a line orjson refuses,
+        or (None, "") once it made the line a reject or counted it blank."""
+        loads, refused = orjson.loads, (orjson.JSONDecodeError, TypeError)
+        key, id_key, append = self._fast_text, self.cfg.id_field, self._append
+        for lineno, line in enumerate(lines, start):
+            try:
+                record = loads(line)
+            except refused:
+                record, encoding = mend(lineno, line)
+                if record is not None:
+                    self.add(lineno, record, encoding, line)
+                continue
+            if type(record) is dict and type(text := record.get(key)) is str:
+                own = record.get(id_key) if id_key else None
+                if len(record) == (1 if own is None else 2) and (own is None or type(own) is str):
+                    append(text, own, lineno, None, line)
+                    continue
+            self.add(lineno, record, None, line)
+
     def add_text(self, position: int, text: str, encoding: str, raw) -> None:
         """A whole file's text as one document."""
         self.last = position
