@@ -100,8 +100,8 @@ def plausible_rows(texts: list[str], entities) -> dict:
     out = {}
     for entity in entities:
         if entity == "STREET_ADDRESS":
-            could = {rule: pc.match_substring_regex(array, gate).to_numpy(zero_copy_only=False)
-                     for rule, gate in street_address_gates().items()}
+            could = {rule: pc.match_substring_regex(array, test).to_numpy(zero_copy_only=False)
+                     for rule, test in street_address_gates().items()}
             rules = out[entity] = np.full(len(texts), frozenset(), dtype=object)
             for row in np.flatnonzero(np.logical_or.reduce(list(could.values()))).tolist():
                 rules[row] = frozenset(rule for rule, on in could.items() if on[row])
