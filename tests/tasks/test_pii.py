@@ -21,7 +21,7 @@ from tasks.pii import (
     replace_spans,
     surrogate,
 )
-from tasks.pii.fast_ner import GreedyNer, TokenEmbeddings, WindowEncoder, decoder, ner_docs
+from tasks.pii.fast_ner import ChunkTokenizer, GreedyNer, TokenEmbeddings, WindowEncoder, _SlotRows, decoder, ner_docs
 from tasks.pii.names import cued_names, cued_places, listed_names, name_lines, ner_view, other_mentions
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
@@ -100,6 +100,44 @@ def test_the_window_encoder_is_spacys(shared):
     got = encoder(table, index, [len(d) for d in docs])
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()  # the first layer's sums: last bits
+
+
+def test_the_chunk_tokenizer_gives_spacys_tokens(shared):
+    """Chunks tokenized on their own first, then the documents: the same tokens and spaces as spaCy's
+    tokenizer gives, on real prose full of special cases ("n't", "'s", "Mr."), also once its cache has
+    filled up and started over."""
+    nlp = analyzer(PiiConfig().model).nlp_engine.nlp["en"]
+    wiki = [line for line in (shared / "pretrain/wikitext2_tok/valid.txt").read_text().split("\n") if line.strip()]
+    gutenberg = (shared / "pretrain/gutenberg_nltk/austen-emma.txt").read_text()
+    texts = wiki[:200] + [gutenberg[i:i + 3000] for i in range(0, 60_000, 3000)] + [
+        "Don't, Mr. O'Neill's (a.m.) e-mail: x@y.org :) \n\n  tabs\there", "", " ", "\u00a0x\u2003y"]
+    expected = [[(t.text, t.whitespace_) for t in nlp.make_doc(text)] for text in texts]
+    for limit in (200_000, 500):
+        tokenize = ChunkTokenizer(nlp, limit=limit)
+        for _ in range(2):  # the second time every chunk is cached
+            got = [doc for lo in range(0, len(texts), 50) for doc in tokenize(texts[lo:lo + 50])]
+            assert [[(t.text, t.whitespace_) for t in doc] for doc in got] == expected
+        assert len(tokenize.seen) <= limit
+
+
+def test_the_lower_layer_rows_are_spacys(shared):
+    """The parser's lower layer, one slot at a time and only the rows read, gives the floats of spaCy's
+    layer for every slot and row, bit for bit, whether one row is read or thousands."""
+    nlp = analyzer(PiiConfig().model).nlp_engine.nlp["en"]
+    ner = decoder(nlp)
+    wiki = [line for line in (shared / "pretrain/wikitext2_tok/valid.txt").read_text().split("\n") if line.strip()]
+    docs = [nlp.make_doc(t) for t in wiki[:300]]
+    columns = ner.embeddings.columns
+    tokvecs = ner._tok2vec(docs, np.concatenate([d.to_array(columns) for d in docs]))
+    expected = ner.lower.predict(tokvecs)
+    rng = np.random.default_rng(0)
+    for slot, (weights, pad) in enumerate(zip(ner.slot_weights, ner.slot_pads)):
+        rows = _SlotRows(tokvecs, weights, pad, every=True)
+        assert np.array_equal(rows.all, expected[:, slot])
+        for n in (1, 3, 9, 64, 2000):
+            which = rng.choice(len(expected), n, replace=False)
+            which[0] = 0  # the padding row
+            assert np.array_equal(rows[which], expected[which, slot])
 
 
 def test_token_embeddings_are_the_embedding_layers_output():
