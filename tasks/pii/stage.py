@@ -14,9 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 
 from tasks.pii.config import PII_COUNTS, PiiConfig
-from tasks.pii.engine import analyzer, language_model
-from tasks.pii.find import find_pii
-from tasks.pii.replace import replace_spans
 from tasks.shards import ShardWriter, iter_batches, list_shards
 from tasks.stage import Stage, StageContext, UnitResult
 
@@ -48,6 +45,8 @@ def _id_key(stage_dir: Path, salt: str) -> bytes:
 def scrub_ids(ids: list[str], cfg: PiiConfig, key: bytes) -> tuple[list[str], dict[str, str]]:
     """Ids with personal data in them ('jane@ex.org') become a stable keyed hash ('pii-1f0c...'); the
     mapping (original -> new) is returned for the data plane. Other ids are kept."""
+    from tasks.pii.find import find_pii
+
     own = [i for i, value in enumerate(ids) if not _DERIVED_ID.fullmatch(value)]  # derived ids hold nothing
     found = dict(zip(own, find_pii([ids[i] for i in own], cfg.model_copy(update={"name_lists": False,
                                                                                 "place_cues": False}))))
@@ -64,6 +63,9 @@ def scrub_ids(ids: list[str], cfg: PiiConfig, key: bytes) -> tuple[list[str], di
 def scrub_meta(metas: list[str | None], cfg: PiiConfig, salt: str, stats: dict) -> list[str | None]:
     """Every string value of each document's record fields (meta "fields") scrubbed like the text;
     fields named in `meta_drop` removed, fields in `meta_keep` kept verbatim."""
+    from tasks.pii.find import find_pii
+    from tasks.pii.replace import replace_spans
+
     parsed: list[dict | None] = []
     leaves: list[tuple[dict | list, object, str]] = []  # (container, key, value) of every string to scrub
     for raw in metas:
@@ -132,6 +134,8 @@ class Pii(Stage):
         return {**super().config_dict(), **({"messages": True} if self.messages else {})}
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
+        from tasks.pii.engine import analyzer, language_model
+
         analyzer(self.config.model, self.config.fast_ner)  # a missing model fails here, once, with its remedy
         if self.config.profile == "thorough":
             for model in self.config.models.values():
@@ -139,6 +143,9 @@ class Pii(Stage):
         return [s.stem for s in list_shards(ctx.input_dir)]
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
+        from tasks.pii.find import find_pii
+        from tasks.pii.replace import replace_spans
+
         cfg = self.config
         salt = cfg.salt or ctx.run_id
         id_key = _id_key(ctx.stage_dir, cfg.salt)
