@@ -75,8 +75,8 @@ class Control:
 
             from tasks.stage import exit_with_parent
 
-            # pyarrow imports pandas (where installed) on its first array built from a list: 0.17 s once here,
-            # inherited by the forked workers, instead of once in each of them
+            # pyarrow looks for pandas on its first array (and imports it, unless `pyarrow_without_pandas` ran):
+            # once here, inherited by the forked workers, instead of once in each of them
             pa.array([], pa.string())
             self._pools[workers] = ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent)
         return self._pools[workers]

@@ -27,6 +27,39 @@ import pyarrow.parquet as pq
 
 from tasks.progress import unit_progress
 
+
+def pyarrow_without_pandas() -> None:
+    """Let pyarrow build arrays in this process without importing pandas (0.2 s of every command's start).
+
+    pyarrow imports pandas, where installed, on its first array: its Python side to ask whether a value is
+    a pandas object, its C++ side to know pandas' NA, NaT and Timestamp in Python lists. Stages hand it only
+    lists of plain values, numpy arrays and Arrow data, so a command that runs only stages (curate, step)
+    lets both look for pandas once, here, and not find it; each remembers that. What needs pandas itself
+    (`Table.to_pandas`, `Table.from_pandas`, pandas Series) still imports it then; only pandas' NA inside a
+    plain Python list is then not read as a null. Once pandas is imported, this does nothing."""
+    import sys
+    import types
+
+    class NoPandas:  # first on sys.meta_path: `import pandas` fails as if it were not installed
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "pandas":
+                raise ModuleNotFoundError("pandas: not imported for pyarrow's first array", name=name)
+
+    if "pandas" in sys.modules:
+        return
+    sys.meta_path.insert(0, NoPandas)
+    try:
+        pa.array([], pa.string())  # the Python side: not found, remembered
+    finally:
+        sys.meta_path.remove(NoPandas)
+    sys.modules["pandas"] = types.ModuleType("pandas")  # the C++ side: a pandas without NA, NaT, Timestamp
+    try:
+        pa.array([0])
+    finally:
+        del sys.modules["pandas"]
+
+
 DOC_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),

@@ -77,7 +77,7 @@ class GreedyNer:
         self.encoder = WindowEncoder.for_tok2vec(self.tok2vec) if self.embeddings is not None else None
         self.weights_t, self.bias = upper.get_param("W").T.copy(), upper.get_param("b")
         self.lower_bias = self.lower.get_param("b")
-        n_f, n_o, n_p, n_i = self.lower.get_param("W").shape
+        _, n_o, n_p, n_i = self.lower.get_param("W").shape
         # per feature slot (the token, the entity's first token, the token before): its weights and padding row
         self.slot_weights = [np.ascontiguousarray(w.reshape(n_o * n_p, n_i)) for w in self.lower.get_param("W")]
         self.slot_pads = self.lower.get_param("pad")[0]

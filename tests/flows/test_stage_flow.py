@@ -93,19 +93,51 @@ def test_the_configured_prefect_api_is_found_without_importing_prefect(tmp_path)
 
 
 def test_a_step_with_no_prefect_api_configured_imports_no_prefect_and_starts_no_server(shared, tmp_path):
-    """`loom step` with no API configured runs its stages as plain calls: the same output, no Prefect."""
+    """`loom step` with no API configured runs its stages as plain calls: the same output, no Prefect (and
+    no pandas, which pyarrow would import on its first array). Run as a program (`python -m flows.cli`), it
+    ends as soon as its output is flushed, with the command's exit status."""
     corpus = tmp_path / "in.jsonl"
     texts = (shared / "pretrain" / "tinyshakespeare.txt").read_text().split("\n\n")[:40]
     corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts + texts[:5])))
     probe = ("import sys, runpy; sys.argv = ['loom', *sys.argv[1:]]\n"
              "try:\n    runpy.run_module('flows.cli', run_name='__main__')\n"
-             "finally:\n    print('PREFECT-IMPORTED' if 'prefect' in sys.modules else 'NO-PREFECT')\n")
+             "finally:\n    print('PREFECT-IMPORTED' if 'prefect' in sys.modules else 'NO-PREFECT',\n"
+             "          'PANDAS-IMPORTED' if 'pandas' in sys.modules else 'NO-PANDAS')\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no profile naming a server
     out = subprocess.run([sys.executable, "-c", probe, "step", "exact_dedup", "--input", str(corpus), "--output",
                           str(tmp_path / "out"), "--workers", "2"], env=env, cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "NO-PREFECT" in out.stdout and "temporary server" not in out.stderr
+    assert "NO-PREFECT NO-PANDAS" in out.stdout and "temporary server" not in out.stderr
     manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert manifest["rows_in"] == 45 and manifest["removed"] == {"exact_duplicate": 5}
+    program = subprocess.run([sys.executable, "-m", "flows.cli", "step", "exact_dedup", "--input", str(corpus),
+                              "--output", str(tmp_path / "again"), "--workers", "2"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert program.returncode == 0, program.stderr
+    assert f"output: {tmp_path / 'again'}" in (program.stdout + program.stderr).replace("\n", "")  # all flushed
+    assert json.loads((tmp_path / "again" / "_manifest.json").read_text())["rows_out"] == 40
+    failed = subprocess.run([sys.executable, "-m", "flows.cli", "step", "exact_dedup", "--input",
+                             str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "x")], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode != 0 and "does not exist" in failed.stderr + failed.stdout
+
+
+def test_pyarrow_builds_arrays_without_pandas_and_pandas_still_loads_where_needed(tmp_path):
+    """After `pyarrow_without_pandas`, arrays, tables and Parquet files are made from lists and numpy
+    without importing pandas; converting to and from pandas still works, importing it then."""
+    probe = ("import sys\nimport numpy as np, pyarrow as pa, pyarrow.parquet as pq\n"
+             "from tasks.shards import pyarrow_without_pandas\npyarrow_without_pandas()\n"
+             "t = pa.table({'id': ['a', None], 'n': [1, 2], 'x': np.arange(2.0), 'b': [b'x', b'y']})\n"
+             f"pq.write_table(t, {str(tmp_path / 't.parquet')!r})\n"
+             f"assert pq.read_table({str(tmp_path / 't.parquet')!r}).equals(t)\n"
+             "assert pa.array(['x', None]).null_count == 1 and pa.array([1.5, None]).null_count == 1\n"
+             "print('before', 'pandas' in sys.modules)\n"
+             "df = t.to_pandas()\nimport pandas as pd\n"
+             "assert pa.Table.from_pandas(df).num_rows == 2 and pa.array(pd.Series([1.0, None])).null_count == 1\n"
+             "print('after', type(df).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["before", "False", "after", "DataFrame"]
