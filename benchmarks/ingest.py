@@ -21,6 +21,8 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,8 +91,10 @@ def run_baseline(corpus: str, out: str) -> dict:
 def run_loom(corpus: str, out: str, workers: int, codec: str) -> dict:
     from tasks.exact_dedup import ExactDedup
     from tasks.ingest import Ingest
+    from tasks.shards import pyarrow_without_pandas
     from tasks.stage import local_mapper, run_stage
 
+    pyarrow_without_pandas()  # as `loom curate` and `loom step` do: stages need no pandas
     mapper = local_mapper(workers)
     run_stage(Ingest(), run_id="bench", stage_dir=Path(out) / "01_ingest", inputs=[corpus], mapper=mapper,
               codec=codec)
@@ -123,6 +127,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--codecs", nargs="+", choices=CODECS, default=[INTERMEDIATE_CODEC],
                         help="Intermediate shard codecs to compare in loom x1 (default: the configured one).")
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds of every contender, in turns (medians).")
     parser.add_argument("--codec", default=INTERMEDIATE_CODEC, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["baseline", "loom"], help=argparse.SUPPRESS)
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
@@ -141,18 +146,21 @@ def main() -> None:
         if args.workers > 1:
             contenders.append((f"loom x{args.workers}, {args.codecs[0]}",
                                ["--child", "loom", "--codec", args.codecs[0], "--workers", str(args.workers)]))
-        rows = []
-        for name, extra in contenders:
-            out = Path(tmp) / "-".join(extra[1::2])
-            out.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.run([sys.executable, __file__, "--corpus", str(corpus), "--out", str(out), *extra],
-                                  capture_output=True, text=True, cwd=ROOT)
-            line = next((s for s in proc.stdout.splitlines() if s.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{name} failed:\n{proc.stderr[-3000:]}")
-                continue
-            r = json.loads(line[7:])
-            rows.append((name, r))
+        runs: dict[str, list[dict]] = {name: [] for name, _ in contenders}
+        for _ in range(args.repeats):  # the contenders take turns, so drift in the machine's speed hits each
+            for name, extra in contenders:
+                out = Path(tmp) / "-".join(extra[1::2])
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                proc = subprocess.run([sys.executable, __file__, "--corpus", str(corpus), "--out", str(out), *extra],
+                                      capture_output=True, text=True, cwd=ROOT)
+                line = next((s for s in proc.stdout.splitlines() if s.startswith("RESULT ")), None)
+                if line is None:
+                    print(f"{name} failed:\n{proc.stderr[-3000:]}")
+                    continue
+                runs[name].append(json.loads(line[7:]))
+        rows = [(name, {key: statistics.median(r[key] for r in rs) if key != "docs_out" else rs[0][key]
+                        for key in rs[0]}) for name, rs in runs.items() if rs]
         header = (f"{'contender':34} {'wall s':>7} {'CPU s':>7} {'MB/s':>7} {'MB/s/core':>9} {'docs/s':>9} "
                   f"{'peak RSS MB':>11} {'docs out':>9} {'shards MB':>9}")
         print(header)
@@ -162,7 +170,11 @@ def main() -> None:
             shards = f"{r['disk_mb']:9,.0f}" if "disk_mb" in r else f"{'':9}"
             print(f"{name:34} {r['wall']:7.1f} {r['cpu']:7.1f} {mb / r['wall']:7.1f} {mb / r['cpu']:9.1f} "
                   f"{docs / r['wall']:9,.0f} {r['peak_rss_mb']:11,.0f} {r['docs_out']:9,} {shards}")
-        print("\nMB/s/core = input MB / CPU seconds. Peak RSS is the largest single process. The baseline folds no"
+        base, x1 = runs[contenders[0][0]], runs[contenders[1][0]] if len(contenders) > 1 else []
+        if len(base) == len(x1) > 1:
+            print("\nloom x1 / baseline, MB/s per core, each round: "
+                  + ", ".join(f"{b['cpu'] / r['cpu']:.2f}" for b, r in zip(base, x1)))
+        print(f"\nmedians of {args.repeats} rounds. MB/s/core = input MB / CPU seconds. Peak RSS is the largest single process. The baseline folds no"
               "\ncase/space/punctuation and keeps no rejects, removed rows or manifests; loom does all of that."
               "\nshards MB: both stages' document shards on disk (the intermediate codec's size).")
 
