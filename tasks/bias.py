@@ -297,22 +297,9 @@ def render_report(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tasks.charts import BLUE, LIGHT_BLUE, bars
 
     axes = list(report["axes"])
-    before = [report["axes"][a]["disparity_without_guard"] or 0 for a in axes]
-    after = [report["axes"][a]["disparity"] or 0 for a in axes]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    x = np.arange(len(axes))
-    ax.bar(x - 0.2, before, 0.4, label="without guard")
-    ax.bar(x + 0.2, after, 0.4, label="with guard")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(x, axes, rotation=20, ha="right")
-    ax.set_ylabel("removal disparity")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    bars(axes, [("without guard", [report["axes"][a]["disparity_without_guard"] or 0 for a in axes], LIGHT_BLUE),
+                ("with guard", [report["axes"][a]["disparity"] or 0 for a in axes], BLUE)],
+         path, y_label="removal disparity", reference=1.0)

@@ -1,12 +1,13 @@
 """Stage 04_near_dedup: MinHash LSH clusters of near-duplicate documents; one of each is kept.
 
-Four phases, each resumable, with memory bounded by a shard or a partition:
+Five phases, each resumable, with memory bounded by a shard or a partition:
 
     signature  per shard: MinHash signatures (tasks.minhash, bit-identical to datasketch)
                saved for later phases; each band of each signature becomes a 64-bit band
                key, spilled to P partition files by key
     pairs      per partition: sort band keys; documents sharing a key are candidate pairs
                (all pairs of a small bucket; a star and near neighbours in a large one)
+    sets       per shard: the shingle sets of its documents in candidate pairs (verify = exact)
     cluster    once: verify candidates by exact (or estimated) Jaccard, union-find by
                connected components, pick the kept document of each cluster, write the
                report; memory grows with the candidate pairs, not the corpus
@@ -98,12 +99,33 @@ class NearDedupConfig(BaseModel):
         return optimal_param(self.threshold, self.num_perm, fp, 1 - fp)
 
 
+def _in_order(n: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(values, offsets) of n sets from parts of (their positions, their values, their offsets)."""
+    sizes = np.zeros(n, dtype=np.int64)
+    for pos, _, offs in parts:
+        sizes[pos] = np.diff(offs)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    values = np.empty(int(offsets[-1]), dtype=np.uint32)
+    for pos, vals, offs in parts:  # each part's sets to their documents' places
+        values[np.repeat(offsets[pos] - offs[:-1], np.diff(offs)) + np.arange(len(vals))] = vals
+    return values, offsets
+
+
+def _save_atomic(path, save) -> None:
+    """`save(file)` into a temporary name beside `path`, then renamed: a killed unit leaves no half file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        save(f)
+    tmp.replace(path)
+
+
 class NearDedup(Stage):
     """Cluster near-duplicate documents with MinHash LSH; keep one per cluster."""
 
     name = "04_near_dedup"
     Config = NearDedupConfig
-    phases = ("signature", "pairs", "cluster", "filter")
+    phases = ("signature", "pairs", "sets", "cluster", "filter")
     owned_outputs = (*Stage.owned_outputs, REPORT_MD, REPORT_JSON, SIMILARITY_PNG)
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
@@ -114,7 +136,7 @@ class NearDedup(Stage):
         return ctx.input_shard_names()
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
-        return {"signature": self._signature, "pairs": self._pairs, "cluster": self._cluster,
+        return {"signature": self._signature, "pairs": self._pairs, "sets": self._sets, "cluster": self._cluster,
                 "filter": self._filter}[phase](ctx, key)
 
     # ---- signature: per shard -------------------------------------------------------------
@@ -182,7 +204,40 @@ class NearDedup(Stage):
         out = ctx.work_dir / "edges" / f"{key}.arrow"
         out.parent.mkdir(parents=True, exist_ok=True)
         feather.write_feather(edges, out, compression="lz4")
+        if self.config.verify == "exact":  # each shard's documents in these pairs, for its shingle sets
+            shard_of, row_of = split_doc_key(np.unique(np.concatenate([edges.column("a").to_numpy(),
+                                                                       edges.column("b").to_numpy()])))
+            names = ctx.input_shard_names()
+            for shard in np.unique(shard_of):
+                rows = ctx.work_dir / "nodes" / names[shard] / f"{key}.npy"
+                rows.parent.mkdir(parents=True, exist_ok=True)
+                _save_atomic(rows, lambda f, s=shard: np.save(f, row_of[shard_of == s]))
         return {"stats": {"bucket_pairs": edges.num_rows}}
+
+    # ---- sets: per shard --------------------------------------------------------------------
+
+    def _sets(self, ctx: StageContext, key: str) -> UnitResult:
+        """The shingle sets of this shard's documents in candidate pairs, computed where the shards are read
+        in parallel rather than in the one cluster unit: (rows, values, offsets) as `shingle_sets` gives them."""
+        files = sorted((ctx.work_dir / "nodes" / key).glob("*.npy"))
+        if not files:
+            return {}
+        cfg = self.config
+        rows = np.unique(np.concatenate([np.load(f) for f in files]))
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions in rows, values, offsets)
+        offset = 0
+        for batch in iter_batches(ctx.input_dir / f"{key}.parquet", BATCH_ROWS, columns=["text"],
+                                  max_bytes=BATCH_BYTES):
+            lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
+            if hi > lo:
+                texts = batch.column("text").take(pa.array(rows[lo:hi] - offset))
+                parts.append((np.arange(lo, hi), *shingle_sets(texts, cfg.ngram, cfg.shingle, cfg.char_ngram)))
+            offset += batch.num_rows
+        values, offsets = _in_order(len(rows), parts)
+        out = ctx.work_dir / "sets" / f"{key}.npz"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _save_atomic(out, lambda f: np.savez(f, rows=rows, values=values, offsets=offsets))
+        return {}
 
     # ---- cluster: once ----------------------------------------------------------------------
 
@@ -205,32 +260,24 @@ class NearDedup(Stage):
         return out
 
     def _shingle_sets(self, ctx: StageContext, docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Shingle sets of the given documents (those in candidate pairs), read shard by shard: memory holds
-        their hashes, never their text. (values, offsets) as `shingle_sets` gives them, in `docs` order."""
-        cfg = self.config
+        """Shingle sets of the given documents (those in candidate pairs), as the sets phase saved them shard by
+        shard: memory holds their hashes, never their text. (values, offsets) as `shingle_sets` gives them, in
+        `docs` order."""
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions in docs, values, offsets)
         shard_of, row_of = split_doc_key(docs)
         names = ctx.input_shard_names()
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
-            rows = row_of[where]
-            offset = 0
-            for batch in iter_batches(ctx.input_dir / f"{names[shard]}.parquet", BATCH_ROWS, columns=["text"],
-                                      max_bytes=BATCH_BYTES):
-                lo, hi = np.searchsorted(rows, [offset, offset + batch.num_rows])
-                if hi > lo:
-                    texts = batch.column("text").take(pa.array(rows[lo:hi] - offset))
-                    parts.append((where[lo:hi], *shingle_sets(texts, cfg.ngram, cfg.shingle, cfg.char_ngram)))
-                offset += batch.num_rows
-        sizes = np.zeros(len(docs), dtype=np.int64)
-        for pos, _, offs in parts:
-            sizes[pos] = np.diff(offs)
-        offsets = np.zeros(len(docs) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        values = np.empty(int(offsets[-1]), dtype=np.uint32)
-        for pos, vals, offs in parts:  # each batch's sets to their documents' places
-            values[np.repeat(offsets[pos] - offs[:-1], np.diff(offs)) + np.arange(len(vals))] = vals
-        return values, offsets
+            with np.load(ctx.work_dir / "sets" / f"{names[shard]}.npz") as saved:
+                rows, values, offsets = saved["rows"], saved["values"], saved["offsets"]
+            at = np.searchsorted(rows, row_of[where])  # every document of a pair has its set saved
+            if len(at) == len(rows):
+                parts.append((where, values, offsets))
+                continue
+            sizes = np.diff(offsets)[at]
+            take = np.repeat(offsets[at] - np.concatenate(([0], np.cumsum(sizes)[:-1])), sizes) + np.arange(sizes.sum())
+            parts.append((where, values[take], np.concatenate(([0], np.cumsum(sizes)))))
+        return _in_order(len(docs), parts)
 
     def _cluster(self, ctx: StageContext, key: str) -> UnitResult:
         from scipy.sparse import coo_matrix

@@ -33,6 +33,23 @@ def test_signatures_are_bit_identical_to_datasketch(shared, kind, n, num_perm, s
     assert (sig[texts.index("")] == MAX_HASH).all()  # no shingles: datasketch's empty MinHash
 
 
+def test_signatures_a_part_at_a_time_are_the_same(shared, monkeypatch):
+    """A batch larger than SIGNATURE_BYTES is signed a part at a time (texts longer than a part, empty texts
+    and parts of one text among them): every row is the one signed whole, and datasketch's."""
+    import tasks.minhash
+
+    texts = [p for p in (shared / "pretrain/tinyshakespeare.txt").read_text().split("\n\n")[:300]]
+    texts[10:10] = ["", "x " * 3000, "", "one"]
+    whole = signatures(texts)
+    monkeypatch.setattr(tasks.minhash, "SIGNATURE_BYTES", 500)
+    parts = signatures(texts)
+    assert np.array_equal(parts, whole)
+    for text, row in zip(texts[8:16], parts[8:16]):
+        m = datasketch.MinHash(num_perm=128, seed=1, hashfunc=shingle_hash)
+        m.update_batch(shingles(text, 5, "word"))
+        assert np.array_equal(m.hashvalues, row)
+
+
 @pytest.mark.parametrize("threshold,num_perm", [(0.8, 128), (0.5, 64), (0.9, 256)])
 def test_bands_and_rows_are_chosen_as_datasketch_chooses_them(threshold, num_perm):
     lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm)
