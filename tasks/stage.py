@@ -188,10 +188,12 @@ def local_mapper(workers: int = 1) -> Mapper:
 
 def pool_mapper(pool: Callable[[], ProcessPoolExecutor], workers: int) -> Mapper:
     """Run units on a process pool someone else owns and shuts down (`pool()` gives it, made on first use),
-    inline when one worker or one unit."""
+    inline when one worker. A phase of one unit (exact dedup's group, near dedup's pairs and cluster,
+    publish) runs in a worker too: workers that ran the shard phases have their memory mapped and their
+    caches warm, and the same unit took 30-50% longer in the command's own process."""
 
     def mapper(fn, keys, on_done, label=""):
-        if workers <= 1 or len(keys) <= 1:
+        if workers <= 1 or not keys:
             return _run_inline(fn, keys, on_done)
         _run_on(pool(), fn, keys, on_done)
 
