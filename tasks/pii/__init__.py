@@ -19,6 +19,7 @@ The parts, each a module of this package:
 - `names`: names and places beyond NER (name lists, cues, other mentions), and NER's view of a text;
 - `engine`: the Presidio engine on a NER-only spaCy pipeline, set up once per process;
 - `fast_ner`: the fast NER path behind `[pii] fast_ner` (numpy BLAS, batched greedy decoding);
+- `tok2vec`: the NER network's embedding and window encoder in numpy, for `fast_ner`;
 - `stage`: the `Pii` stage.
 
     loom step pii --input corpus.jsonl --output /tmp/scrubbed

@@ -21,16 +21,9 @@ from tasks.pii import (
     replace_spans,
     surrogate,
 )
-from tasks.pii.fast_ner import (
-    ChunkTokenizer,
-    GreedyNer,
-    TokenEmbeddings,
-    WindowEncoder,
-    _SlotRows,
-    decoder,
-    ner_docs,
-)
+from tasks.pii.fast_ner import ChunkTokenizer, GreedyNer, _SlotRows, decoder, ner_docs
 from tasks.pii.names import cued_names, cued_places, listed_names, name_lines, ner_view, other_mentions
+from tasks.pii.tok2vec import TokenEmbeddings, WindowEncoder
 from tasks.shards import read_dir
 from tasks.stage import local_mapper, run_stage
 
