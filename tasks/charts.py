@@ -18,7 +18,7 @@ FUNNEL_PNG = "funnel.png"
 LENGTHS_PNG = "lengths.png"
 SIMILARITY_PNG = "near_dedup_similarity.png"
 
-BLUE, LIGHT_BLUE, GREEN, PURPLE, RED, GREY = "#3182bd", "#9ecae1", "#31a354", "#756bb1", "#de2d26", "#555555"
+BLUE, LIGHT_BLUE, GREEN, PURPLE, RED = "#3182bd", "#9ecae1", "#31a354", "#756bb1", "#de2d26"
 SERIES = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
@@ -196,7 +196,7 @@ def length_histogram(lengths_by_language: dict[str, np.ndarray], path: Path, top
     y_ticks = nice_ticks(0, max([int(c.max()) for c in counts if len(c)], default=1) * 1.1 or 1)
     image = _image(720, 360)
     panel = Panel(image, (80, 15, 700, 300), (1, high), (0, y_ticks[-1]), log_x=True)
-    for k, ((_, _), c) in enumerate(zip(groups, counts)):
+    for k, c in enumerate(counts):
         steps = [(bins[0], 0)]
         for i, n in enumerate(c):
             steps += [(bins[i], n), (bins[i + 1], n)]

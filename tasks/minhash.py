@@ -165,8 +165,8 @@ def signatures(texts, num_perm: int = 128, seed: int = 1, n: int = 5, kind: str 
         texts = pa.array(texts, pa.string())
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    ends = np.cumsum(pc.binary_length(texts).to_numpy(zero_copy_only=False)) if len(texts) > 1 else [0]
-    if ends[-1] <= 2 * SIGNATURE_BYTES:
+    ends = np.cumsum(pc.binary_length(texts).to_numpy(zero_copy_only=False))
+    if len(texts) < 2 or ends[-1] <= 2 * SIGNATURE_BYTES:
         return _signatures(texts, num_perm, seed, n, kind)
     # a part at a time: the passes over its shingles' uint64 hashes (8x the text) stay in the CPU's caches
     # instead of streaming through memory, which two workers on one memory bus then share

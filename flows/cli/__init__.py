@@ -90,9 +90,11 @@ def run(fast_exit: bool = True) -> None:
     if fast_exit and CURATION and not {"prefect", "ray"} & set(sys.modules):
         import logging
 
-        if not isinstance(code, int):  # sys.exit("message"), as Python would end it
-            print(code, file=sys.stderr) if code is not None else None
-            code = 0 if code is None else 1
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):  # sys.exit("message"), as Python would end it
+            print(code, file=sys.stderr)
+            code = 1
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more reaches it anyway
