@@ -29,14 +29,18 @@ PLAUSIBLE = {
 
 # The same tests in RE2 syntax, run over a whole batch at once by Arrow (C++, linear time): a text's pieces
 # reach the per-text recognizers only where one of these matches. \p{Nd} is what `re` means by \d in str
-# patterns (any decimal digit); (?i) folds case as IGNORECASE does (the long s, the Kelvin sign).
+# patterns (any decimal digit); (?i) folds case as IGNORECASE does (the long s, the Kelvin sign). Arrow
+# compiles a test anew for each batch, and a large Unicode class (\P{Nd}, \p{Lu}) repeated costs up to 2 ms
+# to compile; any character ((?s:.)) or a range of code points is looser and compiles in a tenth of that.
 PLAUSIBLE_RE2 = {
     "EMAIL_ADDRESS": r"\S@\S",  # an address has no space beside its @ (WikiText's " @-@ " has)
-    "PHONE_NUMBER": r"(?:\p{Nd}\P{Nd}{0,3}){7}",
+    # seven digits, each within four characters of the one before: the same texts as seven digits at most
+    # three other characters apart (a digit between two of the seven is one more in such a chain)
+    "PHONE_NUMBER": r"\p{Nd}(?:(?s:.){0,3}\p{Nd}){6}",
     "CREDIT_CARD": r"(?:\p{Nd}[ -]?){12}",
     "IBAN_CODE": None,  # iban_gate(), below: it is built from Presidio's IBAN countries
     "IP_ADDRESS": r"\p{Nd}\.\p{Nd}{1,3}\.\p{Nd}{1,3}\.\p{Nd}|:[0-9A-Fa-f]{0,4}:",
-    "US_SSN": r"\p{Nd}{3}\P{Nd}{0,2}\p{Nd}{2}\P{Nd}{0,2}\p{Nd}{4}",
+    "US_SSN": r"\p{Nd}{3}(?s:.){0,2}\p{Nd}{2}(?s:.){0,2}\p{Nd}{4}",  # 3-2-4 digits, any two characters apart
     "STREET_ADDRESS": None,  # street_address_gates(), below: one per rule, built from the street words
     # \s of `re` in RE2: ASCII whitespace, \v, the separators \x1c-\x1f, NEL and every Unicode space (\p{Z})
     "SECRET": _SECRET_NEEDS + r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*[:=]",
@@ -44,6 +48,7 @@ PLAUSIBLE_RE2 = {
 }
 
 
+@lru_cache(maxsize=1)
 def street_address_gates() -> dict[str, str]:
     """Rule -> what any match of that street-address rule (`STREET_RULES`, and "corner" for _CORNER) needs,
     in RE2: a number and a street suffix within five words; a number, one to four words capitalized (or
@@ -52,9 +57,11 @@ def street_address_gates() -> dict[str, str]:
     1918") is then not searched by the rules. Each is looser than its rule everywhere (no lookbehinds, no
     month test), never stricter."""
     ws = r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]"  # what `re` means by \s in a str pattern
-    word = r"[^\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]+"
-    after = r"(?:[^\p{L}\p{N}_]|$)"  # \b after a letter
-    cap = r"(?:[\p{Lu}\p{Lt}\p{N}\p{So}]" + word[:-1] + "*|" + "|".join(sorted(_STREET_LOWER)) + ")"  # str.isupper/isdigit
+    word = r"\S+"  # RE2's \S is ASCII: it takes every character a word of `re` takes, and more
+    after = r"(?:[^A-Za-z0-9_]|$)"  # \b after a letter, or a letter of another script
+    # a capitalized word (str.isupper/isdigit: \p{Lu}, \p{Lt}, \p{N}, \p{So}) or a particle; those classes lie in
+    # A-Z, 0-9 and the code points above ASCII but for General Punctuation (U+2000-206F: "1914 – 1918")
+    cap = r"(?:[A-Z0-9\x{80}-\x{1FFF}\x{2070}-\x{10FFFF}]\S*|" + "|".join(sorted(_STREET_LOWER)) + ")"
     street = "(?i:" + "|".join(re.escape(w) for w in sorted(_STREET_WORDS)) + ")"
     return {
         "named": rf"\p{{Nd}}[A-Za-z]?{ws}+(?:{word}{ws}+){{0,4}}{_STREET_SUFFIX}{after}",
@@ -83,25 +90,28 @@ def plausible_rows(texts: list[str], entities) -> dict:
 
     array = pa.array(texts, pa.string())
     gated: dict[str, np.ndarray] = {}
+    passed: dict[str, tuple] = {}  # wider test -> the rows it let through, and their texts
 
-    def gate(entity: str) -> np.ndarray:
-        if entity not in gated:
-            pattern = PLAUSIBLE_RE2[entity] or _gates()[entity]
-            if entity in _WITHIN:  # only texts that pass the wider test can pass this one
-                rows = np.flatnonzero(gate(_WITHIN[entity]))
-                gated[entity] = np.zeros(len(texts), dtype=bool)
+    def gate(name: str) -> np.ndarray:
+        if name not in gated:
+            pattern = _gate_pattern(name)
+            if name in _WITHIN:  # only texts that pass the wider test can pass this one
+                wide = _WITHIN[name]
+                if wide not in passed:
+                    rows = np.flatnonzero(gate(wide))
+                    passed[wide] = rows, array if len(rows) == len(texts) else array.take(pa.array(rows))
+                rows, subset = passed[wide]
+                gated[name] = np.zeros(len(texts), dtype=bool)
                 if len(rows):
-                    gated[entity][rows] = pc.match_substring_regex(array.take(pa.array(rows)), pattern
-                                                                   ).to_numpy(zero_copy_only=False)
+                    gated[name][rows] = pc.match_substring_regex(subset, pattern).to_numpy(zero_copy_only=False)
             else:
-                gated[entity] = pc.match_substring_regex(array, pattern).to_numpy(zero_copy_only=False)
-        return gated[entity]
+                gated[name] = pc.match_substring_regex(array, pattern).to_numpy(zero_copy_only=False)
+        return gated[name]
 
     out = {}
     for entity in entities:
         if entity == "STREET_ADDRESS":
-            could = {rule: pc.match_substring_regex(array, test).to_numpy(zero_copy_only=False)
-                     for rule, test in street_address_gates().items()}
+            could = {rule: gate(f"street:{rule}") for rule in street_address_gates()}
             rules = out[entity] = np.full(len(texts), frozenset(), dtype=object)
             for row in np.flatnonzero(np.logical_or.reduce(list(could.values()))).tolist():
                 rules[row] = frozenset(rule for rule, on in could.items() if on[row])
@@ -113,8 +123,21 @@ def plausible_rows(texts: list[str], entities) -> dict:
 
 
 # A test whose every match holds a match of a wider one: seven digits, at most three other characters
-# apart, are in twelve at most one apart (cards), in 3-2-4 digits at most two apart (SSNs), in 17 in a row.
-_WITHIN = {"CREDIT_CARD": "PHONE_NUMBER", "US_SSN": "PHONE_NUMBER", "CN_RESIDENT_ID": "PHONE_NUMBER"}
+# apart, are in twelve at most one apart (cards), in 3-2-4 digits at most two apart (SSNs), in 17 in a row;
+# every street rule but "corner of" and an IBAN's check digits need a digit, which half of prose's pieces
+# lack (one pass for a digit is cheaper than the tests it spares).
+_WITHIN = {"CREDIT_CARD": "PHONE_NUMBER", "US_SSN": "PHONE_NUMBER", "CN_RESIDENT_ID": "PHONE_NUMBER",
+           "PHONE_NUMBER": "DIGIT", "IBAN_CODE": "DIGIT", **{f"street:{rule}": "DIGIT" for rule in
+                                                            ("named", "words", "street_word", "box", "military")}}
+
+
+def _gate_pattern(name: str) -> str:
+    """The RE2 test a gate name stands for: an entity's (PLAUSIBLE_RE2, IBAN), a street rule's, or DIGIT."""
+    if name == "DIGIT":
+        return r"\p{Nd}"
+    if name.startswith("street:"):
+        return street_address_gates()[name.removeprefix("street:")]
+    return PLAUSIBLE_RE2[name] or _gates()[name]
 
 
 _STREET_SUFFIX = (
@@ -270,16 +293,21 @@ SECRET_PATTERNS = [
 # Phone numbers in national and international formats (7 to 15 digits in groups, optional country
 # code, area code in parentheses, extension), and an unbroken run of 7 to 15 digits after a word
 # that names a phone ("Fax: 9498777106"), which alone would more often be an id.
-PHONE = re.compile(  # the digits may touch letters of other scripts ("手机号13812345678"), not Latin ones
+_PHONE_GROUPED = (  # the digits may touch letters of other scripts ("手机号13812345678"), not Latin ones
     r"(?<![A-Za-z0-9_.+/-])(?P<secret>(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,8}){1,4}"
-    r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?)(?![\w.-]*\d)"
+    r"(?:\s*(?:x|ext\.?)\s*\d{1,5})?)(?![\w.-]*\d)")
+_PHONE_RUNS = (  # each needs seven digits in a row
     r"|(?i:phone|mobile|cell|tel|fax|desk|office|call|whatsapp|sms|telefon|téléphone|teléfono|telefone|telefono)"
     r"\b\W{0,3}(?P<run>\+?\d{7,15})(?![\w.-]*\d)"
     # a number after a word for "phone" in a language written without spaces (电话, 手机号, 電話, 携帯, 전화)
-    r"|(?:电话|電話|手机|手機|手机号|手機號|联系电话|聯繫電話|携帯|携帯電話|전화|휴대폰)\W{0,3}(?P<cjk>\+?\d{7,15})(?!\d)"
-    # Chinese mobile numbers: 1[3-9] and 9 digits, with or without +86 / 0086, spaces or dashes
-    r"|(?<![0-9A-Za-z])(?P<cn>(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2})(?![0-9A-Za-z])"
-)
+    r"|(?:电话|電話|手机|手機|手机号|手機號|联系电话|聯繫電話|携帯|携帯電話|전화|휴대폰)\W{0,3}(?P<cjk>\+?\d{7,15})(?!\d)")
+# Chinese mobile numbers: 1[3-9] and 9 digits, with or without +86 / 0086, spaces or dashes
+_PHONE_CN = r"|(?<![0-9A-Za-z])(?P<cn>(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d{4}){2})(?![0-9A-Za-z])"
+PHONE = re.compile(_PHONE_GROUPED + _PHONE_RUNS + _PHONE_CN)
+# PHONE in a text without seven digits in a row, where its number-after-a-word alternatives cannot match
+# (they are most of its time: a case-folded word list has no prefix for `re` to skip ahead by)
+_PHONE_NO_RUNS = re.compile(_PHONE_GROUPED + _PHONE_CN)
+_SEVEN_DIGITS = re.compile(r"\d{7}")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
 # Card numbers of 12 to 19 digits, alone or in groups; kept only when they pass Luhn.
 CARD = re.compile(r"(?<![\w-])(?P<secret>\d(?:[ -]?\d){11,18})(?![\w-])")
@@ -307,8 +335,9 @@ def _phones(text: str, strict: bool = False):
     """Phone numbers. `strict` (text in a language the English-tuned rules were not made for): only
     numbers that say they are phones: a country code, an area code in parentheses, three or more groups,
     a word for "phone" before them, or a Chinese mobile number; not "973-1050" or "1.234.567"."""
-    for m in PHONE.finditer(text):
-        group = next(g for g in ("secret", "run", "cjk", "cn") if m.group(g))
+    pattern = PHONE if _SEVEN_DIGITS.search(text) else _PHONE_NO_RUNS
+    for m in pattern.finditer(text):
+        group = next(g for g in ("secret", "run", "cjk", "cn") if g in pattern.groupindex and m.group(g))
         value = m.group(group)
         digits = sum(c.isdigit() for c in value)
         if not 7 <= digits <= 15 or _ISO_DATE.match(value) or _YEAR_RANGE.match(value):

@@ -575,31 +575,46 @@ def test_the_street_address_gate_never_hides_an_address(shared):
         assert hidden == []
     assert sum(1 for t in texts if _addresses(t)) > len(texts) * 0.9
     assert sum(gate[len(texts):]) < len(prose) / 2  # what the gate is for
+    # the gate's capitalized word opens with A-Z, 0-9 or a code point above ASCII outside U+2000-206F: every
+    # character the rules take as capitalized (str.isupper, str.isdigit) is among them
+    outside = [c for c in map(chr, (*range(0x80), *range(0x2000, 0x2070))) if not ("A" <= c <= "Z" or "0" <= c <= "9")]
+    assert not [c for c in outside if c.isupper() or c.isdigit()]
 
 
 def test_a_narrower_pattern_test_runs_only_where_its_wider_one_passes(shared):
-    """Card, SSN and Chinese id tests run only on texts the phone test lets through: every text any of them
-    lets through on its own, the phone test lets through too (Faker's numbers of many countries, prose)."""
+    """Card, SSN and Chinese id tests run only on texts the phone test lets through, and the phone, IBAN and
+    street tests only on texts with a digit: every text any of them lets through on its own, the wider test
+    lets through too (Faker's numbers of many countries, prose). The phone test, written for a cheap compile,
+    lets through what seven digits at most three non-digits apart do."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from faker import Faker
 
-    from tasks.pii.patterns import _WITHIN, PLAUSIBLE_RE2, plausible_rows
+    from tasks.pii.patterns import _WITHIN, _gate_pattern, plausible_rows
 
     texts = []
     for locale in ("en_US", "en_GB", "de_DE", "fr_FR", "zh_CN", "ja_JP", "pt_BR", "hi_IN", "ar_EG"):
         fake = Faker(locale)
         fake.seed_instance(5)
         texts += [f"card {fake.credit_card_number()}, ssn {fake.ssn()}, phone {fake.phone_number()}" for _ in range(40)]
-    texts += ["id 11010519491231002X", "4111-1111-1111-1111", "078-05-1120", "٤١١١ ١١١١ ١١١١ ١١١١"]
+    texts += ["id 11010519491231002X", "4111-1111-1111-1111", "078-05-1120", "٤١١١ ١١١١ ١١١١ ١١١١",
+              "P.O. Box 1234", "USS Nimitz FPO AP 96601", "Hauptstraße 5", "Via Roma 12"]
+    for locale in ("en_US", "de_DE", "fr_FR", "nl_NL", "en_GB"):
+        fake = Faker(locale)
+        fake.seed_instance(6)
+        texts += [f"pay to {fake.iban()} at {fake.address()}" for _ in range(30)]
     wiki = (shared / "pretrain/wikitext2_tok/valid.txt").read_text()
     texts += [wiki[i: i + 3000] for i in range(0, 300_000, 3000)]
-    could = plausible_rows(texts, list(_WITHIN))
+    could = plausible_rows(texts, [*_WITHIN, "STREET_ADDRESS"])
+    could.update({f"street:{rule}": np.array([rule in r for r in could["STREET_ADDRESS"]]) for rule in
+                  ("named", "words", "street_word", "box", "military")})
     for narrow, wide in _WITHIN.items():
-        alone = pc.match_substring_regex(pa.array(texts), PLAUSIBLE_RE2[narrow]).to_numpy(zero_copy_only=False)
-        wider = pc.match_substring_regex(pa.array(texts), PLAUSIBLE_RE2[wide]).to_numpy(zero_copy_only=False)
+        alone = pc.match_substring_regex(pa.array(texts), _gate_pattern(narrow)).to_numpy(zero_copy_only=False)
+        wider = pc.match_substring_regex(pa.array(texts), _gate_pattern(wide)).to_numpy(zero_copy_only=False)
         assert alone.sum() > 0 and not (alone & ~wider).any(), narrow
         assert (could[narrow] == alone).all(), narrow
+    seven = pc.match_substring_regex(pa.array(texts), r"(?:\p{Nd}\P{Nd}{0,3}){7}").to_numpy(zero_copy_only=False)
+    assert seven.sum() > 100 and (seven == could["PHONE_NUMBER"]).all()
 
 
 def test_the_iban_gate_never_hides_an_iban():
