@@ -184,10 +184,14 @@ def prose(n_chars: int, sources: tuple[str, ...] = MEASURED) -> list[str]:
 def profile_speed(name: str, prose_chars: int, warm_chars: int) -> float:
     """MB/s per core of one profile on the measured prose, in a fresh process (every model loaded) that has
     first read `warm_chars` of other prose: 0 is a worker's first text; a worker deep into a corpus has seen
-    most of its words (spaCy's lexemes, NER's embeddings and the tokenizer's cache hold them)."""
+    most of its words (spaCy's lexemes, NER's embeddings and the tokenizer's cache hold them). Either way the
+    texts are first read into Arrow, as the stage's worker reads its batch from Parquet before it scrubs it:
+    Arrow's first large allocation costs 15-20 ms once per process (its memory pool growing), which is not
+    the scrubbing's."""
     code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
-            "import pii as b\nfrom tasks.pii import PiiConfig, find_pii\nfrom tasks.langid import identify\n"
-            f"cfg = PiiConfig(profile={name!r}); pieces = b.prose({prose_chars})\n"
+            "import pii as b\nimport pyarrow as pa\nfrom tasks.pii import PiiConfig, find_pii\n"
+            "from tasks.langid import identify\n"
+            f"cfg = PiiConfig(profile={name!r}); pieces = pa.array(b.prose({prose_chars})).to_pylist()\n"
             f"find_pii(['My name is Ana Lima, ana@example.org, 221B Baker Street 7'] * 3, cfg); identify(['warm'])\n"
             f"find_pii(b.prose({warm_chars}, b.OTHER) if {warm_chars} else [], cfg)\n"
             "t0 = time.process_time(); find_pii(pieces, cfg); dt = time.process_time() - t0\n"
