@@ -172,7 +172,8 @@ class GreedyNer:
         given the open entity's label (0: none) and the token's flags."""
         hidden += self.lower_bias
         pieces_max = np.maximum(hidden[..., 0], hidden[..., 1]) if hidden.shape[-1] == 2 else hidden.max(axis=2)
-        scores = pieces_max @ self.weights_t + self.bias
+        scores = pieces_max @ self.weights_t
+        scores += self.bias
         if self.unseen:
             scores[:, self.unseen] = scores.min(axis=1, keepdims=True)
         scores[~self.valid[label, flags]] = -np.inf
