@@ -139,16 +139,19 @@ class ByteRange(io.RawIOBase):
         super().close()
 
 
-def split_lines(path, piece_bytes: int, block: int = 16 << 20) -> list[tuple[int, int, int]]:
+def split_lines(path, piece_bytes: int, block: int = 1 << 20) -> list[tuple[int, int, int]]:
     """(start, end, number of the first line) of pieces of about `piece_bytes` of a JSON lines file, each
     ending after a newline, so every line is in exactly one piece and keeps its number (one read of the file,
-    counting newlines)."""
+    counting newlines). The blocks are read into one buffer: a new 16 MB bytes object per block cost a page
+    fault per 4 KB, a third of the time."""
     pieces, start, line, next_cut = [], 0, 1, piece_bytes
     lines_before = 0  # newlines before the current block
     offset = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            while next_cut < offset + len(chunk):
+    buffer = bytearray(block)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            chunk = buffer if n == block else bytes(memoryview(buffer)[:n])
+            while next_cut < offset + n:
                 cut = chunk.find(b"\n", max(0, next_cut - offset))
                 if cut < 0:
                     break
@@ -157,7 +160,7 @@ def split_lines(path, piece_bytes: int, block: int = 16 << 20) -> list[tuple[int
                 pieces.append((start, end, line))
                 start, line, next_cut = end, newlines + 1, end + piece_bytes
             lines_before += chunk.count(b"\n")
-            offset += len(chunk)
+            offset += n
     if offset > start:
         pieces.append((start, offset, line))
     return pieces

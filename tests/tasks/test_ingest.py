@@ -273,6 +273,30 @@ def test_pieces_keep_line_numbers_across_blank_lines_a_bom_and_a_last_line_witho
     assert len(split_docs) == 320
 
 
+@pytest.mark.parametrize("block", [3, 64, 4096, 1 << 20])
+def test_pieces_end_after_a_newline_and_know_their_first_line_at_any_read_block(tmp_path, block):
+    """`split_lines` reads the file in blocks of one buffer: whatever the block, the pieces tile the file, each
+    ends after a newline (but the last), and each knows the number of its first line."""
+    import random
+
+    from tasks.readers import split_lines
+
+    rng = random.Random(block)
+    lengths = [0, 1, 5, 100] + ([3000, 70_000] if block >= 4096 else [])  # lines over many blocks, and short ones
+    for trial in range(20):
+        lines = [b"x" * rng.choice(lengths) for _ in range(rng.randint(0, 300))]
+        data = b"\n".join(lines) + (b"\n" if trial % 2 else b"")
+        path = tmp_path / f"{trial}.jsonl"
+        path.write_bytes(data)
+        for piece_bytes in (1, 7, 1000, 50_000):
+            at, line = 0, 1
+            for start, end, first in split_lines(path, piece_bytes, block):
+                assert start == at and end > start and first == line
+                assert end == len(data) or data[end - 1:end] == b"\n"
+                at, line = end, line + data.count(b"\n", start, end)
+            assert at == len(data)
+
+
 def test_a_large_parquet_file_is_split_at_row_groups(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
