@@ -2,7 +2,7 @@
 beside datatrove's pipeline for the same steps, on the same generated corpus, in the same run.
 
     .venv/bin/pip install -e ".[bench]"        # datatrove (the peer): a benchmark-only extra
-    .venv/bin/python benchmarks/curate.py [--size-mb 50] [--workers 2]
+    .venv/bin/python benchmarks/curate.py [--size-mb 50] [--workers 2] [--repeats 3]
 
 Every contender is a process of its own, started by a small wrapper process that reports the CPU time of
 everything it waited for (the command and all its children: process pools, a Prefect server) and the
@@ -18,8 +18,11 @@ Contenders:
   curate through near    `loom curate` with quality, PII and bias off (ingest, exact dedup, near dedup,
   dedup                  publish), x1 and xN; datatrove: the exact steps, then MinhashDedupSignature /
                          Buckets / Cluster / Filter (14 x 8, its default), a JsonlWriter
-Then: Loom's time per stage (from the stages' manifests) and start-up (the rest of the command's wall
-time), each stage's speed-up from 1 to N workers, and near-copy recall at the threshold (0.8).
+Also: a 20-document `loom step` (start-up: what a command costs before and around its work). Then: each
+command's speed-up from 1 to N workers, Loom's time per stage (from the stages' manifests) and start-up (the
+rest of the command's wall time), each stage's speed-up, and near-copy recall at the threshold (0.8).
+`--repeats N` runs every contender N times in turns and prints medians (this machine's speed drifts 20-40%
+within minutes). The commands run with bytecode written and kept, as on a user's install.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,9 +90,12 @@ print("MEASURED " + json.dumps({"rc": rc, "wall": time.perf_counter() - t0, "cpu
 """
 
 
-def measured(command: list[str], env: dict | None = None, log: Path | None = None) -> dict:
+def measured(command: list[str], env: dict | None = None, base: dict | None = None, log: Path | None = None
+             ) -> dict:
+    """Run `command` as a process of its own; its CPU (children included), wall and peak RSS. `env` over
+    `base` (default: this process's environment)."""
     proc = subprocess.run([sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+                          env={**(os.environ if base is None else base), **(env or {})})
     line = next((s for s in proc.stderr.splitlines() if s.startswith("MEASURED ")), None)
     if log is not None:
         log.write_text(proc.stdout + proc.stderr)
@@ -161,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=float, default=50)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--repeats", type=int, default=1, help="Rounds of every contender, in turns (medians).")
     parser.add_argument("--skip-peer", action="store_true", help="Loom alone (no datatrove).")
     args = parser.parse_args()
     try:
@@ -173,50 +181,71 @@ def main() -> None:
         tmp = Path(tmp)
         corpus = tmp / "corpus.jsonl"
         info = build_corpus(corpus, args.size_mb)
+        small = tmp / "small.jsonl"
+        small.write_text("".join(line for _, line in zip(range(20), corpus.open())))
         mb = info["bytes"] / 1e6
         print(f"corpus: {mb:.0f} MB, {info['documents']:,} documents (10% exact, 10% near copies); "
               f"load before: {os.getloadavg()[0]:.2f}\n", flush=True)
         env = {"PREFECT_API_URL": "", "LOOM_PREFECT": "false"}  # the embedded default: no Prefect server
+        # as installed: a user's Python keeps each module's bytecode (pip compiles site-packages at install; an
+        # editable install writes __pycache__ on first run). Where PYTHONDONTWRITEBYTECODE is set, every command
+        # would compile Loom's modules anew (0.1-0.15 s) while the peer's come compiled from pip.
+        child_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         config = tmp / "bench.toml"
         config.write_text(f"stages_off = {json.dumps(LOOM_STAGES_OFF)}\n")
-        rows, walls = [], {}
         counts = [1] + ([args.workers] if args.workers > 1 else [])
-        for w in counts:
-            r = measured(loom("step", "exact_dedup", "--input", str(corpus), "--output", str(tmp / f"step{w}"),
-                              "--workers", str(w)), env)
-            m = json.loads((tmp / f"step{w}" / "_manifest.json").read_text())
-            rows.append(("ingest + exact dedup", f"loom step x{w}", r, {"exact": m["rows_in"] - m["rows_out"]}))
-        if not args.skip_peer:
-            r = measured([sys.executable, "-c", DATATROVE, str(corpus), str(tmp / "dt-exact"), "1", "exact"])
-            gone = info["documents"] - len(kept_ids(tmp / "dt-exact" / "after_exact"))
-            rows.append(("ingest + exact dedup", "datatrove x1", r, {"exact": gone}))
+        # start-up: a 20-document step (its first run writes the bytecode; the next ones are measured)
+        measured(loom("step", "exact_dedup", "--input", str(small), "--output", str(tmp / "small0")), env, child_env)
+        rounds: dict[tuple[str, str], list] = {}  # (work, contender) -> (measurement, removed) per round
+        walls: dict[int, list[dict]] = {w: [] for w in counts}
         finals = {}
-        for w in counts:
-            work = tmp / f"curate{w}"
-            r = measured(loom("curate", str(corpus), "--run-id", "bench", "--workdir", str(work), "--config",
-                              str(config), "--workers", str(w)), env)
-            run_dir = work / "runs" / "bench"
-            walls[w] = stage_walls(run_dir)
-            removed = {s: json.loads((run_dir / s / "_manifest.json").read_text())["removed"]
-                       for s in ("02_exact_dedup", "04_near_dedup")}
-            rows.append(("curate through near dedup", f"loom curate x{w}", r,
-                         {"exact": sum(removed["02_exact_dedup"].values()),
-                          "near": sum(removed["04_near_dedup"].values())}))
-            walls[w]["start-up and the rest"] = r["wall"] - sum(walls[w].values())
-            finals[f"loom curate x{w}"] = kept_ids(run_dir / "08_publish")
-        if not args.skip_peer:
-            r = measured([sys.executable, "-c", DATATROVE, str(corpus), str(tmp / "dt-near"), "1", "near"])
-            after_exact = kept_ids(tmp / "dt-near" / "after_exact")
-            final = kept_ids(tmp / "dt-near" / "final")
-            rows.append(("curate through near dedup", "datatrove x1", r,
-                         {"exact": info["documents"] - len(after_exact), "near": len(after_exact) - len(final)}))
-            finals["datatrove x1"] = final
+        for k in range(args.repeats):  # the contenders take turns, so drift in the machine's speed hits each alike
+            r = measured(loom("step", "exact_dedup", "--input", str(small), "--output", str(tmp / f"small{k + 1}")),
+                         env, child_env)
+            rounds.setdefault(("start-up (20 documents)", "loom step x1"), []).append((r, {}))
+            for w in counts:
+                out = tmp / f"step{w}-{k}"
+                r = measured(loom("step", "exact_dedup", "--input", str(corpus), "--output", str(out), "--workers",
+                                  str(w)), env, child_env)
+                m = json.loads((out / "_manifest.json").read_text())
+                rounds.setdefault(("ingest + exact dedup", f"loom step x{w}"), []).append(
+                    (r, {"exact": m["rows_in"] - m["rows_out"]}))
+            if not args.skip_peer:
+                work = tmp / f"dt-exact-{k}"
+                r = measured([sys.executable, "-c", DATATROVE, str(corpus), str(work), "1", "exact"], None, child_env)
+                gone = info["documents"] - len(kept_ids(work / "after_exact"))
+                rounds.setdefault(("ingest + exact dedup", "datatrove x1"), []).append((r, {"exact": gone}))
+            for w in counts:
+                work = tmp / f"curate{w}-{k}"
+                r = measured(loom("curate", str(corpus), "--run-id", "bench", "--workdir", str(work), "--config",
+                                  str(config), "--workers", str(w)), env, child_env)
+                run_dir = work / "runs" / "bench"
+                wall = stage_walls(run_dir)
+                wall["start-up and the rest"] = r["wall"] - sum(wall.values())
+                walls[w].append(wall)
+                removed = {s: json.loads((run_dir / s / "_manifest.json").read_text())["removed"]
+                           for s in ("02_exact_dedup", "04_near_dedup")}
+                rounds.setdefault(("curate through near dedup", f"loom curate x{w}"), []).append(
+                    (r, {"exact": sum(removed["02_exact_dedup"].values()),
+                         "near": sum(removed["04_near_dedup"].values())}))
+                finals[f"loom curate x{w}"] = kept_ids(run_dir / "08_publish")
+            if not args.skip_peer:
+                work = tmp / f"dt-near-{k}"
+                r = measured([sys.executable, "-c", DATATROVE, str(corpus), str(work), "1", "near"], None, child_env)
+                after_exact = kept_ids(work / "after_exact")
+                final = kept_ids(work / "final")
+                rounds.setdefault(("curate through near dedup", "datatrove x1"), []).append(
+                    (r, {"exact": info["documents"] - len(after_exact), "near": len(after_exact) - len(final)}))
+                finals["datatrove x1"] = final
+        rows = [(work, name, {key: statistics.median(m[key] for m, _ in got) for key in ("cpu", "wall", "rss_mb")},
+                 got[0][1]) for (work, name), got in rounds.items()]
 
         header = (f"{'work':26} {'contender':18} {'CPU s':>7} {'wall s':>7} {'MB/s/core':>9} {'peak RSS MB':>11} "
                   f"{'exact removed':>13} {'near removed':>12}")
         print(header + "\n" + "-" * len(header))
         for work, name, r, removed in rows:
-            print(f"{work:26} {name:18} {r['cpu']:7.1f} {r['wall']:7.1f} {mb / r['cpu']:9.1f} {r['rss_mb']:11,.0f} "
+            speed = f"{mb / r['cpu']:9.1f}" if work != "start-up (20 documents)" else f"{'':9}"
+            print(f"{work:26} {name:18} {r['cpu']:7.2f} {r['wall']:7.2f} {speed} {r['rss_mb']:11,.0f} "
                   f"{removed.get('exact', 0):13,} {removed.get('near', ''):>12}")
         for work in dict.fromkeys(w for w, *_ in rows):
             mine = [r for w, n, r, _ in rows if w == work and n.startswith("loom") and n.endswith("x1")]
@@ -224,11 +253,18 @@ def main() -> None:
             if mine and peer:
                 print(f"{work}: Loom x1 uses {mine[0]['cpu'] / peer[0]['cpu']:.2f}x datatrove's CPU, "
                       f"{mine[0]['rss_mb'] / peer[0]['rss_mb']:.2f}x its peak RSS")
+        if len(counts) > 1:
+            for work, verb in (("ingest + exact dedup", "step"), ("curate through near dedup", "curate")):
+                per_round = [a[0]["wall"] / b[0]["wall"] for a, b in
+                             zip(rounds[work, f"loom {verb} x1"], rounds[work, f"loom {verb} x{counts[-1]}"])]
+                print(f"{work}, the whole command, x1 -> x{counts[-1]} wall: "
+                      f"{statistics.median(per_round):.2f}x (rounds: {', '.join(f'{x:.2f}' for x in per_round)})")
 
-        print(f"\nLoom's curate by stage, wall seconds (x1 -> x{counts[-1]}, speed-up):")
-        for stage in walls[1]:
-            a, b = walls[1][stage], walls[counts[-1]].get(stage, 0.0)
-            print(f"  {stage:24} {a:7.1f} -> {b:7.1f}   {a / b if b > 0 else float('nan'):5.2f}x")
+        print(f"\nLoom's curate by stage, median wall seconds (x1 -> x{counts[-1]}, speed-up):")
+        for stage in walls[1][0]:
+            a = statistics.median(w[stage] for w in walls[1])
+            b = statistics.median(w.get(stage, 0.0) for w in walls[counts[-1]])
+            print(f"  {stage:24} {a:7.2f} -> {b:7.2f}   {a / b if b > 0 else float('nan'):5.2f}x")
 
         truth = info["near_truth"]
         at = [d for d, j in truth.items() if j >= THRESHOLD]
@@ -240,8 +276,8 @@ def main() -> None:
             lost_originals = _originals_removed(corpus, final)
             print(f"  {name:18} recall at >= {THRESHOLD}: {found / max(1, len(at)):.3f}; removed below: "
                   f"{sum(d not in final for d in below):,}; originals removed: {lost_originals:,} of {unique:,}")
-        print(f"\nload after: {os.getloadavg()[0]:.2f}. MB/s/core = corpus MB / CPU s of the whole process tree. "
-              f"Started {time.strftime('%Y-%m-%d %H:%M')}.")
+        print(f"\nload after: {os.getloadavg()[0]:.2f}. Medians of {args.repeats} round(s), contenders in turns. "
+              f"MB/s/core = corpus MB / CPU s of the whole process tree. Started {time.strftime('%Y-%m-%d %H:%M')}.")
 
 
 def _originals_removed(corpus: Path, final: set[str]) -> int:
