@@ -28,12 +28,13 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyarrow import feather
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks import charts
 from tasks.charts import SIMILARITY_PNG
-from tasks.lsh import band_keys, doc_key, estimated_similarity, optimal_param, split_doc_key
+from tasks.lsh import band_keys, components, doc_key, estimated_similarity, optimal_param, split_doc_key
 from tasks.manifest import write_json_atomic
 from tasks.minhash import MAX_HASH, exact_jaccard, shingle_sets, signatures, signatures_by_script
 from tasks.near_dedup_report import locators, render_report
@@ -275,9 +276,6 @@ class NearDedup(Stage):
         return _in_order(len(docs), parts)
 
     def _cluster(self, ctx: StageContext, key: str) -> UnitResult:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
         cfg = self.config
         files = sorted((ctx.work_dir / "edges").glob("*.arrow"))
         edges = pa.concat_tables([feather.read_table(f) for f in files]) if files else _EDGE_SCHEMA.empty_table()
@@ -297,9 +295,7 @@ class NearDedup(Stage):
             similar = exact_jaccard(sets, ia, ib) if sets is not None else estimated_similarity(sig, ia, ib)
             ok = similar >= cfg.threshold
             ia, ib = ia[ok], ib[ok]
-        graph = coo_matrix((np.ones(len(ia), dtype=np.int8), (ia, ib)), shape=(n, n))
-        _, label = connected_components(graph, directed=False)
-        del graph
+        label = components(n, ia, ib)
         # clusters of 2+ documents; nodes are sorted, so the first member of a label is its first doc
         sizes = np.bincount(label, minlength=label.max() + 1 if len(label) else 0)
         in_cluster = sizes[label] > 1 if len(label) else np.zeros(0, dtype=bool)
@@ -378,23 +374,23 @@ class NearDedup(Stage):
         # the largest clusters, and example pairs across the similarity range
         top_labels = np.unique(label[members])
         top_labels = top_labels[np.argsort(-np.bincount(label[members])[top_labels], kind="stable")][: cfg.report_clusters]
+        picks = (np.unique(np.linspace(0, len(gone) - 1, min(cfg.report_clusters, len(gone))).astype(int))
+                 if len(gone) else np.zeros(0, dtype=np.int64))
+        picks = picks[np.argsort(similarity[picks])]
+        # every text the report quotes, read in one pass over the shards
+        top_kept, kept_of, gone_of = kept_node[top_labels], keeper[picks], gone[picks]
+        texts = self._texts(ctx, names, nodes[np.concatenate([top_kept, kept_of, gone_of]).astype(np.int64)])
+        top_texts, kept_texts, gone_texts = (texts[:len(top_kept)], texts[len(top_kept):len(top_kept) + len(picks)],
+                                             texts[len(top_kept) + len(picks):])
         largest = []
-        for lab in top_labels.tolist():
-            docs = members[label[members] == lab]
-            largest.append({"cluster_id": int(cluster_id[lab]), "size": len(docs),
-                            "kept_at": locators(names, nodes[[kept_node[lab]]])[0],
-                            "kept": self._texts(ctx, names, nodes[[kept_node[lab]]])[0][:300]})
+        for lab, node, text in zip(top_labels.tolist(), top_kept.tolist(), top_texts):
+            largest.append({"cluster_id": int(cluster_id[lab]), "size": int(np.count_nonzero(label[members] == lab)),
+                            "kept_at": locators(names, nodes[[node]])[0], "kept": text[:300]})
         examples = []
-        if len(gone):
-            picks = np.unique(np.linspace(0, len(gone) - 1, min(cfg.report_clusters, len(gone))).astype(int))
-            picks = picks[np.argsort(similarity[picks])]
-            kept_texts = self._texts(ctx, names, nodes[keeper[picks]])
-            gone_texts = self._texts(ctx, names, nodes[gone[picks]])
-            kept_at, gone_at = locators(names, nodes[keeper[picks]]), locators(names, nodes[gone[picks]])
-            for j, (p, kt, gt) in enumerate(zip(picks.tolist(), kept_texts, gone_texts)):
-                examples.append({"cluster_id": int(cluster_id[label[gone[p]]]),
-                                 "similarity": round(float(similarity[p]), 3), "kept_at": kept_at[j],
-                                 "removed_at": gone_at[j], "kept": kt[:500], "removed": gt[:500]})
+        kept_at, gone_at = locators(names, nodes[kept_of]), locators(names, nodes[gone_of])
+        for j, (p, kt, gt) in enumerate(zip(picks.tolist(), kept_texts, gone_texts)):
+            examples.append({"cluster_id": int(cluster_id[label[gone[p]]]), "similarity": round(float(similarity[p]), 3),
+                             "kept_at": kept_at[j], "removed_at": gone_at[j], "kept": kt[:500], "removed": gt[:500]})
         report = {"config": cfg.model_dump(mode="json"), **stats, "cluster_sizes": histogram,
                   "largest_clusters": largest, "example_pairs": examples}
         if len(similarity):
@@ -404,16 +400,20 @@ class NearDedup(Stage):
         (ctx.stage_dir / REPORT_MD).write_text(render_report(report))
 
     def _texts(self, ctx, names, docs: np.ndarray) -> list[str]:
+        """The texts of a few documents: of each shard, only the row groups that hold them."""
         shard_of, row_of = split_doc_key(docs)
         out = [""] * len(docs)
         for shard in np.unique(shard_of):
             where = np.flatnonzero(shard_of == shard)
-            want = dict(zip(row_of[where].tolist(), where.tolist()))
-            offset = 0
-            for batch in iter_batches(ctx.input_dir / f"{names[shard]}.parquet", BATCH_ROWS, columns=["text"]):
-                for row in [r for r in want if offset <= r < offset + batch.num_rows]:
-                    out[want[row]] = batch.column("text")[row - offset].as_py()
-                offset += batch.num_rows
+            parquet = pq.ParquetFile(ctx.input_dir / f"{names[shard]}.parquet")
+            starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows
+                                      for g in range(parquet.metadata.num_row_groups)])
+            group_of = np.searchsorted(starts, row_of[where], side="right") - 1
+            for group in np.unique(group_of).tolist():
+                chosen = where[group_of == group]
+                column = parquet.read_row_group(group, columns=["text"]).column("text")
+                for i, value in zip(chosen.tolist(), column.take(pa.array(row_of[chosen] - starts[group])).to_pylist()):
+                    out[i] = value
         return out
 
     # ---- filter: per shard --------------------------------------------------------------------

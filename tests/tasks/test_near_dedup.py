@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.ingest import Ingest
-from tasks.lsh import optimal_param
+from tasks.lsh import components, optimal_param
 from tasks.minhash import MAX_HASH, shingle_hash, shingles, signatures
 from tasks.near_dedup import REPORT_JSON, REPORT_MD, NearDedup, NearDedupConfig
 from tasks.shards import read_dir
@@ -57,6 +57,25 @@ def test_bands_and_rows_are_chosen_as_datasketch_chooses_them(threshold, num_per
     assert NearDedupConfig(threshold=threshold, num_perm=num_perm, verify="none").lsh_params() == (lsh.b, lsh.r)
     weighted = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
     assert NearDedupConfig(threshold=threshold, num_perm=num_perm).lsh_params() == (weighted.b, weighted.r)
+
+
+def test_bands_and_rows_match_datasketch_across_thresholds_sizes_and_weights():
+    """The exact Gauss-Legendre integrals choose what datasketch's scipy quad chooses, everywhere it chooses,
+    and planning near dedup imports no scipy.integrate (0.3 s in every process)."""
+    import subprocess
+    import sys
+
+    for threshold in (0.3, 0.5, 0.7, 0.85, 0.95):
+        for num_perm in (16, 64, 100, 256):
+            for weights in ((0.5, 0.5), (0.05, 0.95), (0.2, 0.8)):
+                try:
+                    lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=weights)
+                except ValueError:  # datasketch wants two bands at least
+                    continue
+                assert optimal_param(threshold, num_perm, *weights) == (lsh.b, lsh.r), (threshold, num_perm, weights)
+    code = ("import sys; from tasks.near_dedup import NearDedupConfig; NearDedupConfig().lsh_params(); "
+            "assert 'scipy.integrate' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def _write(path, texts, prefix="d"):
@@ -266,3 +285,21 @@ def test_copies_at_the_threshold_are_removed_and_none_below(shared, tmp_path):
     assert len(near) > 40 and len(below) > 40
     assert sum(t in gone for t in near) / len(near) >= 0.95
     assert not any(t in gone for t in below) and not any(t in gone for t in sources)
+
+
+def test_components_are_scipys_connected_components():
+    """The clusters' union-find labels every node as scipy.sparse.csgraph does (random graphs, long paths in
+    shuffled order, no edges, self loops)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(0, 300))
+        m = int(rng.integers(0, 3 * n + 1)) if n else 0
+        a, b = rng.integers(0, max(n, 1), m), rng.integers(0, max(n, 1), m)
+        if trial % 4 == 0 and n > 1:
+            order = rng.permutation(n)
+            a, b = order[:-1], order[1:]
+        graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+        assert np.array_equal(components(n, a, b), connected_components(graph, directed=False)[1]), trial
