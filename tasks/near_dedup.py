@@ -45,6 +45,7 @@ REPORT_MD = "near_dedup_report.md"
 REPORT_JSON = "near_dedup_report.json"
 BATCH_ROWS = 4096
 BATCH_BYTES = 4 << 20  # of text per signature or shingle-set call: their arrays take ~40 bytes per text byte
+MIN_PARTITIONS, MIN_PARTITION_ROWS = 8, 100_000  # band keys: see NearDedup._partitions
 PAIR_WINDOW = 7  # in a bucket, documents this close in order are candidate pairs (all of a bucket of 8)
 _KEY_SCHEMA = pa.schema([("band", pa.uint16()), ("key", pa.uint64()), ("doc", pa.uint64())])
 _EDGE_SCHEMA = pa.schema([("a", pa.uint64()), ("b", pa.uint64())])
@@ -131,10 +132,19 @@ class NearDedup(Stage):
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         if phase == "pairs":
-            return [f"p{p:04d}" for p in range(ctx.partitions(self.config.rows_per_partition, self.config.lsh_params()[0]))]
+            return [f"p{p:04d}" for p in range(self._partitions(ctx))]
         if phase == "cluster":
             return ["all"]
         return ctx.input_shard_names()
+
+    def _partitions(self, ctx: StageContext) -> int:
+        """How many partitions the band keys are spilled to, one pairs unit each: `rows_per_partition` bounds a
+        unit's memory, and keys that fit one are still cut into up to MIN_PARTITIONS of MIN_PARTITION_ROWS or
+        more, so that the pairs phase of a 100 MB corpus runs on every worker. A number from the data alone,
+        not the workers: a run resumed with other workers finds the same partitions."""
+        bands = self.config.lsh_params()[0]
+        return max(ctx.partitions(self.config.rows_per_partition, bands),
+                   min(MIN_PARTITIONS, ctx.partitions(MIN_PARTITION_ROWS, bands)))
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         return {"signature": self._signature, "pairs": self._pairs, "sets": self._sets, "cluster": self._cluster,
@@ -146,7 +156,7 @@ class NearDedup(Stage):
         cfg = self.config
         bands, rows = cfg.lsh_params()
         shard = ctx.input_shard_names().index(key)
-        parts = ctx.partitions(self.config.rows_per_partition, self.config.lsh_params()[0])
+        parts = self._partitions(ctx)
         sig_path = ctx.work_dir / "sig" / f"{key}.u32"
         sig_path.parent.mkdir(parents=True, exist_ok=True)
         spills: dict[int, list[pa.Table]] = {p: [] for p in range(parts)}
