@@ -274,8 +274,7 @@ def _gather(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray) -> tuple[
 def exact_jaccard(sets: tuple[np.ndarray, np.ndarray], ia: np.ndarray, ib: np.ndarray,
                   chunk: int = 1 << 21) -> np.ndarray:
     """Jaccard similarity of the shingle sets (`shingle_sets`) of each pair (ia[k], ib[k]): the pairs'
-    elements tagged by pair and sorted together, an element seen twice is in both sets; vectorized, in
-    chunks of about `chunk` elements."""
+    elements tagged by pair, each of b's looked up among a's; vectorized, in chunks of about `chunk` elements."""
     values, offsets = sets
     sizes = np.diff(offsets)
     out = np.zeros(len(ia), dtype=np.float64)
@@ -286,10 +285,13 @@ def exact_jaccard(sets: tuple[np.ndarray, np.ndarray], ia: np.ndarray, ib: np.nd
         a, b = ia[lo:hi], ib[lo:hi]
         va, oa = _gather(values, offsets, a)
         vb, ob = _gather(values, offsets, b)
-        key = np.concatenate([(oa.astype(np.uint64) << np.uint64(32)) | va, (ob.astype(np.uint64) << np.uint64(32)) | vb])
-        key.sort()
-        both = key[1:][key[1:] == key[:-1]] >> np.uint64(32)
-        inter = np.bincount(both.astype(np.int64), minlength=hi - lo)
+        # (pair, element) keys: each side is sorted already (pairs in order, a set's elements sorted and
+        # unique), so an element of b is in a where the search through a's keys lands on it
+        key_a = (oa.astype(np.uint64) << np.uint64(32)) | va
+        key_b = (ob.astype(np.uint64) << np.uint64(32)) | vb
+        at = np.minimum(np.searchsorted(key_a, key_b), max(len(key_a) - 1, 0))
+        both = ob[key_a[at] == key_b] if len(key_a) else ob[:0]
+        inter = np.bincount(both, minlength=hi - lo)
         union = sizes[a] + sizes[b] - inter
         with np.errstate(invalid="ignore", divide="ignore"):
             out[lo:hi] = np.where((sizes[a] > 0) & (sizes[b] > 0), inter / np.maximum(union, 1), 0.0)
