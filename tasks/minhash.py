@@ -289,9 +289,11 @@ def exact_jaccard(sets: tuple[np.ndarray, np.ndarray], ia: np.ndarray, ib: np.nd
         # unique), so an element of b is in a where the search through a's keys lands on it
         key_a = (oa.astype(np.uint64) << np.uint64(32)) | va
         key_b = (ob.astype(np.uint64) << np.uint64(32)) | vb
-        at = np.minimum(np.searchsorted(key_a, key_b), max(len(key_a) - 1, 0))
-        both = ob[key_a[at] == key_b] if len(key_a) else ob[:0]
-        inter = np.bincount(both, minlength=hi - lo)
+        if len(key_a):
+            at = np.minimum(np.searchsorted(key_a, key_b), len(key_a) - 1)
+            inter = np.bincount(ob[key_a[at] == key_b], minlength=hi - lo)
+        else:
+            inter = np.zeros(hi - lo, dtype=np.int64)
         union = sizes[a] + sizes[b] - inter
         with np.errstate(invalid="ignore", divide="ignore"):
             out[lo:hi] = np.where((sizes[a] > 0) & (sizes[b] > 0), inter / np.maximum(union, 1), 0.0)

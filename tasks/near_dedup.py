@@ -389,9 +389,8 @@ class NearDedup(Stage):
         picks = picks[np.argsort(similarity[picks])]
         # every text the report quotes, read in one pass over the shards
         top_kept, kept_of, gone_of = kept_node[top_labels], keeper[picks], gone[picks]
-        texts = self._texts(ctx, names, nodes[np.concatenate([top_kept, kept_of, gone_of]).astype(np.int64)])
-        top_texts, kept_texts, gone_texts = (texts[:len(top_kept)], texts[len(top_kept):len(top_kept) + len(picks)],
-                                             texts[len(top_kept) + len(picks):])
+        texts = iter(self._texts(ctx, names, nodes[np.concatenate([top_kept, kept_of, gone_of]).astype(np.int64)]))
+        top_texts, kept_texts, gone_texts = ([next(texts) for _ in part] for part in (top_kept, kept_of, gone_of))
         largest = []
         for lab, node, text in zip(top_labels.tolist(), top_kept.tolist(), top_texts):
             largest.append({"cluster_id": int(cluster_id[lab]), "size": int(np.count_nonzero(label[members] == lab)),

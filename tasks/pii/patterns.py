@@ -122,15 +122,6 @@ def plausible_rows(texts: list[str], entities) -> dict:
     return out
 
 
-# A test whose every match holds a match of a wider one: seven digits, at most three other characters
-# apart, are in twelve at most one apart (cards), in 3-2-4 digits at most two apart (SSNs), in 17 in a row;
-# every street rule but "corner of" and an IBAN's check digits need a digit, which half of prose's pieces
-# lack (one pass for a digit is cheaper than the tests it spares).
-_WITHIN = {"CREDIT_CARD": "PHONE_NUMBER", "US_SSN": "PHONE_NUMBER", "CN_RESIDENT_ID": "PHONE_NUMBER",
-           "PHONE_NUMBER": "DIGIT", "IBAN_CODE": "DIGIT", **{f"street:{rule}": "DIGIT" for rule in
-                                                            ("named", "words", "street_word", "box", "military")}}
-
-
 def _gate_pattern(name: str) -> str:
     """The RE2 test a gate name stands for: an entity's (PLAUSIBLE_RE2, IBAN), a street rule's, or DIGIT."""
     if name == "DIGIT":
@@ -165,6 +156,14 @@ STREET_RULES = {
                 r"\d{3,5}|Unit[ \t]+\d{3,5}[ \t]+Box[ \t]+\d{3,5})\s+(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\d{5}\b",
 }
 STREET_ADDRESS = re.compile("|".join(STREET_RULES.values()))
+
+# A test whose every match holds a match of a wider one: seven digits, at most three other characters
+# apart, are in twelve at most one apart (cards), in 3-2-4 digits at most two apart (SSNs), in 17 in a row;
+# every street rule but "corner of" and an IBAN's check digits need a digit, which half of prose's pieces
+# lack (one pass for a digit is cheaper than the tests it spares).
+_WITHIN = {"CREDIT_CARD": "PHONE_NUMBER", "US_SSN": "PHONE_NUMBER", "CN_RESIDENT_ID": "PHONE_NUMBER",
+           "PHONE_NUMBER": "DIGIT", "IBAN_CODE": "DIGIT", **{f"street:{rule}": "DIGIT" for rule in STREET_RULES}}
+
 _STREET_RULE_PATTERNS = [(rule, re.compile(pattern)) for rule, pattern in STREET_RULES.items()]
 # Two streets that meet: "the corner of Nieuwe Baan 473 St. and Inna Loop St."
 _CORNER = re.compile(r"\bcorner of[ \t]+(?P<first>" + LETTER + r"[\w'’.-]*(?:[ \t]+[\w'’.-]+){0,4}?)[ \t]+and[ \t]+"
