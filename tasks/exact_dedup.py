@@ -104,7 +104,7 @@ def _prefold(text: str, cfg: ExactDedupConfig) -> str:
     return text
 
 
-def fold_column(texts: pa.StringArray, cfg: ExactDedupConfig | None = None) -> tuple[bytes, np.ndarray]:
+def fold_column(texts: pa.StringArray, cfg: ExactDedupConfig | None = None) -> tuple[bytearray, np.ndarray]:
     """normalize_bytes of every row at once (default folding), as the normalized bytes of all
     rows back to back and their offsets. ASCII rows never leave C; other rows get their
     non-ASCII characters folded in Python first."""
@@ -117,31 +117,36 @@ def fold_column(texts: pa.StringArray, cfg: ExactDedupConfig | None = None) -> t
     return _fold_bytes_column(texts)
 
 
-def _fold_bytes_column(texts: pa.StringArray) -> tuple[bytes, np.ndarray]:
+def _fold_bytes_column(texts: pa.StringArray) -> tuple[bytearray, np.ndarray]:
     """The byte fold of every row at once: one translation and a few numpy passes over the
     column's buffer instead of a Python call per row."""
     n = len(texts)
     offsets = np.frombuffer(texts.buffers()[1], np.int32, count=n + 1, offset=texts.offset * 4).astype(np.int64)
     data = texts.buffers()[2]
-    folded = (bytes(memoryview(data)[offsets[0]: offsets[-1]]) if data is not None else b"").translate(_BYTE_FOLD)
+    folded = (bytearray(memoryview(data)[offsets[0]: offsets[-1]]) if data is not None else bytearray()).translate(_BYTE_FOLD)
     offsets -= offsets[0]
     starts, ends = offsets[:-1], offsets[1:]
-    space = np.frombuffer(folded, np.uint8) == 32
-    # keep every non-space, and a space only between two non-spaces of the same row
-    keep = ~space
-    keep[:-1] |= ~space[1:]
+    folded_view = np.frombuffer(folded, np.uint8)
+    space = folded_view == 32
+    # drop every space before a space, and a row's trailing and leading space
+    drop = np.empty_like(space)
+    np.logical_and(space[:-1], space[1:], out=drop[:-1])
+    if len(drop):
+        drop[-1] = space[-1]
     nonempty = ends > starts
-    keep[ends[nonempty] - 1] &= ~space[ends[nonempty] - 1]  # trailing space of a row
+    last = ends[nonempty] - 1
+    drop[last] |= space[last]
     leading = np.zeros(n, dtype=bool)
     leading[nonempty] = space[starts[nonempty]]
     for row in np.flatnonzero(leading).tolist():
         word = _NON_SPACE.search(folded, starts[row], ends[row])  # rows rarely start with a space
         if word:
-            keep[word.start() - 1] = False  # the space before the row's first word
-    # dropped bytes are few (runs of spaces): offsets shift by how many fell before each one
-    dropped = np.flatnonzero(~keep)
-    out = np.delete(np.frombuffer(folded, np.uint8), dropped).tobytes()
-    return out, offsets - np.searchsorted(dropped, offsets)
+            drop[word.start() - 1] = True  # the space before the row's first word
+    # dropped bytes are few (runs of spaces): marked with a byte the fold never leaves (\x01), deleted in
+    # one C pass (a fifth faster than numpy's delete); offsets shift by how many fell before each one
+    dropped = np.flatnonzero(drop)
+    folded_view[dropped] = 1
+    return folded.translate(None, b"\x01"), offsets - np.searchsorted(dropped, offsets)
 
 
 def text_hashes(texts: pa.StringArray | list[str], cfg: ExactDedupConfig) -> tuple[np.ndarray, np.ndarray]:

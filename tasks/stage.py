@@ -28,6 +28,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from tasks.allocator import keep_freed_memory
 from tasks.layout import STAGES
 from tasks.lock import StageLock
 from tasks.manifest import (
@@ -159,6 +160,7 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
 def execute_unit(stage: Stage, ctx: StageContext, phase: str, key: str) -> UnitResult:
     """Run one unit and record its completion marker (the unit of resumption)."""
     exit_with_parent()
+    keep_freed_memory()
     upstream = Path(ctx.inputs[0]) if len(ctx.inputs) == 1 else None  # documents: the upstream stage's shards
     only_under = upstream if upstream is not None and (upstream / MANIFEST).exists() else None
     with metering(progress_file(ctx.work_dir, phase, key), only_under):
