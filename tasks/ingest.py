@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -75,13 +76,25 @@ class IngestConfig(BaseModel):
     shard_bytes: int = Field(256 << 20, gt=0, description="Target uncompressed size of an output shard.")
     unit_bytes: int = Field(
         16 << 20, gt=0, description="Input bytes grouped into one unit of parallel, resumable work (a larger file "
-        "is split into pieces of about this size, so one big file keeps every worker busy)."
+        "is split into pieces of at most about this size, as many as 2, 4 or 8 workers share evenly, so one big "
+        "file keeps every worker busy)."
     )
     rejects_raw: Literal["keep", "redact", "drop"] = Field(
         "keep", description="What `_rejects/` keeps of a bad record: its raw value (to fix the input), the raw "
         "value with personal data replaced as the PII stage would ([pii] defaults), or nothing but the reason."
     )
 
+
+
+def piece_bytes(size: int, unit_bytes: int) -> int:
+    """Bytes per piece of a file of `size` bytes cut into pieces of at most about `unit_bytes`: their count is
+    rounded up to a multiple of the largest power of two not above it (at most 8), so 2, 4 or 8 workers share
+    them evenly (200 MB in 16 MB pieces is 13, split 7:6 between two workers; 16 of 13 MB split 8:8). Pieces
+    stay above half of `unit_bytes`. The count comes from the file alone: a run resumed with another number
+    of workers finds the same pieces."""
+    count = math.ceil(size / unit_bytes)
+    step = min(8, 1 << (count.bit_length() - 1))
+    return math.ceil(size / (-(-count // step) * step))
 
 
 class Ingest(Stage):
@@ -125,9 +138,9 @@ class Ingest(Stage):
     def _pieces(self, f: InputFile) -> list[dict | None]:
         """[None] for a file read whole; else its pieces: {"range": [start, end], "first": line number} of an
         uncompressed JSON lines file, {"row_groups": [a, b], "first": row} of a Parquet file."""
-        limit = self.config.unit_bytes
-        if f.problem or f.size <= limit:
+        if f.problem or f.size <= self.config.unit_bytes:
             return [None]
+        limit = piece_bytes(f.size, self.config.unit_bytes)
         fmt, compression = format_of(f.path)
         try:
             if fmt == "jsonl" and compression is None and binary_kind(f.path, None) is None:

@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -295,6 +296,22 @@ def test_pieces_end_after_a_newline_and_know_their_first_line_at_any_read_block(
                 assert end == len(data) or data[end - 1:end] == b"\n"
                 at, line = end, line + data.count(b"\n", start, end)
             assert at == len(data)
+
+
+def test_a_large_file_is_cut_into_as_many_pieces_as_two_four_or_eight_workers_share_evenly(tmp_path):
+    from tasks.ingest import piece_bytes
+
+    mb = 1 << 20
+    for size_mb, pieces in [(17, 2), (33, 4), (48, 4), (70, 8), (100, 8), (200, 16), (1000, 64), (1030, 72)]:
+        cut = piece_bytes(size_mb * mb, 16 * mb)
+        assert math.ceil(size_mb * mb / cut) == pieces, size_mb
+        assert 8 * mb <= cut <= 16 * mb
+    lines = [json.dumps({"id": f"d{i}", "text": f"line {i} " * (i % 50 + 1)}) for i in range(3000)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report, docs, _ = ingest([path], tmp_path / "split", workers=2, unit_bytes=path.stat().st_size // 13 + 1)
+    assert len(list((tmp_path / "split").glob("part-*.parquet"))) == 16  # 13 pieces' worth, cut into 16
+    assert docs.column("id").to_pylist() == [f"d{i}" for i in range(3000)]
 
 
 def test_a_large_parquet_file_is_split_at_row_groups(tmp_path):
