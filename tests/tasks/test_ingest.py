@@ -309,7 +309,7 @@ def test_a_large_file_is_cut_into_as_many_pieces_as_two_four_or_eight_workers_sh
     lines = [json.dumps({"id": f"d{i}", "text": f"line {i} " * (i % 50 + 1)}) for i in range(3000)]
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    report, docs, _ = ingest([path], tmp_path / "split", workers=2, unit_bytes=path.stat().st_size // 13 + 1)
+    _, docs, _ = ingest([path], tmp_path / "split", workers=2, unit_bytes=path.stat().st_size // 13 + 1)
     assert len(list((tmp_path / "split").glob("part-*.parquet"))) == 16  # 13 pieces' worth, cut into 16
     assert docs.column("id").to_pylist() == [f"d{i}" for i in range(3000)]
 
