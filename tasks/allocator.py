@@ -14,22 +14,19 @@ set its own malloc tunables (`GLIBC_TUNABLES`, `MALLOC_*`) keeps them.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed on 64-bit systems
 TRIM_THRESHOLD = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-_state: dict[int, bool] = {}  # pid -> whether tuned (a forked child tunes its own)
 
 
+@functools.cache  # a forked child inherits the tuned malloc with the rest of its parent's memory
 def keep_freed_memory() -> bool:
     """Tune this process's malloc once (see the module's docstring); whether it was. Only glibc."""
-    pid = os.getpid()
-    if pid in _state:
-        return _state[pid]
-    _state[pid] = tuned = _tune()
-    return tuned
+    return _tune()
 
 
 def _tune() -> bool:

@@ -94,7 +94,7 @@ def piece_bytes(size: int, unit_bytes: int) -> int:
     of workers finds the same pieces."""
     count = math.ceil(size / unit_bytes)
     step = min(8, 1 << (count.bit_length() - 1))
-    return math.ceil(size / (-(-count // step) * step))
+    return math.ceil(size / (math.ceil(count / step) * step))
 
 
 class Ingest(Stage):

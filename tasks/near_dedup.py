@@ -378,12 +378,12 @@ class NearDedup(Stage):
 
     def _report(self, ctx, names, nodes, label, members, kept_node, cluster_id, gone, keeper, similarity, stats):
         cfg = self.config
-        sizes = np.bincount(label[members]) if len(members) else np.zeros(0, np.int64)
-        sizes = sizes[sizes > 1]
+        counts = np.bincount(label[members]) if len(members) else np.zeros(0, np.int64)  # members per label
+        sizes = counts[counts > 1]
         histogram = {str(k): int(v) for k, v in zip(*np.unique(sizes, return_counts=True))} if len(sizes) else {}
         # the largest clusters, and example pairs across the similarity range
         top_labels = np.unique(label[members])
-        top_labels = top_labels[np.argsort(-np.bincount(label[members])[top_labels], kind="stable")][: cfg.report_clusters]
+        top_labels = top_labels[np.argsort(-counts[top_labels], kind="stable")][: cfg.report_clusters]
         picks = (np.unique(np.linspace(0, len(gone) - 1, min(cfg.report_clusters, len(gone))).astype(int))
                  if len(gone) else np.zeros(0, dtype=np.int64))
         picks = picks[np.argsort(similarity[picks])]
@@ -393,7 +393,7 @@ class NearDedup(Stage):
         top_texts, kept_texts, gone_texts = ([next(texts) for _ in part] for part in (top_kept, kept_of, gone_of))
         largest = []
         for lab, node, text in zip(top_labels.tolist(), top_kept.tolist(), top_texts):
-            largest.append({"cluster_id": int(cluster_id[lab]), "size": int(np.count_nonzero(label[members] == lab)),
+            largest.append({"cluster_id": int(cluster_id[lab]), "size": int(counts[lab]),
                             "kept_at": locators(names, nodes[[node]])[0], "kept": text[:300]})
         examples = []
         kept_at, gone_at = locators(names, nodes[kept_of]), locators(names, nodes[gone_of])
