@@ -142,11 +142,24 @@ def _fold_bytes_column(texts: pa.StringArray) -> tuple[bytearray, np.ndarray]:
         word = _NON_SPACE.search(folded, starts[row], ends[row])  # rows rarely start with a space
         if word:
             drop[word.start() - 1] = True  # the space before the row's first word
-    # dropped bytes are few (runs of spaces): marked with a byte the fold never leaves (\x01), deleted in
-    # one C pass (a fifth faster than numpy's delete); offsets shift by how many fell before each one
-    dropped = np.flatnonzero(drop)
-    folded_view[dropped] = 1
-    return folded.translate(None, b"\x01"), offsets - np.searchsorted(dropped, offsets)
+    # dropped bytes (a twelfth of prose: punctuation beside a space, blank lines) are marked with a byte the
+    # fold never leaves (\x01: every one is a space, 32 - 31) and deleted in one C pass (a fifth faster than
+    # numpy's delete); offsets shift by how many fell before each one, counted on the packed mask (their
+    # positions, 8 bytes each, took a third of the fold)
+    folded_view -= drop.view(np.uint8) * np.uint8(31)
+    return folded.translate(None, b"\x01"), offsets - _set_before(drop, offsets)
+
+
+def _set_before(mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """How many of mask[:p] are set, for each p in `positions` (0 <= p <= len(mask)): popcounts of the
+    mask packed into 64-bit words, summed up to each position's word, plus the bits below it in its word."""
+    bits = np.packbits(mask, bitorder="little")
+    words = np.concatenate([bits, np.zeros(8 + (-len(bits)) % 8, np.uint8)]).view("<u8")
+    full = np.zeros(len(words) + 1, np.int64)
+    np.cumsum(np.bitwise_count(words), out=full[1:])
+    word = positions >> 6
+    below = (np.uint64(1) << (positions & 63).astype(np.uint64)) - np.uint64(1)
+    return full[word] + np.bitwise_count(words[word] & below)
 
 
 def text_hashes(texts: pa.StringArray | list[str], cfg: ExactDedupConfig) -> tuple[np.ndarray, np.ndarray]:
