@@ -11,6 +11,7 @@ import xxhash
 from tasks.exact_dedup import (
     ExactDedup,
     ExactDedupConfig,
+    _set_before,
     fold_column,
     normalize_bytes,
     normalize_for_hash,
@@ -51,6 +52,17 @@ def test_column_folding_matches_the_per_text_normalization(shared):
     for i, text in enumerate(mixed):
         assert (h1[i], h2[i]) == tuple(np.frombuffer(xxhash.xxh3_128_digest(normalize_bytes(text, cfg)), "<u8"))
     assert (h1[-2], h2[-2]) == (h1[-1], h2[-1])  # "ﬁne" (non-ASCII path) and "FINE" (vector path) collide
+
+
+def test_set_before_counts_the_set_bits_below_each_position():
+    """The fold's per-row shift: popcounts of a packed mask, checked against a cumulative sum at every
+    position, for lengths on and beside the 64-bit word boundaries."""
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 8, 63, 64, 65, 127, 128, 129, 1000, 4099):
+        mask = rng.random(n) < 0.3
+        positions = np.arange(n + 1, dtype=np.int64)
+        expected = np.concatenate([[0], np.cumsum(mask)])
+        assert np.array_equal(_set_before(mask, positions), expected), n
 
 
 @pytest.fixture(scope="module")
