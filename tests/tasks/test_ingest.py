@@ -137,6 +137,28 @@ def test_tricky_input_each_becomes_a_reject_with_its_reason(tmp_path):
     assert all(len(r) <= 2001 for r in rejects.column("raw").to_pylist())  # raw values are truncated
 
 
+def test_the_control_character_check_counts_what_clean_text_removes_on_any_slice():
+    """The sink's quick check over a batch's text buffer (is there any byte clean_text removes from ASCII
+    text?) against a per-character reference, on random rows of controls, tabs, newlines, DEL and non-ASCII
+    characters whose UTF-8 bytes look like none of them, whole and sliced."""
+    import random
+
+    from tasks.sink import _has_ascii_controls
+
+    removed = {*range(9), *range(11, 32), 0x7F}
+    alphabet = ["a", " ", "\n", "\t", "\r", "\x00", "\x7f", "\x1f", "\x0b", "é", "\x80", "\u2028", "中"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        rows = ["".join(rng.choice(alphabet[:rng.randint(1, len(alphabet))]) for _ in range(rng.randint(0, 6)))
+                for _ in range(rng.randint(0, 5))]
+        column = pa.array(rows, pa.string())
+        if len(column) > 1 and rng.random() < 0.5:
+            start = rng.randint(0, len(column) - 1)
+            column = column.slice(start, rng.randint(0, len(column) - start))
+        expected = any(ord(c) in removed for row in column.to_pylist() for c in row)
+        assert _has_ascii_controls(column) == expected, rows
+
+
 def test_gutenberg_text_file_is_stripped(shared, tmp_path):
     manifest, docs, rejects = ingest([shared / "pretrain/gutenberg_raw"], tmp_path / "out")
     assert docs.num_rows == 1
