@@ -30,6 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks import piece_ids
 from tasks.inputs import InputFile, expand_inputs, format_of, open_binary
 from tasks.manifest import files_fingerprint, write_json_atomic
 from tasks.readers import (
@@ -44,7 +45,7 @@ from tasks.readers import (
 )
 from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter
 from tasks.sink import Adapter, FileSink, raw_policy
-from tasks.stage import Stage, StageContext, UnitResult
+from tasks.stage import Stage, StageContext, UnitResult, unit_result
 
 _PROBLEMS = {  # what a person is told about an input that was not read
     "fifo": "a named pipe: not read (it could block forever)",
@@ -103,7 +104,7 @@ class Ingest(Stage):
 
     name = "01_ingest"
     Config = IngestConfig
-    phases = ("read",)
+    phases = ("read", piece_ids.UNIT)  # ids: unique within a file also across its pieces (tasks.piece_ids)
 
     def __init__(self, config: IngestConfig | dict | None = None, adapter: Adapter | None = None, **overrides):
         super().__init__(config, **overrides)
@@ -119,7 +120,11 @@ class Ingest(Stage):
 
     def plan(self, ctx: StageContext, phase: str) -> list[str]:
         """Units of about `unit_bytes` of input: small files grouped, large ones split into pieces (JSON lines
-        at newlines, Parquet at row groups), so one big file still uses every worker."""
+        at newlines, Parquet at row groups), so one big file still uses every worker. Then one unit that checks
+        ids across the pieces of each split file, if a file was split and records have ids of their own."""
+        if phase == piece_ids.UNIT:
+            plan = json.loads((ctx.work_dir / "plan.json").read_text())
+            return [piece_ids.UNIT] if self.config.id_field and piece_ids.split_files(plan) else []
         units: list[list[dict]] = [[]]
         unit_size = 0
         for f in expand_inputs(ctx.inputs):
@@ -165,6 +170,11 @@ class Ingest(Stage):
 
     def run_unit(self, ctx: StageContext, phase: str, key: str) -> UnitResult:
         plan = json.loads((ctx.work_dir / "plan.json").read_text())
+        if phase == piece_ids.UNIT:
+            shards_of = {unit: [o for o in unit_result(ctx, "read", unit)["outputs"] if o["kind"] == "documents"]
+                         for unit in plan}
+            return piece_ids.apply(ctx.stage_dir, ctx.work_dir, plan, shards_of, ctx.codec,
+                                   raw_policy(self.config.rejects_raw))
         writer = ShardWriter(ctx.stage_dir, key, DOC_SCHEMA, shard_bytes=self.config.shard_bytes, codec=ctx.codec)
         rejects = RejectsWriter(ctx.stage_dir, key, redact=raw_policy(self.config.rejects_raw))
         stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "gutenberg_stripped": 0}

@@ -246,8 +246,11 @@ class ShardWriter:
         )
         self._writer = None
 
-    def close(self) -> list[OutputFile]:
+    def close(self, write_empty: bool = False) -> list[OutputFile]:
+        """Write what is pending and close; `write_empty`: a file even for no rows (one that replaces a shard)."""
         self._flush()
+        if write_empty and self._writer is None and not self.outputs:
+            self._open()
         self._close_file()
         return self.outputs
 

@@ -133,6 +133,11 @@ def _marker(ctx: StageContext, phase: str, key: str) -> Path:
     return ctx.work_dir / "done" / phase / f"{key}.json"
 
 
+def unit_result(ctx: StageContext, phase: str, key: str) -> UnitResult:
+    """The result a finished unit of an earlier phase recorded (its completion marker)."""
+    return json.loads(_marker(ctx, phase, key).read_text())
+
+
 _watched_parent: dict[int, int] = {}  # this process's pid -> its parent's, once watched (a fork copies the dict)
 
 
@@ -287,7 +292,7 @@ def _run_locked(stage: Stage, ctx: StageContext, fingerprint: str, chash: str, m
         keys = stage.plan(ctx, phase)
         done = {k: json.loads(_marker(ctx, phase, k).read_text()) for k in keys if _marker(ctx, phase, k).exists()}
         pending = [k for k in keys if k not in done]
-        if progress:
+        if progress and keys:  # a phase with nothing to do (ingest's ids when no file was split) is not shown
             progress(stage.name, phase, len(done), len(keys))
 
         def on_done(key, result, _done=done, _phase=phase, _total=len(keys)):
@@ -308,6 +313,7 @@ def _run_locked(stage: Stage, ctx: StageContext, fingerprint: str, chash: str, m
         inputs=inputs,
         started_at=started_at,
     )
+    outputs: dict[str, dict] = {}
     for phase_results in results.values():
         for r in phase_results:
             manifest.rows_in += r.get("rows_in", 0)
@@ -315,7 +321,8 @@ def _run_locked(stage: Stage, ctx: StageContext, fingerprint: str, chash: str, m
             _sum_into(manifest.removed, r.get("removed", {}))
             _sum_into(manifest.rejected, r.get("rejected", {}))
             _sum_into(manifest.stats, r.get("stats", {}))
-            manifest.outputs.extend(r.get("outputs", []))
+            outputs.update((o["path"], o) for o in r.get("outputs", []))  # a later phase's rewrite of a file wins
+    manifest.outputs = list(outputs.values())
     manifest.stats.update(stage.finish(ctx, results))
     manifest.outputs.sort(key=lambda o: (o["kind"], o["path"]))
     shutil.rmtree(ctx.work_dir, ignore_errors=True)

@@ -285,6 +285,65 @@ def test_one_large_json_lines_file_is_split_into_units_with_the_same_result(shar
     assert split.stats["files"] == 1 and split.stats["bytes_read"] == path.stat().st_size
 
 
+def _repeating_ids(path: Path, lines: int, ids: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"d{i % ids}", "text": f"line {i} " * (i % 50 + 1)}) + "\n"
+                            for i in range(lines)))
+    return path
+
+
+@pytest.mark.parametrize("ids", [2500, 1000])  # repeats in the last pieces; pieces made only of repeats
+def test_an_id_repeated_in_another_piece_of_a_file_is_a_reject_as_when_read_whole(tmp_path, ids):
+    """Ids are unique within a file however it is read: the rows of a split file whose id an earlier piece
+    holds become duplicate_id rejects (ingest's ids phase), the same documents and rejects as read whole; the
+    manifest lists the rewritten shards with their true checksums, and a shard left empty is still a shard."""
+    from tasks.exact_dedup import ExactDedup
+    from tasks.shards import sha256_file
+
+    path = _repeating_ids(tmp_path / "in.jsonl", 3000, ids)
+    whole, docs, rejects = ingest([path], tmp_path / "whole")
+    split, split_docs, split_rejects = ingest([path], tmp_path / "split", workers=2,
+                                              unit_bytes=path.stat().st_size // 7 + 1)
+    assert len(list((tmp_path / "split").glob("part-*.parquet"))) == 8
+    _same_documents(docs, split_docs)
+    assert split.rejected == whole.rejected == {"duplicate_id": 3000 - ids}
+    assert (split.rows_in, split.rows_out) == (whole.rows_in, whole.rows_out) == (3000, ids)
+    assert sorted(split_rejects.column("position").to_pylist()) == sorted(rejects.column("position").to_pylist())
+    assert set(split_rejects.column("reason").to_pylist()) == {"duplicate_id"}
+    for out in split.outputs:
+        assert sha256_file(tmp_path / "split" / out["path"]) == out["sha256"], out["path"]
+        assert pq.ParquetFile(tmp_path / "split" / out["path"]).metadata.num_rows == out["rows"]
+    assert sum(o["rows"] for o in split.outputs if o["kind"] == "documents") == ids
+    dedup = run_stage(ExactDedup(), run_id="t", stage_dir=tmp_path / "dedup", inputs=[str(tmp_path / "split")])
+    assert dedup.manifest.rows_in == ids
+
+
+def test_a_killed_id_check_resumes_with_the_same_documents_rejects_and_checksums(tmp_path, monkeypatch):
+    from tasks.shards import ShardWriter, sha256_file
+
+    path = _repeating_ids(tmp_path / "in.jsonl", 3000, 1000)
+    whole, docs, rejects = ingest([path], tmp_path / "whole")
+    close, rewritten = ShardWriter.close, []
+
+    def dies_after_one_rewrite(self, write_empty=False):  # only the ids phase's rewrites ask for write_empty
+        if write_empty:
+            if rewritten:
+                raise KeyboardInterrupt("killed while rewriting shards")
+            rewritten.append(self.prefix)
+        return close(self, write_empty)
+
+    monkeypatch.setattr(ShardWriter, "close", dies_after_one_rewrite)
+    with pytest.raises(KeyboardInterrupt):
+        ingest([path], tmp_path / "split", unit_bytes=path.stat().st_size // 7 + 1)
+    monkeypatch.setattr(ShardWriter, "close", close)
+    assert rewritten and (tmp_path / "split" / "_rejects" / "part-ids.parquet").exists()
+    split, split_docs, split_rejects = ingest([path], tmp_path / "split", unit_bytes=path.stat().st_size // 7 + 1)
+    _same_documents(docs, split_docs)
+    assert split.rejected == whole.rejected and split.rows_out == whole.rows_out
+    assert sorted(split_rejects.column("position").to_pylist()) == sorted(rejects.column("position").to_pylist())
+    for out in split.outputs:
+        assert sha256_file(tmp_path / "split" / out["path"]) == out["sha256"], out["path"]
+
+
 def test_pieces_keep_line_numbers_across_blank_lines_a_bom_and_a_last_line_without_newline(tmp_path):
     lines = [json.dumps({"text": f"document {i} " + "word " * (i % 7)}) if i % 5 else "" for i in range(1, 400)]
     path = tmp_path / "in.jsonl"
