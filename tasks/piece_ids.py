@@ -62,7 +62,8 @@ def find_repeats(stage_dir: Path, plan: dict[str, list[dict]], shards_of: dict[s
                     ids.append(column)
         if not ids:
             continue
-        codes = pc.dictionary_encode(pa.concat_arrays(ids)).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        every = pa.concat_arrays([column.cast(pa.large_string()) for column in ids])  # past 2 GB of ids too
+        codes = pc.dictionary_encode(every).indices.to_numpy(zero_copy_only=False).astype(np.int64)
         before = np.concatenate([[-1], np.maximum.accumulate(codes)[:-1]])
         repeat = codes <= before
         if not repeat.any():
