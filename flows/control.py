@@ -103,6 +103,8 @@ class Control:
     def markdown(self, markdown: str, key: str, description: str) -> None:
         pass
 
+    records_progress = False  # progress() keeps nothing: no need to work out the share done for it
+
     def progress(self, percent: float, key: str, description: str, artifact_id=None):
         return None
 

@@ -69,6 +69,8 @@ class StageProgress:
                 self.logger.info("%s %s: %d/%d units%s", self.stage, self.phase, done, total, self._documents())
 
     def _show(self) -> None:
+        if not sys.stderr.isatty() and not getattr(self.control, "records_progress", False):
+            return  # neither a bar nor an artifact to update: the units' meters are not read (a glob per unit)
         with self._lock:  # a consistent view of the phases; the reads and API calls below need no lock
             phases, phase = dict(self.phases), self.phase
         rows, nbytes = self._read()

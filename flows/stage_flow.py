@@ -152,6 +152,8 @@ class PrefectControl(Control):
 
         create_markdown_artifact(markdown=markdown, key=key, description=description)
 
+    records_progress = True  # a Prefect progress artifact
+
     def progress(self, percent: float, key: str, description: str, artifact_id=None):
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
