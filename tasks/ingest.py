@@ -14,7 +14,9 @@ kept; otherwise the id is derived from the file's path relative to its input roo
 position, so the same input gives the same ids on every rerun and every machine. Text is decoded as
 UTF-8 (legacy fallback: cp1252), newlines normalized, control characters removed, Unicode
 normalized (NFC), and Project Gutenberg license headers and footers stripped. Bad records never
-stop the stage: each becomes a row of `_rejects/` with its file, position, reason and raw value.
+stop the stage: each becomes a row of `_rejects/` with its file, position, reason and raw value. Ids are
+unique within a file: a piece rejects the ids it repeats, and one unit after the pieces (tasks.piece_ids)
+rejects those an earlier piece of the same file holds.
 Records of another shape (instruction data) go through an adapter passed to the stage.
 
     loom step ingest --input ../shared/data/sft/alpaca_libre --output /tmp/ingested

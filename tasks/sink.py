@@ -266,7 +266,7 @@ def _dirty_rows(texts: pa.StringArray, ascii_rows: np.ndarray) -> np.ndarray:
 
 def _has_ascii_controls(texts: pa.StringArray) -> bool:
     """Whether the column's text holds a byte clean_text removes from ASCII text: below 32 other than tab and
-    newline (\r included), or DEL. Counted in place, a few numpy passes over the buffer (a copy of it and a
+    newline (\\r included), or DEL. Counted in place, a few numpy passes over the buffer (a copy of it and a
     deleting translate took 2.5x as long); the bytes of non-ASCII characters are all 128 or more."""
     data = texts.buffers()[2]
     if data is None or not len(texts):
