@@ -399,10 +399,12 @@ def test_a_large_parquet_file_is_split_at_row_groups(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = tmp_path / "in.parquet"
-    table = pa.table({"id": [f"r{i}" for i in range(5000)], "text": [f"row {i} " * 20 for i in range(5000)]})
+    path = tmp_path / "in.parquet"  # the last 1,000 rows repeat ids of earlier row groups
+    table = pa.table({"id": [f"r{i % 4000}" for i in range(5000)], "text": [f"row {i} " * 20 for i in range(5000)]})
     pq.write_table(table, path, row_group_size=500)
-    _, docs, _ = ingest([path], tmp_path / "whole")
-    _, split_docs, _ = ingest([path], tmp_path / "split", unit_bytes=path.stat().st_size // 4)
+    whole, docs, rejects = ingest([path], tmp_path / "whole")
+    split, split_docs, split_rejects = ingest([path], tmp_path / "split", unit_bytes=path.stat().st_size // 4)
     assert len(list((tmp_path / "split").glob("part-*.parquet"))) >= 4
     _same_documents(docs, split_docs)
+    assert split.rejected == whole.rejected == {"duplicate_id": 1000}
+    assert split_rejects.column("position").to_pylist() == rejects.column("position").to_pylist() == list(range(4000, 5000))
