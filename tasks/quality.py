@@ -28,7 +28,7 @@ import re
 from collections import Counter
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasks.langid import UNSPACED_SCRIPTS, identify, unspaced
 from tasks.shards import filter_shard, iter_batches
@@ -82,6 +82,13 @@ class QualityConfig(BaseModel):
     max_dup_line_chars_ratio: float = Field(0.1, ge=0, le=1, description="FineWeb: characters in duplicated lines.")
     max_short_line_ratio: float = Field(0.67, ge=0, le=1, description="FineWeb: lines under 30 characters.")
 
+    @field_validator("top_ngram_max_ratio", "dup_ngram_max_ratio")
+    @classmethod
+    def _positive_n(cls, value: dict[int, float]) -> dict[int, float]:
+        if any(n < 1 for n in value):
+            raise ValueError(f"n-gram lengths are whole numbers of words, 1 or more: got {sorted(value)}")
+        return value
+
 
 def words_of(text: str, lang: str) -> list[str]:
     """Words as the language writes them: at spaces, and in unspaced scripts every character a word."""
@@ -128,27 +135,47 @@ def _dup_stats(items: list[str]) -> tuple[float, float]:
 def _ngram_stats(words: list[str], top: dict[int, float], dup: dict[int, float], scale: int = 1
                  ) -> dict[str, float]:
     """Gopher's n-gram repetition statistics, keyed by the configured n; with `scale` (unspaced scripts,
-    where a word is about two characters) the n-grams are `scale * n` characters long."""
-    out: dict[str, float] = {}
-    total = sum(len(w) for w in words) or 1
-    for key in top:
-        n = key * scale
-        grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-        if grams:
-            gram, count = grams.most_common(1)[0]
-            out[f"top_{key}gram_char_ratio"] = round(sum(len(w) for w in gram) * count / total, 4) if count > 1 else 0.0
-    for key in dup:
-        n = key * scale
-        covered = [False] * len(words)
-        seen: set[tuple] = set()
-        for i in range(len(words) - n + 1):
-            gram = tuple(words[i:i + n])
-            if gram in seen:
-                for j in range(i, i + n):
-                    covered[j] = True
-            seen.add(gram)
-        out[f"dup_{key}gram_char_ratio"] = round(sum(len(w) for w, c in zip(words, covered) if c) / total, 4)
-    return out
+    where a word is about two characters) the n-grams are `scale * n` characters long.
+
+    Each n-gram is a small integer: an n-gram is the pair of its (n-1)-gram's code and its last word's, coded
+    in order of first appearance, so a position repeats an earlier n-gram exactly when its code is not the
+    next new one. Once no (n-1)-gram repeats, no longer one does: the codes are not built past that (in
+    prose, a few n), and every larger n has no top n-gram above one occurrence and no repeated characters."""
+    total = sum(map(len, words)) or 1
+    index: dict[str, int] = {}
+    ids = [index.setdefault(w, len(index)) for w in words]
+    tops = {k * scale: k for k in top}
+    dups = {k * scale: k for k in dup}
+    top_out: dict[int, float] = {}
+    dup_out: dict[int, float] = {}
+    codes, distinct = ids, len(index)
+    for n in range(1, max((*tops, *dups), default=0) + 1):
+        if n > 1 and distinct == len(codes):  # nothing repeats: one n-gram fewer, all distinct still
+            codes = codes[:-1]
+            distinct = len(codes)
+        elif n > 1:
+            pairs: dict[tuple[int, int], int] = {}
+            codes = [pairs.setdefault(pair, len(pairs)) for pair in zip(codes, ids[n - 1:])]
+            distinct = len(pairs)
+        if n in tops and codes:
+            top_out[n] = 0.0
+            if distinct < len(codes):  # the most frequent n-gram, the first seen of equals (as Counter gives it)
+                code, count = Counter(codes).most_common(1)[0]
+                at = codes.index(code)
+                top_out[n] = round(sum(map(len, words[at:at + n])) * count / total, 4)
+        if n in dups:
+            covered = 0
+            if distinct < len(codes):
+                fresh = end = 0
+                for i, code in enumerate(codes):
+                    if code == fresh:
+                        fresh += 1
+                    else:  # a repeat: its words count once, however many repeats overlap them
+                        covered += sum(map(len, words[max(i, end):i + n]))
+                        end = i + n
+            dup_out[n] = round(covered / total, 4)
+    return {**{f"top_{k}gram_char_ratio": top_out[k * scale] for k in top if k * scale in top_out},
+            **{f"dup_{k}gram_char_ratio": dup_out[k * scale] for k in dup}}
 
 
 def judge(text: str, lang: str, cfg: QualityConfig) -> tuple[str, str | None, dict]:
