@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from itertools import compress
+from operator import ne
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -137,13 +139,14 @@ def _ngram_stats(words: list[str], top: dict[int, float], dup: dict[int, float],
     """Gopher's n-gram repetition statistics, keyed by the configured n; with `scale` (unspaced scripts,
     where a word is about two characters) the n-grams are `scale * n` characters long.
 
-    Each n-gram is a small integer: an n-gram is the pair of its (n-1)-gram's code and its last word's, coded
-    in order of first appearance, so a position repeats an earlier n-gram exactly when its code is not the
-    next new one. Once no (n-1)-gram repeats, no longer one does: the codes are not built past that (in
-    prose, a few n), and every larger n has no top n-gram above one occurrence and no repeated characters."""
+    Each n-gram is coded by the position where it first appears: an n-gram is the pair of its (n-1)-gram's
+    code and its last word's, looked up in C (map over dict.setdefault), so the n-gram at i repeats an
+    earlier one exactly when its code is not i. Once no (n-1)-gram repeats, no longer one does: codes are not
+    built past that (in prose, a few n), and every larger n has no top n-gram above one occurrence and no
+    repeated characters."""
     total = sum(map(len, words)) or 1
     index: dict[str, int] = {}
-    ids = [index.setdefault(w, len(index)) for w in words]
+    ids = list(map(index.setdefault, words, range(len(words))))
     tops = {k * scale: k for k in top}
     dups = {k * scale: k for k in dup}
     top_out: dict[int, float] = {}
@@ -155,24 +158,19 @@ def _ngram_stats(words: list[str], top: dict[int, float], dup: dict[int, float],
             distinct = len(codes)
         elif n > 1:
             pairs: dict[tuple[int, int], int] = {}
-            codes = [pairs.setdefault(pair, len(pairs)) for pair in zip(codes, ids[n - 1:])]
+            codes = list(map(pairs.setdefault, zip(codes, ids[n - 1:]), range(len(codes) - 1)))
             distinct = len(pairs)
         if n in tops and codes:
             top_out[n] = 0.0
             if distinct < len(codes):  # the most frequent n-gram, the first seen of equals (as Counter gives it)
-                code, count = Counter(codes).most_common(1)[0]
-                at = codes.index(code)
+                at, count = Counter(codes).most_common(1)[0]
                 top_out[n] = round(sum(map(len, words[at:at + n])) * count / total, 4)
         if n in dups:
-            covered = 0
+            covered = end = 0
             if distinct < len(codes):
-                fresh = end = 0
-                for i, code in enumerate(codes):
-                    if code == fresh:
-                        fresh += 1
-                    else:  # a repeat: its words count once, however many repeats overlap them
-                        covered += sum(map(len, words[max(i, end):i + n]))
-                        end = i + n
+                for i in compress(range(len(codes)), map(ne, codes, range(len(codes)))):  # the repeats, in order
+                    covered += sum(map(len, words[max(i, end):i + n]))  # words under overlapping repeats count once
+                    end = i + n
             dup_out[n] = round(covered / total, 4)
     return {**{f"top_{k}gram_char_ratio": top_out[k * scale] for k in top if k * scale in top_out},
             **{f"dup_{k}gram_char_ratio": dup_out[k * scale] for k in dup}}
