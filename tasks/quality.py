@@ -27,7 +27,7 @@ import json
 import re
 from collections import Counter
 from itertools import compress
-from operator import ne
+from operator import ne, not_
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -121,6 +121,13 @@ def c4_clean(text: str, cfg: QualityConfig) -> tuple[str, int]:
     return "\n".join(kept).strip("\n"), dropped
 
 
+def _words_with_a_letter(words: list[str]) -> int:
+    """How many words hold a letter (str.isalpha): words of letters only are counted in C, and only the others
+    (punctuation attached, digits) are looked at character by character."""
+    letters_only = list(map(str.isalpha, words))
+    return sum(letters_only) + sum(1 for w in compress(words, map(not_, letters_only)) if any(map(str.isalpha, w)))
+
+
 def _dup_stats(items: list[str]) -> tuple[float, float]:
     """(share of items that repeat an earlier one, share of characters in such repeats)."""
     seen: set[str] = set()
@@ -200,11 +207,11 @@ def judge(text: str, lang: str, cfg: QualityConfig) -> tuple[str, str | None, di
             fail("c4:curly_brace")
     if cfg.gopher_quality:
         spaced = not unspaced(lang)
-        mean_len = sum(len(w) for w in words) / max(1, n_words)
+        mean_len = sum(map(len, words)) / max(1, n_words)
         symbols = sum(text.count(s) for s in _SYMBOLS) / max(1, n_words)
         bullets = sum(ln.lstrip().startswith(BULLETS) for ln in lines) / max(1, len(lines))
         ellipses = sum(ln.rstrip().endswith(ELLIPSES) for ln in lines) / max(1, len(lines))
-        alpha = sum(any(c.isalpha() for c in w) for w in words) / max(1, n_words)
+        alpha = _words_with_a_letter(words) / max(1, n_words)
         stats.update(mean_word_length=round(mean_len, 3), symbol_word_ratio=round(symbols, 4),
                      bullet_lines_ratio=round(bullets, 4), ellipsis_lines_ratio=round(ellipses, 4),
                      alpha_words_ratio=round(alpha, 4))
@@ -234,7 +241,7 @@ def judge(text: str, lang: str, cfg: QualityConfig) -> tuple[str, str | None, di
                                    ("dup_paragraph_chars", dup_para_chars, cfg.max_dup_para_char_ratio)):
             if value > limit:
                 fail(f"gopher:{rule}")
-        grams = _ngram_stats([w.lower() for w in words], cfg.top_ngram_max_ratio, cfg.dup_ngram_max_ratio,
+        grams = _ngram_stats(list(map(str.lower, words)), cfg.top_ngram_max_ratio, cfg.dup_ngram_max_ratio,
                              scale=2 if unspaced(lang) else 1)
         stats.update(grams)
         for n, limit in cfg.top_ngram_max_ratio.items():
