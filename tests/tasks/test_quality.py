@@ -157,3 +157,15 @@ def test_ngram_statistics_are_gophers_on_real_and_repetitive_text_in_every_scrip
             assert list(got.items()) == list(expected.items()), (lang, words[:12])
     with pytest.raises(ValueError, match="1 or more"):  # a 0-word n-gram is a config mistake, said so
         QualityConfig(dup_ngram_max_ratio={0: 0.1})
+
+
+def test_words_with_a_letter_are_counted_as_character_by_character():
+    """Gopher's alpha-words share counts words holding any letter (str.isalpha): the quick count agrees with a
+    character-by-character one on words of letters, digits, marks, modifier letters, numerals and symbols."""
+    from tasks.quality import _words_with_a_letter
+
+    alphabet = ["a", "é", "中", "1", ".", "²", "Ⅷ", "_", "'", "ß", "ǅ", "ʰ", "\u0301", "٣", "ـ"]
+    rng = random.Random(2)
+    for _ in range(5000):
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(0, 6))]
+        assert _words_with_a_letter(words) == sum(any(c.isalpha() for c in w) for w in words), words
