@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.manifest import write_json_atomic
-from tasks.shards import DOC_SCHEMA, REJECTS_DIR, RejectsWriter, ShardWriter, sha256_file
+from tasks.shards import DOC_SCHEMA, REJECTS_DIR, OutputFile, RejectsWriter, ShardWriter, sha256_file
 
 UNIT = "ids"
 DECISION = "ids.json"
@@ -123,5 +123,6 @@ def apply(stage_dir: Path, work_dir: Path, plan: dict[str, list[dict]], shards_o
 
 
 def _output(stage_dir: Path, path: Path, kind: str) -> dict:
-    return {"path": path.relative_to(stage_dir).as_posix(), "kind": kind, "rows": pq.ParquetFile(path).metadata.num_rows,
-            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    """The manifest entry of a file a killed attempt finished writing (its checksum read back)."""
+    return OutputFile(path=path.relative_to(stage_dir).as_posix(), kind=kind, rows=pq.ParquetFile(path).metadata.num_rows,
+                      bytes=path.stat().st_size, sha256=sha256_file(path)).to_dict()

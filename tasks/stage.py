@@ -290,7 +290,7 @@ def _run_locked(stage: Stage, ctx: StageContext, fingerprint: str, chash: str, m
     results: dict[str, list[UnitResult]] = {}
     for phase in stage.phases:
         keys = stage.plan(ctx, phase)
-        done = {k: json.loads(_marker(ctx, phase, k).read_text()) for k in keys if _marker(ctx, phase, k).exists()}
+        done = {k: unit_result(ctx, phase, k) for k in keys if _marker(ctx, phase, k).exists()}
         pending = [k for k in keys if k not in done]
         if progress and keys:  # a phase with nothing to do (ingest's ids when no file was split) is not shown
             progress(stage.name, phase, len(done), len(keys))
