@@ -27,9 +27,14 @@ import sys
 # Curation runs one process per core, so numpy's BLAS (the PII stage's NER network) gets one thread in each,
 # set before numpy loads (pool workers inherit it): its own threads on the other cores cost CPU and gave
 # nothing. Only for the curation commands: a torch built on OpenBLAS (Linux on ARM) would read it too.
-if set(sys.argv[1:2]) & {"curate", "step"}:
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 CURATION = bool(set(sys.argv[1:2]) & {"curate", "step"})  # this process runs a curation command
+if CURATION:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # Pydantic looks for plugins (a scan of every installed package's entry points, 20-25 ms of a short step)
+    # when it builds its first model, one of Loom's config models, which need none: off for the curation
+    # commands (their forked workers and any process they start inherit it) unless PYDANTIC_DISABLE_PLUGINS
+    # is set already (set it empty to keep the plugins).
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 # The modules a command loads live as long as it does: no collections while they load (117 of them took
 # 5-10% of a short command, to find a few hundred objects of garbage, frozen now with the rest), and later
