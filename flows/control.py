@@ -71,13 +71,15 @@ class Control:
         if workers not in self._pools:
             from concurrent.futures import ProcessPoolExecutor
 
+            import numpy as np
             import pyarrow as pa
 
             from tasks.stage import exit_with_parent
 
-            # pyarrow looks for pandas on its first array (and imports it, unless `pyarrow_without_pandas` ran):
-            # once here, inherited by the forked workers, instead of once in each of them
-            pa.array([], pa.string())
+            # pyarrow looks for pandas on its first array (and imports it, unless `pyarrow_without_pandas` ran),
+            # and asks numpy.ma of a numpy array (numpy imports it on first use: 11 ms): once here, inherited by
+            # the forked workers, instead of once in each of them
+            pa.array(np.zeros(0, dtype=bool))
             self._pools[workers] = ProcessPoolExecutor(max_workers=workers, initializer=exit_with_parent)
         return self._pools[workers]
 
