@@ -10,7 +10,8 @@ published recipe and every threshold in config:
 - Gopher repetition: duplicated lines and paragraphs (count and character shares), the top 2-4-gram's
   character share, and the share of characters in duplicated 5-10-grams;
 - C4 (Raffel et al. 2020): "lorem ipsum", curly braces (code), and for English its line cleaning: lines
-  without terminal punctuation, lines about javascript or cookies and policies are dropped from the text;
+  without terminal punctuation, lines about javascript or cookies and policies are dropped from the text
+  (a document left with no line is removed as `c4:no_lines_left`);
 - FineWeb (Penedo et al. 2024): share of lines ending in punctuation, of characters in duplicated lines,
   of short lines.
 
@@ -201,6 +202,8 @@ def judge(text: str, lang: str, cfg: QualityConfig) -> tuple[str, str | None, di
         reason = reason or rule
 
     if cfg.c4:
+        if not lines and stats.get("c4_lines_dropped"):  # every line gone: say so, not "too few words"
+            fail("c4:no_lines_left")
         if "lorem ipsum" in lower:
             fail("c4:lorem_ipsum")
         if cfg.c4_curly_braces and "{" in text and lang in cfg.c4_line_languages:  # English web pages with braces are code; {0,1} in maths

@@ -36,11 +36,13 @@ def test_each_filter_removes_its_defect_and_keeps_real_prose(shared, tmp_path):
     defects = {
         "gopher:dup_lines": lambda p: "\n".join([p.split(". ")[0] + "."] * 8 + [p]),
         "c4:lorem_ipsum": lambda p: p + "\nLorem ipsum dolor sit amet, consectetur adipiscing elit.",
-        "gopher:symbol_word_ratio": lambda p: " ".join(w + " #" for w in p.split()),
-        "gopher:bullet_lines": lambda p: "\n".join("• " + w for w in p.split()[:60]),
+        "gopher:symbol_word_ratio": lambda p: " ".join(w + " #" for w in p.split()) + " end.",
+        "gopher:bullet_lines": lambda p: "\n".join("• " + " ".join(p.split()[i:i + 6]).rstrip(".") + "."
+                                                for i in range(0, 72, 6)),  # lines C4's cleaning keeps
         "c4:curly_brace": lambda p: p + "\nThe handler is declared as function f() { return 1; } in the page.",
         "gopher:too_few_words": lambda p: " ".join(p.split()[:12]) + ".",
-        "gopher:top_2gram": lambda p: " ".join(["buy now"] * 40) + " " + p[:100],
+        "c4:no_lines_left": lambda p: p.rstrip(".!?\"' ") + " and so on",  # one line, no terminal punctuation
+        "gopher:top_2gram": lambda p: " ".join(["buy now"] * 40) + " " + p[:100].rstrip(".") + ".",
     }
     kept, removed = [], []
     for text in prose[:80]:
@@ -53,6 +55,8 @@ def test_each_filter_removes_its_defect_and_keeps_real_prose(shared, tmp_path):
     for reason, (_, got, stats) in removed:
         assert got is not None, (reason, stats)
         assert got == reason or got.split(":")[0] == reason.split(":")[0], (reason, got)
+        if reason == "c4:no_lines_left":  # named for what emptied it, with the statistic behind it
+            assert got == reason and stats["c4_lines_dropped"] == 1 and stats["words"] == 0, stats
 
 
 def test_batched_language_id_gives_py3langids_own_answers(shared):
