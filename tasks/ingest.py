@@ -38,12 +38,14 @@ from tasks.manifest import files_fingerprint, write_json_atomic
 from tasks.readers import (
     READ_BLOCK,
     ByteRange,
+    Utf8Of,
     binary_kind,
     json_records,
     jsonl_into,
     parquet_records,
     split_lines,
     text_records,
+    unicode_bom,
 )
 from tasks.shards import DOC_SCHEMA, RejectsWriter, ShardWriter
 from tasks.sink import Adapter, FileSink, raw_policy
@@ -179,7 +181,8 @@ class Ingest(Stage):
                                    raw_policy(self.config.rejects_raw))
         writer = ShardWriter(ctx.stage_dir, key, DOC_SCHEMA, shard_bytes=self.config.shard_bytes, codec=ctx.codec)
         rejects = RejectsWriter(ctx.stage_dir, key, redact=raw_policy(self.config.rejects_raw))
-        stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "gutenberg_stripped": 0}
+        stats = {"files": 0, "bytes_read": 0, "blank_lines": 0, "decoded_fallback": 0, "transcoded_files": 0,
+                 "gutenberg_stripped": 0}
         rows_out = 0
         for entry in plan[key]:
             f = InputFile(Path(entry["path"]), entry["key"], entry["source"], entry["size"], entry.get("problem"))
@@ -232,8 +235,12 @@ class Ingest(Stage):
                 with io.BufferedReader(ByteRange(f.path, *piece["range"]), READ_BLOCK) as fh:
                     jsonl_into(fh, sink, cfg.max_doc_bytes, cfg.encoding_fallback, piece["first"])
                 return
-            with open_binary(f.path, compression) as fh:
-                if (kind := binary_kind(fh)) is not None:
+            with open_binary(f.path, compression) as stream:
+                fh = stream
+                if (wide := unicode_bom(stream.peek(4)[:4])) is not None:  # UTF-16 or UTF-32: read as UTF-8
+                    sink.stats["transcoded_files"] += 1
+                    fh = io.BufferedReader(Utf8Of(stream, wide), READ_BLOCK)
+                elif (kind := binary_kind(fh)) is not None:
                     sink.reject(0, "binary", detail=f"{kind} content, not {fmt} text")
                     return
                 if fmt == "jsonl":

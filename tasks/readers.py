@@ -12,6 +12,7 @@ names where it happened.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import json
@@ -54,12 +55,16 @@ def text_records(f: InputFile, compression: str | None, sink: Sink, max_bytes: i
     if len(raw) > max_bytes:
         sink.reject(0, "oversize", raw=raw[:RAW_HEAD], detail="decompressed size > max_doc_bytes")
         return
-    if (kind := _binary_head(raw[:BINARY_PROBE])) is not None:
+    wide = unicode_bom(raw)
+    if wide is None and (kind := _binary_head(raw[:BINARY_PROBE])) is not None:
         sink.reject(0, "binary", detail=f"{kind} content, not text")
         return
     try:
-        text, encoding = decode_bytes(raw, fallback)
-    except DecodeError as e:
+        if wide is not None:  # UTF-16 or UTF-32, as its byte order mark says (Windows tools write these)
+            text, encoding = raw[len(_BOMS[wide]):].decode(wide), wide
+        else:
+            text, encoding = decode_bytes(raw, fallback)
+    except (DecodeError, UnicodeDecodeError) as e:
         sink.reject(0, "undecodable", raw=raw, detail=str(e))
         return
     yield 0, text, encoding, raw
@@ -116,6 +121,48 @@ def parquet_records(f: InputFile, row_groups: tuple[int, int] | None = None, fir
         for record in batch.to_pylist():
             yield position, record, None, record
             position += 1
+
+
+# Byte order marks of the wider Unicode encodings (UTF-32's first: its little-endian mark starts with UTF-16's)
+_BOMS = {"utf-32-le": b"\xff\xfe\x00\x00", "utf-32-be": b"\x00\x00\xfe\xff", "utf-16-le": b"\xff\xfe",
+         "utf-16-be": b"\xfe\xff"}
+
+
+def unicode_bom(head: bytes) -> str | None:
+    """The encoding a UTF-16 or UTF-32 byte order mark at the start of `head` names, or None."""
+    return next((encoding for encoding, bom in _BOMS.items() if head.startswith(bom)), None)
+
+
+class Utf8Of(io.RawIOBase):
+    """A UTF-16 or UTF-32 stream (`encoding`, its byte order mark still first) read as UTF-8 bytes, so the
+    JSON readers read it as they read any file. Bytes that are not that encoding raise UnicodeDecodeError
+    once everything before them was read (so the records before them are kept)."""
+
+    def __init__(self, fh, encoding: str, block: int = 1 << 20):
+        fh.read(len(_BOMS[encoding]))
+        self._fh, self._block = fh, block
+        self._decode = getattr(codecs, encoding.replace("-", "_") + "_decode")  # (data, errors, final) -> (text, used)
+        self._carry, self._pending, self._done, self._error = b"", b"", False, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending and not self._done:
+            chunk = self._fh.read(self._block)
+            data, self._done = self._carry + chunk, not chunk
+            try:
+                text, used = self._decode(data, "strict", self._done)
+            except UnicodeDecodeError as e:
+                text, used = self._decode(data[:e.start], "strict", True)
+                self._error, self._done = e, True
+            self._carry, self._pending = data[used:], text.encode("utf-8")
+        if not self._pending and self._error is not None:
+            raise self._error
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
 
 
 class ByteRange(io.RawIOBase):

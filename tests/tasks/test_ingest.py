@@ -197,6 +197,39 @@ def test_a_json_file_may_be_one_pretty_printed_object(tmp_path):
         (1, "malformed_json"), (2, "malformed_json"), (3, "malformed_json")]
 
 
+def test_utf16_and_utf32_files_with_a_byte_order_mark_are_read_as_text(shared, tmp_path):
+    """Windows tools write UTF-16 with a byte order mark (PowerShell's `>`, Notepad's "Unicode"): such JSON
+    lines, JSON and text files are documents like their UTF-8 twins, not binary rejects; a byte sequence that
+    is not the encoding ends the file's reading there with a reject naming where, the records before it kept."""
+    texts = [line for lang in ("de", "ru", "zh-Hans", "ar", "hi")
+             for line in (shared / f"multilingual/texts/{lang}/xquad_wiki_paragraphs.txt").read_text().split("\n")[:4]
+             if line.strip()]
+    (tmp_path / "in").mkdir()
+    lines = "".join(json.dumps({"id": f"l{i}", "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts))
+    (tmp_path / "in/ps.jsonl").write_bytes(lines.encode("utf-16"))  # the platform's byte order, with its mark
+    (tmp_path / "in/be.jsonl.gz").write_bytes(gzip.compress(b"\xfe\xff" + lines.replace('"l', '"g').encode("utf-16-be")))
+    arr = [{"id": f"a{i}", "text": t} for i, t in enumerate(texts)]
+    (tmp_path / "in/arr.json").write_bytes(json.dumps(arr, ensure_ascii=False).encode("utf-32"))
+    (tmp_path / "in/note.txt").write_bytes(texts[0].encode("utf-16"))
+    (tmp_path / "in/utf8.jsonl").write_text(lines, encoding="utf-8")  # the twins
+    (tmp_path / "in/note8.txt").write_text(texts[0], encoding="utf-8")
+    bad = lines.encode("utf-16-le")
+    cut = len("".join(json.dumps({"id": f"l{i}", "text": t}, ensure_ascii=False) + "\n"
+                      for i, t in enumerate(texts[:3])).encode("utf-16-le"))
+    (tmp_path / "in/bad.jsonl").write_bytes(b"\xff\xfe" + bad[:cut] + b"\x00\xdc" + bad[cut:])  # a lone low surrogate
+    manifest, docs, rejects = ingest([tmp_path / "in"], tmp_path / "out")
+    by_source = {}
+    for source, text in zip(docs.column("source").to_pylist(), docs.column("text").to_pylist()):
+        by_source.setdefault(Path(source).name, []).append(text)
+    twins = by_source["utf8.jsonl"]
+    assert len(twins) == len(texts) and by_source["ps.jsonl"] == by_source["be.jsonl.gz"] == by_source["arr.json"] == twins
+    assert by_source["note.txt"] == by_source["note8.txt"] and by_source["bad.jsonl"] == twins[:3]
+    assert json.loads(docs.filter(pc.match_substring(docs.column("source"), "note.txt")).column("meta")[0].as_py())[
+        "encoding"] == "utf-16-le"
+    assert rejects.column("reason").to_pylist() == ["read_error"] and rejects.column("position").to_pylist() == [4]
+    assert manifest.stats["transcoded_files"] == 4
+
+
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         expand_inputs([str(tmp_path / "nope.jsonl")])
