@@ -1,6 +1,9 @@
 """Pattern recognizers of Loom's own, for every language: street addresses (many countries' street words),
-phone numbers, payment cards (Luhn), IBANs written in lower case (checked by Presidio's recognizer), and
-secrets (provider API keys and tokens, private key blocks, `password=` values). Each finder yields
+phone numbers, payment cards (Luhn), IBANs written in lower case (checked by Presidio's recognizer), e-mail
+addresses spelt out ("jane (at) example (dot) com") or glued to other scripts, and secrets (provider API keys
+and tokens, private key blocks, JSON web tokens, bearer tokens, `password=` values, and credentials in code
+and config files: DB_PASSWORD=..., "client_secret": "...", githubToken: '...', told from code that only
+names one: variables, token ids, calls, types). Each finder yields
 (start, end, score); `PLAUSIBLE` holds the cheap tests that decide which recognizers can match a text."""
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from functools import lru_cache, partial
 # SECRET_PATTERNS needs (a provider's prefix, a private key block, a password word before ':' or '='), so
 # prose that merely says "key" or "pass" is not searched by all of them.
 _SECRET_WORDS = r"(?i:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-_SECRET_NEEDS = r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_(?:live|test)_|sk-|AIza|PRIVATE KEY|" + _SECRET_WORDS
+# a credential's name as code and config files write it, the word inside an identifier (DB_PASSWORD,
+# AWS_SECRET_ACCESS_KEY, githubToken): what the gate lets through before the ':' or '='
+_CREDENTIAL_WORDS = r"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)"
+_SECRET_NEEDS = (r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_(?:live|test)_|sk-|AIza|PRIVATE KEY|eyJ|(?i:bearer)\s|"
+                 r"(?:" + _CREDENTIAL_WORDS + r"[A-Za-z0-9_.-]*[\"']?|" + _SECRET_WORDS + ")")  # the last: then ':' or '='
 
 PLAUSIBLE = {
-    "EMAIL_ADDRESS": re.compile(r"@").search,
+    "EMAIL_ADDRESS": re.compile(r"@|(?i:[\[(]\s*(?:at|@)\s*[\])])").search,
     "PHONE_NUMBER": re.compile(r"(?:\d\D{0,3}){7}").search,
     "CREDIT_CARD": re.compile(r"(?:\d[ -]?){12}").search,
     "IBAN_CODE": re.compile(r"[A-Za-z]{2}[ -]?\d{2}").search,
@@ -33,7 +40,8 @@ PLAUSIBLE = {
 # compiles a test anew for each batch, and a large Unicode class (\P{Nd}, \p{Lu}) repeated costs up to 2 ms
 # to compile; any character ((?s:.)) or a range of code points is looser and compiles in a tenth of that.
 PLAUSIBLE_RE2 = {
-    "EMAIL_ADDRESS": r"\S@\S",  # an address has no space beside its @ (WikiText's " @-@ " has)
+    # an address has no space beside its @ (WikiText's " @-@ " has), or it is spelt out: "jane (at) example"
+    "EMAIL_ADDRESS": r"\S@\S|(?i:[\[(][\s\p{Z}]*(?:at|@)[\s\p{Z}]*[\])])",
     # seven digits, each within four characters of the one before: the same texts as seven digits at most
     # three other characters apart (a digit between two of the seven is one more in such a chain)
     "PHONE_NUMBER": r"\p{Nd}(?:(?s:.){0,3}\p{Nd}){6}",
@@ -274,6 +282,15 @@ def _addresses(text: str, strict: bool = False, rules: frozenset | None = None):
         at = end
 
 
+_CREDENTIAL_NAME = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?)"
+_KEY_SHAPE = re.compile(r"(?=[^\d]*\d)(?=[^A-Za-z]*[A-Za-z])[A-Za-z0-9_\-./+=]{8,}")
+_NAMES_A_CREDENTIAL = re.compile(r"(?i)pass|pwd|secret|credential|token|key")
+_SNAKE_CASE = re.compile(r"[a-z]+(?:_[a-z0-9]+)+")  # token_ids_0: a variable
+_TYPE_NAME = re.compile(r"[A-Z][a-z]+[A-Z][A-Za-z]*|(?i:str|string|bytes|int|integer|bool|boolean|float|dict|list|"
+                        r"none|any|optional|object)")  # `secret: SecretStr`, `:type password: string`
+_CODE_GOES_ON = re.compile(r"\s*[,)|=\]]")  # after `name: value`: an annotation, a dict item, an argument
+_IDENTIFIER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")  # user_password, cfg.token
+
 SECRET_PATTERNS = [
     ("aws_access_key", re.compile(r"\b(?P<secret>(?:AKIA|ASIA)[0-9A-Z]{16})\b")),
     ("github_token", re.compile(r"\b(?P<secret>gh[pousr]_[A-Za-z0-9]{36,255})\b")),
@@ -284,8 +301,17 @@ SECRET_PATTERNS = [
     ("private_key", re.compile(r"(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
                                re.DOTALL)),
     ("password_assignment", re.compile(
-        r"(?i)\b(?:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*[:=]\s*"
-        r"(?P<q>[\"']?)(?P<secret>[^\s\"',;]{4,})(?P=q)")),
+        r"(?i)\b(?P<name>password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*"
+        r"(?P<sep>[:=])\s*(?P<q>[\"']?)(?P<secret>[^\s\"',;()\[\]{}<>]{4,})(?P=q)(?![(\[\w.])")),
+    # a credential in code or config: the word inside an identifier (DB_PASSWORD=, "aws_secret_access_key":,
+    # githubToken:, x-api-key:) and a literal value of six or more characters, not a template or a call
+    ("credential_assignment", re.compile(
+        r"(?i)(?<![A-Za-z0-9_.-])(?P<name>(?:[A-Za-z0-9]+[_.-])+" + _CREDENTIAL_NAME + r"(?:[_.-][A-Za-z0-9]+)*"
+        r"|" + _CREDENTIAL_NAME + r"(?:[_.-][A-Za-z0-9]+)+"
+        r"|(?:client|auth|access|refresh|api|app|bot|db|github|gitlab|slack|aws)" + _CREDENTIAL_NAME + r")"
+        r"[\"']?\s*(?P<sep>[:=])\s*(?P<q>[\"']?)(?P<secret>(?![$%<{])[^\s\"',;()\[\]{}<>]{6,})(?P=q)(?![(\[\w.])")),
+    ("json_web_token", re.compile(r"\b(?P<secret>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})")),
+    ("bearer_token", re.compile(r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9._~+/-]{20,}=*)")),
 ]
 
 
@@ -321,9 +347,40 @@ def luhn_ok(digits: str) -> bool:
 
 
 def _secrets(text: str):
-    for _kind, pattern in SECRET_PATTERNS:
+    for kind, pattern in SECRET_PATTERNS:
         for m in pattern.finditer(text):
+            if kind.endswith("_assignment") and not _credential_value(m):
+                continue
             yield m.start("secret"), m.end("secret"), 1.0
+
+
+def _credential_value(m: re.Match) -> bool:
+    """Whether the value a password or credential assignment names is a literal secret, not code or prose.
+    Under a password or secret name: a value with a letter that is, unquoted, no variable, attribute or type
+    of code: after an '=' no identifier (`password = user_password`, `secret=self.secret`) unless the name
+    is an environment variable's (DB_PASSWORD=changeme); after a ':' (prose, YAML, headers: "password:
+    hunter2") nothing that goes on as code does (`password: bytes | None = None`, `"client_secret":
+    client_secret,`), and after a bare "pass" a value with more than letters ("First pass: canonical").
+    Not a name inside an ARN (`...:secret:rds-*`) or a docstring's `:param password:`, nor a value that is
+    words naming a credential ("PASSWORD", 'aws_secret_access_key'). Under a token or key name, which code uses for much else
+    (image_token_id: "image_token_index", Token.Prompt: '#ansigreen'): a key's shape, eight or more letters
+    and digits (and _-./+=) with both."""
+    value, name, text = m.group("secret"), m.group("name"), m.string
+    before = text[max(0, m.start("name") - 8): m.start("name")]
+    if before.endswith((":", ":param ", ":type ")) or (  # an ARN's part, a docstring's field
+            _NAMES_A_CREDENTIAL.search(value) and not any(c.isdigit() for c in value)):  # "PASSWORD": words
+        return False
+    if not any(word in name.lower() for word in ("pass", "pwd", "secret", "credential")):
+        return bool(_KEY_SHAPE.fullmatch(value)) and not _SNAKE_CASE.fullmatch(value)
+    if not any(c.isalpha() for c in value):
+        return False
+    if m.group("q"):
+        return True
+    if m.group("sep") == "=":
+        return name.isupper() or not _IDENTIFIER_PATH.fullmatch(value)
+    if _CODE_GOES_ON.match(text, m.end()) or _TYPE_NAME.fullmatch(value):
+        return False
+    return name.lower() != "pass" or not value.isalpha()
 
 
 _YEAR_RANGE = re.compile(r"(?:1\d|20)\d\d\s*[-–]\s*(?:1\d|20)\d\d$")  # 2013-2014: years, not a phone
@@ -400,9 +457,21 @@ _ASCII_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+
                           r"(?![A-Za-z0-9-])")
 
 
+# An address spelt out so that scrapers miss it: "jane.doe (at) example (dot) com", "jane [at] example.com"
+_AT, _DOT = r"\s?[\[(]\s*(?:at|@)\s*[\])]\s?", r"(?:\s?[\[(]\s*(?:dot|\.)\s*[\])]\s?|\.)"
+_SPELT_EMAIL = re.compile(rf"(?i)(?<![\w.%+-])[\w%+-]+(?:{_DOT}[\w%+-]+)*{_AT}[A-Za-z0-9-]+(?:{_DOT}[A-Za-z0-9-]+)*"
+                          rf"{_DOT}[A-Za-z]{{2,24}}(?![\w-])")
+
+
 def _emails_beside_other_scripts(text: str):
+    """Addresses Presidio's recognizer misses: spelt out with (at) and (dot), or glued to letters of
+    other scripts ("联系jane@ex.org谢谢")."""
+    if "(" in text or "[" in text:
+        for m in _SPELT_EMAIL.finditer(text):
+            if "@" not in m.group() or "[" in m.group() or "(" in m.group():
+                yield m.start(), m.end(), 1.0
     if text.isascii():
-        return  # Presidio's recognizer reads it
+        return  # Presidio's recognizer reads the rest
     for m in _ASCII_EMAIL.finditer(text):
         if not (text[m.start() - 1: m.start()].isascii() and text[m.end(): m.end() + 1].isascii()):
             yield m.start(), m.end(), 1.0
