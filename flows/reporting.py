@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tasks.stage import StageOutcome
@@ -126,6 +127,29 @@ def print_outcome(summaries: list[dict], title: str) -> None:
     rejected = sum(s["rejected"] for s in summaries)
     if rejected:
         console.print(f"[yellow]{rejected:,} bad input record(s) kept with their reasons in _rejects/[/yellow]")
+    for hint in reject_hints(summaries):
+        console.print(f"  hint: {escape(hint)}")
+
+
+# What a person can change when many records are rejected for a reason that a setting decides
+REJECT_HINTS = {
+    "missing_text": "records without the text field: if the text is under another name, set [ingest] text_field "
+                    "(docs/configuration.md)",
+    "oversize": "records over [ingest] max_doc_bytes: raise it to keep them",
+    "undecodable": "bytes that are neither UTF-8 nor [ingest] encoding_fallback: set the fallback to the files' "
+                   "encoding",
+    "unsupported_format": "files of a format Loom does not read: JSON lines, JSON, Parquet and plain text are read "
+                          "(plain, .gz or .zst)",
+}
+
+
+def reject_hints(summaries: list[dict]) -> list[str]:
+    """A line for each reason of REJECT_HINTS that rejected anything (counts and settings only)."""
+    counts: dict[str, int] = {}
+    for s in summaries:
+        for reason, n in (s.get("rejected_by") or {}).items():
+            counts[reason] = counts.get(reason, 0) + n
+    return [f"{counts[r]:,} {text}" for r, text in REJECT_HINTS.items() if counts.get(r)]
 
 
 def print_tokens(summary: dict) -> None:

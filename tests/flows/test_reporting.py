@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import re
 
-from flows.reporting import embed_images
+from flows.reporting import embed_images, reject_hints
 from tasks.markdown import cell
 
 
@@ -27,3 +27,11 @@ def test_report_images_are_embedded_for_the_prefect_ui(tmp_path):
     data = re.search(r"!\[disparity\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
     assert data and base64.b64decode(data.group(1)) == png
     assert "![gone](missing.png)" in markdown  # a missing file stays a plain reference
+
+
+def test_rejects_a_setting_decides_come_with_the_setting_to_change():
+    summaries = [{"stage": "01_ingest", "rejected_by": {"missing_text": 50, "malformed_json": 2}},
+                 {"stage": "02_exact_dedup", "rejected_by": {}}]
+    (hint,) = reject_hints(summaries)
+    assert hint.startswith("50 records without the text field") and "[ingest] text_field" in hint
+    assert reject_hints([{"stage": "01_ingest", "rejected_by": {"malformed_json": 2}}]) == []
