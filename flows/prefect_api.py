@@ -31,10 +31,12 @@ def prefect_api() -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-            from prefect.logging.handlers import APILogWorker
+            try:
+                yield server.api_url
+            finally:  # send the last log lines before the server goes, also those of a run that failed
+                from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(timeout=5)  # send the last log lines before the server goes
+                APILogWorker.drain_all(timeout=5)
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()

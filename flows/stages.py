@@ -233,6 +233,10 @@ def tokenize(run: StageRun, config: TokenizeConfig | None = None, allow_stale: b
         if not allow_stale:
             require_fresh(run.paths(), tokens=False)
         run = run.model_copy(update={"input_dir": str(run.paths().published)})
+    published = read_manifest(Path(run.input_dir))
+    if published is not None and published.rows_out == 0:  # a tokenizer trained on nothing helps nobody
+        raise ValueError(f"{published.stage} of run {run.run_id} holds no documents, so there is nothing to tokenize "
+                         f"(`loom runs {run.run_id}` shows what each stage removed and rejected)")
     summary = _run_stage_flow(Tokenize(_config_of(run, "tokenize", config)), run)
     index = Path(summary["output"]) / INDEX_FILE
     if index.exists():

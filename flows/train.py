@@ -185,6 +185,9 @@ def pretrain_flow(run_id: str, workdir: str | None = None, config: PretrainConfi
         require_fresh(paths, tokens=True)
     if not (tokens / INDEX_FILE).exists():
         raise FileNotFoundError(f"run {run_id} has no token shards: run `loom tokenize --run-id {run_id}` first")
+    from training.data import require_windows
+
+    require_windows(tokens, config.gpt_config(1).block_size)
     return _train("pretrain", run_id, out, config.steps, lambda: pretrain(config, tokens, out, ray_address=ray_address))
 
 

@@ -12,6 +12,22 @@ import torch
 from tasks.tokenize import read_tokens
 
 
+def require_windows(tokens_dir: Path, block_size: int) -> None:
+    """Before any worker starts: both splits hold a shard longer than a training sequence, or a ValueError
+    that says how long the longest is and what to change (the workers would fail on it after Ray's start)."""
+    import json
+
+    from tasks.tokenize import INDEX_FILE
+
+    shards = json.loads((Path(tokens_dir) / INDEX_FILE).read_text())["shards"]
+    for split in ("train", "val"):
+        longest = max((s["tokens"] for s in shards if s["split"] == split), default=0)
+        if longest <= block_size + 1:
+            raise ValueError(f"the {split} token shards of {tokens_dir} are too short to train on: the longest holds "
+                             f"{longest:,} tokens and a sequence needs {block_size + 2:,} (block_size + 2); curate "
+                             "more data, or set a smaller [pretrain] model_overrides.block_size")
+
+
 class TokenData:
     def __init__(self, tokens_dir: Path, split: str, block_size: int):
         self.shards = [s for s in read_tokens(Path(tokens_dir), split) if len(s) > block_size + 1]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import typer
+from rich.markup import escape
 
 from flows.reporting import console
 from tasks.layout import LayoutError, RunPaths, resolve_workdir
@@ -52,7 +53,7 @@ class Options:
 
 def fail(message: str):
     """One line on stderr, exit status 2: what a person typed cannot be done."""
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)  # "[pretrain]" is a section, not markup
     raise typer.Exit(2)
 
 

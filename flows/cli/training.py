@@ -88,6 +88,14 @@ def pretrain(
     paths, _inputs, cfg = open_run(workdir, run_id, config, None, ray_address)
     record_job(paths.train)
     override(cfg.pretrain, num_workers=num_workers, steps=steps, model=model, deepspeed=deepspeed, use_gpu=gpu)
+    from tasks.tokenize import INDEX_FILE
+    from training.data import require_windows
+
+    if (paths.tokens / INDEX_FILE).exists():  # data too short to train on: said before Prefect and Ray start
+        try:
+            require_windows(paths.tokens, cfg.pretrain.gpt_config(1).block_size)
+        except ValueError as e:
+            fail(str(e))
     summary = run_flow(lambda: pretrain_flow(run_id=run_id, workdir=str(paths.workdir), config=cfg.pretrain,
                                              ray_address=cfg.ray_address, allow_stale=allow_stale))
     print_training(summary)

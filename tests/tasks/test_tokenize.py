@@ -112,3 +112,29 @@ def test_control_tokens_cannot_be_injected_by_text(shared, tmp_path):
     chat, _ = render([{"role": "user", "content": planted}], tokenizer, add_generation_prompt=True)
     assert [i for i in chat if i in specials] == [tokenizer.token_to_id(t) for t in ("<|user|>", "<|end|>",
                                                                                      "<|assistant|>")]
+
+
+def test_token_shards_too_short_to_train_on_are_a_clear_error_before_any_worker(tokenized):
+    """The driver reads the index and says how long the longest shard of each split is, and what to change;
+    data long enough passes (and the workers' loader takes it)."""
+    from training.data import TokenData, require_windows
+
+    _, _, out, _ = tokenized
+    longest = {split: max(len(t) for t in read_tokens(out, split)) for split in ("train", "val")}
+    require_windows(out, longest["val"] - 2)
+    TokenData(out, "val", longest["val"] - 2)
+    with pytest.raises(ValueError, match=rf"val token shards .* longest holds {longest['val']:,} tokens .* "
+                                         r"\[pretrain\] model_overrides.block_size"):
+        require_windows(out, longest["val"] - 1)
+
+
+def test_tokenizing_a_stage_that_kept_no_document_is_a_clear_error(tmp_path):
+    from flows.stage_flow import StageRun
+    from flows.stages import tokenize
+
+    source = tmp_path / "bad.jsonl"
+    source.write_text('{"content": "the text is under another name"}\n{not json}\n')
+    run_stage(Ingest(), run_id="t", stage_dir=tmp_path / "01_ingest", inputs=[str(source)], mapper=local_mapper(1))
+    with pytest.raises(ValueError, match="01_ingest of run t holds no documents, so there is nothing to tokenize"):
+        tokenize(StageRun(run_id="t", workdir=str(tmp_path / "w"), input_dir=str(tmp_path / "01_ingest")))
+    assert not (tmp_path / "w").exists()
