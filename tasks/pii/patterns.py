@@ -77,6 +77,7 @@ def street_address_gates() -> dict[str, str]:
                  rf"\p{{Nd}}{ws}+{cap}(?:[ \t]+{cap}){{0,3}}[ \t]+\p{{Nd}}",
         "street_word": _STREET_WORD_END.replace("(?<!bri)", "") + r"[ \t]+\p{Nd}|"
                        rf"{_STREET_PREFIX}(?:[ \t]+{word}){{1,4}}[ \t]+\p{{Nd}}",
+        "number_first": rf"\p{{Nd}}[^\n]{{0,6}}{_NUMBER_FIRST_WORD}[ \t]",
         "box": r"P\.?[ \t]?O\.?[ \t]+Box[ \t]+\p{Nd}",
         "military": r"(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\p{Nd}{5}",
         "corner": r"corner of[ \t]",
@@ -150,12 +151,19 @@ _WORD = r"(?:" + LETTER + r"[\w'’-]*\.?|\d{1,3}(?:st|nd|rd|th))"  # a word, or
 _STREET_WORD_END = (r"(?:stra(?:ss|ß)e|str\.|gasse|weg|gata|gatan|vej|veien|vegen|väg|vägen|katu|tie|laan|"
                     r"straat|steeg|dreef|utca|ulica|allee|platz|damm|ufer|(?<!bri)gade)")
 _STREET_PREFIX = r"(?:Rue|Via|Viale|Rua|Calle|Avenida|Avda\.|Piazza|Strada|Carrer|Boulevard|Chemin|Allée|ul\.|ulica)"
+_PARTICLE = r"(?:de|du|des|la|le|les|aux|au|l['’]|d['’])"
+_NUMBER_FIRST_WORD = r"(?i:rue|avenue|av\.|boulevard|bd|place|chemin|allée|impasse|quai|cours|route|square|ruelle)"
 # The street-address rules, in order: a number, up to four words and a street suffix (with a unit); a number,
 # one to four words and a number (whose words _addresses then checks); a street word or prefix and a number;
 # a post office box; the US military's addresses (ship or unit, then FPO/APO/DPO and state code).
 STREET_RULES = {
     "named": r"\b\d{1,6}[A-Za-z]?\s+(?P<named>(?:" + _WORD + r"\s+){0,4})" + _STREET_SUFFIX + r"\b\.?"
              r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|#)\.?\s*[\w-]+)?",
+    # the number first, then the street word and the name, as French (and Belgian, Swiss, Canadian) addresses
+    # are written: 12 rue de la Paix, 3 bis avenue Victor-Hugo, 45 bd Saint-Michel
+    "number_first": r"\b(?P<number_first>\d{1,5}(?:[ \t]?(?:bis|ter|[A-Za-z]))?,?[ \t]+" + _NUMBER_FIRST_WORD
+                    + r"(?:[ \t]+" + _PARTICLE + r")*[ \t]*(?:l['’]|d['’])?[A-ZÀ-Þ][\w'’-]*"
+                    r"(?:[ \t]+(?:[A-ZÀ-Þ][\w'’-]*|" + _PARTICLE + r")){0,3})",
     "words": r"\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?",
     "street_word": r"(?<![\w-])(?:" + LETTER + r"[\w'’-]*" + _STREET_WORD_END + r"|" + _STREET_PREFIX
                    + r"(?:[ \t]+" + _WORD + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?",
@@ -275,7 +283,7 @@ def _addresses(text: str, strict: bool = False, rules: frozenset | None = None):
             pos = part.end()
         if score < 0.9 and fallback is not None:  # no unit or postcode: the place that ends the line
             end = fallback
-        if strict and score < 0.9 and not groups.get("named") and not groups.get("box"):
+        if strict and score < 0.9 and not groups.get("named") and not groups.get("box") and not groups.get("number_first"):
             at = m.start() + 1
             continue
         yield start, end, score

@@ -78,6 +78,9 @@ def test_context_words_raise_weak_matches():
     ("mail it to psc 5420, box 2708\napo aa 33879 please", "psc 5420, box 2708\napo aa 33879"),
     ("The bus station is on P.O. Box 104", "P.O. Box 104"),
     ("it is the corner of Bygget 64 and Komel Club", "Bygget 64 and Komel Club"),
+    ("Notre bureau : 12 rue de la Paix, 75002 Paris.", "12 rue de la Paix, 75002"),  # the number first
+    ("écrivez au 3 bis avenue Victor-Hugo", "3 bis avenue Victor-Hugo"),
+    ("14 rue de l'Église, 67000 Strasbourg", "14 rue de l'Église, 67000"),
 ])
 def test_a_postal_address_is_masked_whole(text, address):
     """Street line, unit, place, state and postcode go together, up to the last part only an address has."""
@@ -99,7 +102,7 @@ def test_places_by_the_words_before_them():
 
 
 def test_dates_and_counts_are_not_addresses():
-    for text in ("It peaked on 13 December 2012 at number 4.", "In 2019 Apple sold 3 million phones.",
+    for text in ("il a suivi 3 cours de maths", "Il reste 2 places libres.", "Take route 66 west.","It peaked on 13 December 2012 at number 4.", "In 2019 Apple sold 3 million phones.",
                  "at the corner of the street and the park", "that corner of Fleet Street and saw St. Paul",
                  "In 2001 at the Royal Court Theatre 12 actors", "delivering 13 tonnes; the brigade 3 miles away"):
         assert not any(t == "STREET_ADDRESS" for _, t in _found(text)), text
