@@ -467,8 +467,9 @@ _ASCII_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+
 
 # An address spelt out so that scrapers miss it: "jane.doe (at) example (dot) com", "jane [at] example.com"
 _AT, _DOT = r"\s?[\[(]\s*(?:at|@)\s*[\])]\s?", r"(?:\s?[\[(]\s*(?:dot|\.)\s*[\])]\s?|\.)"
-_SPELT_EMAIL = re.compile(rf"(?i)(?<![\w.%+-])[\w%+-]+(?:{_DOT}[\w%+-]+)*{_AT}[A-Za-z0-9-]+(?:{_DOT}[A-Za-z0-9-]+)*"
-                          rf"{_DOT}[A-Za-z]{{2,24}}(?![\w-])")
+_SPELT_EMAIL = re.compile(  # parts bounded in number and length: a search stays linear in the text's length
+    rf"(?i)(?<![\w.%+-])[\w%+-]{{1,64}}(?:{_DOT}[\w%+-]{{1,64}}){{0,8}}{_AT}[A-Za-z0-9-]{{1,63}}"
+    rf"(?:{_DOT}[A-Za-z0-9-]{{1,63}}){{0,8}}{_DOT}[A-Za-z]{{2,24}}(?![\w-])")
 
 
 def _emails_beside_other_scripts(text: str):

@@ -128,3 +128,15 @@ def test_code_that_names_a_credential_without_holding_one_is_left_alone():
                  "GITHUB_TOKEN=${{ secrets.GITHUB_TOKEN }}", "self.token = token_value", "num_tokens: 123456789",
                  "The secret to a good token budget is practice."):
         assert not any(t == "SECRET" for _, t in _found(text)), text
+
+
+def test_the_spelt_out_email_search_stays_linear_on_adversarial_text():
+    """Many "(dot)" parts and no address: the search ends at once (unbounded parts made it quadratic: 39 s)."""
+    import time
+
+    from tasks.pii.patterns import _emails_beside_other_scripts
+
+    text = "(" + "a (dot) " * 20000 + "(at) " + "b (dot) " * 20000
+    start = time.process_time()
+    assert list(_emails_beside_other_scripts(text)) == []
+    assert time.process_time() - start < 5
