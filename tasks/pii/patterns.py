@@ -20,7 +20,7 @@ _SECRET_WORDS = r"(?i:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?tok
 # AWS_SECRET_ACCESS_KEY, githubToken): what the gate lets through before the ':' or '='
 _CREDENTIAL_WORDS = r"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)"
 _SECRET_NEEDS = (r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_(?:live|test)_|sk-|AIza|PRIVATE KEY|eyJ|(?i:bearer)\s|"
-                 r"(?:" + _CREDENTIAL_WORDS + r"[A-Za-z0-9_.-]*[\"']?|" + _SECRET_WORDS + ")")  # the last: then ':' or '='
+                 r"(?:" + _CREDENTIAL_WORDS + r"[A-Za-z0-9_.-]{0,64}[\"']?|" + _SECRET_WORDS + ")")  # the last: then ':' or '='
 
 PLAUSIBLE = {
     "EMAIL_ADDRESS": re.compile(r"@|(?i:[\[(]\s*(?:at|@)\s*[\])])").search,
@@ -145,7 +145,9 @@ _STREET_SUFFIX = (
     r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Alley|Crescent|Close|Row|Walk|Plaza|Loop|Path)"
 )
 LETTER = r"[^\W\d_]"  # any letter, in any script
-_WORD = r"(?:" + LETTER + r"[\w'’-]*\.?|\d{1,3}(?:st|nd|rd|th))"  # a word, or an ordinal (East 29th Avenue)
+# a word, or an ordinal (East 29th Avenue); words are bounded in length (here and before a street word's ending),
+# so that a search backs off at most that far: a 40 KB run of "x'x'x'..." took 18 s, one search per letter
+_WORD = r"(?:" + LETTER + r"[\w'’-]{0,40}\.?|\d{1,3}(?:st|nd|rd|th))"
 # Street names by their language's own street word: Søndergade 52, Hansinegata 120, Loorenstrasse 149,
 # Gesterbyntie 68, Populierenstraat 374, Rue Gafsa 62, Via Franscini 71, ul. Cicha 86.
 _STREET_WORD_END = (r"(?:stra(?:ss|ß)e|str\.|gasse|weg|gata|gatan|vej|veien|vegen|väg|vägen|katu|tie|laan|"
@@ -165,7 +167,7 @@ STREET_RULES = {
                     + r"(?:[ \t]+" + _PARTICLE + r")*[ \t]*(?:l['’]|d['’])?[A-ZÀ-Þ][\w'’-]*"
                     r"(?:[ \t]+(?:[A-ZÀ-Þ][\w'’-]*|" + _PARTICLE + r")){0,3})",
     "words": r"\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?",
-    "street_word": r"(?<![\w-])(?:" + LETTER + r"[\w'’-]*" + _STREET_WORD_END + r"|" + _STREET_PREFIX
+    "street_word": r"(?<![\w-])(?:" + LETTER + r"[\w'’-]{0,40}" + _STREET_WORD_END + r"|" + _STREET_PREFIX
                    + r"(?:[ \t]+" + _WORD + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?",
     "box": r"\b(?P<box>P\.?[ \t]?O\.?[ \t]+Box[ \t]+\d{1,6})\b",
     "military": r"\b(?i:(?:USNS|USNV|USS|USCGC)[ \t]+" + LETTER + r"[\w'’-]*|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+"
@@ -314,8 +316,9 @@ SECRET_PATTERNS = [
     # a credential in code or config: the word inside an identifier (DB_PASSWORD=, "aws_secret_access_key":,
     # githubToken:, x-api-key:) and a literal value of six or more characters, not a template or a call
     ("credential_assignment", re.compile(
-        r"(?i)(?<![A-Za-z0-9_.-])(?P<name>(?:[A-Za-z0-9]+[_.-])+" + _CREDENTIAL_NAME + r"(?:[_.-][A-Za-z0-9]+)*"
-        r"|" + _CREDENTIAL_NAME + r"(?:[_.-][A-Za-z0-9]+)+"
+        # (the identifier's parts bounded in number and length, so a search stays linear in the text's length)
+        r"(?i)(?<![A-Za-z0-9_.-])(?P<name>(?:[A-Za-z0-9]{1,32}[_.-]){1,6}" + _CREDENTIAL_NAME
+        + r"(?:[_.-][A-Za-z0-9]{1,32}){0,6}|" + _CREDENTIAL_NAME + r"(?:[_.-][A-Za-z0-9]{1,32}){1,6}"
         r"|(?:client|auth|access|refresh|api|app|bot|db|github|gitlab|slack|aws)" + _CREDENTIAL_NAME + r")"
         r"[\"']?\s*(?P<sep>[:=])\s*(?P<q>[\"']?)(?P<secret>(?![$%<{])[^\s\"',;()\[\]{}<>]{6,})(?P=q)(?![(\[\w.])")),
     ("json_web_token", re.compile(r"\b(?P<secret>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})")),
