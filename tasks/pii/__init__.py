@@ -15,7 +15,10 @@ The parts, each a module of this package:
 - `config`: `PiiConfig`, the entities and their thresholds;
 - `find`: `find_pii` (spans of a batch of texts) and `merge_spans`;
 - `replace`: `replace_spans` and `surrogate` (placeholders, salted hashes, consistent fakes);
-- `patterns`: Loom's own pattern recognizers (addresses, phones, cards, IBANs, secrets);
+- `patterns`: Loom's own pattern recognizers (phones, cards, IBANs, ids, e-mails) and the batch tests that
+  decide which recognizers read a text;
+- `addresses`: postal addresses (street lines, corners, boxes, military) and their tests;
+- `credentials`: secrets (provider keys, tokens, private keys, passwords and credentials in code and config);
 - `names`: names and places beyond NER (name lists, cues, other mentions), and NER's view of a text;
 - `engine`: the Presidio engine on a NER-only spaCy pipeline, set up once per process;
 - `fast_ner`: the fast NER path behind `[pii] fast_ner` (numpy BLAS, batched greedy decoding);

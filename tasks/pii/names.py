@@ -9,7 +9,7 @@ import itertools
 import re
 from functools import lru_cache
 
-from tasks.pii.patterns import BULLET, DAY_NAMES, LETTER, MONTH_NAMES
+from tasks.pii.addresses import BULLET, DAY_NAMES, LETTER, MONTH_NAMES
 
 # ---- person names from name lists ----------------------------------------------------------------
 

@@ -1,26 +1,16 @@
-"""Pattern recognizers of Loom's own, for every language: street addresses (many countries' street words),
-phone numbers, payment cards (Luhn), IBANs written in lower case (checked by Presidio's recognizer), e-mail
-addresses spelt out ("jane (at) example (dot) com") or glued to other scripts, and secrets (provider API keys
-and tokens, private key blocks, JSON web tokens, bearer tokens, `password=` values, and credentials in code
-and config files: DB_PASSWORD=..., "client_secret": "...", githubToken: '...', told from code that only
-names one: variables, token ids, calls, types). Each finder yields
-(start, end, score); `PLAUSIBLE` holds the cheap tests that decide which recognizers can match a text."""
+"""Pattern recognizers of Loom's own, for every language: phone numbers, payment cards (Luhn), IBANs written in
+lower case (checked by Presidio's recognizer), Chinese resident ids, e-mail addresses spelt out ("jane (at)
+example (dot) com") or glued to other scripts; with street addresses (tasks.pii.addresses) and secrets
+(tasks.pii.secrets) they make OWN_FINDERS. Each finder yields (start, end, score); `PLAUSIBLE` and
+`plausible_rows` hold the cheap tests that decide which recognizers can match a text."""
 
 from __future__ import annotations
 
-import itertools
 import re
 from functools import lru_cache, partial
 
-# Cheap tests that decide which recognizers can possibly match a text. The secret test is what each of
-# SECRET_PATTERNS needs (a provider's prefix, a private key block, a password word before ':' or '='), so
-# prose that merely says "key" or "pass" is not searched by all of them.
-_SECRET_WORDS = r"(?i:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-# a credential's name as code and config files write it, the word inside an identifier (DB_PASSWORD,
-# AWS_SECRET_ACCESS_KEY, githubToken): what the gate lets through before the ':' or '='
-_CREDENTIAL_WORDS = r"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)"
-_SECRET_NEEDS = (r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_(?:live|test)_|sk-|AIza|PRIVATE KEY|eyJ|(?i:bearer)\s|"
-                 r"(?:" + _CREDENTIAL_WORDS + r"[A-Za-z0-9_.-]{0,64}[\"']?|" + _SECRET_WORDS + ")")  # the last: then ':' or '='
+from tasks.pii.addresses import STREET_RULES, street_address_gates, street_addresses
+from tasks.pii.credentials import SECRET_NEEDS, find_secrets
 
 PLAUSIBLE = {
     "EMAIL_ADDRESS": re.compile(r"@|(?i:[\[(]\s*(?:at|@)\s*[\])])").search,
@@ -30,7 +20,7 @@ PLAUSIBLE = {
     "IP_ADDRESS": re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d|:[0-9A-Fa-f]{0,4}:").search,
     "US_SSN": re.compile(r"\d{3}\D{0,2}\d{2}\D{0,2}\d{4}").search,
     "STREET_ADDRESS": re.compile(r"\d").search,
-    "SECRET": re.compile(_SECRET_NEEDS + r"\s*[:=]").search,
+    "SECRET": re.compile(SECRET_NEEDS + r"\s*[:=]").search,
     "CN_RESIDENT_ID": re.compile(r"\d{17}[\dXx]").search,
 }
 
@@ -51,48 +41,15 @@ PLAUSIBLE_RE2 = {
     "US_SSN": r"\p{Nd}{3}(?s:.){0,2}\p{Nd}{2}(?s:.){0,2}\p{Nd}{4}",  # 3-2-4 digits, any two characters apart
     "STREET_ADDRESS": None,  # street_address_gates(), below: one per rule, built from the street words
     # \s of `re` in RE2: ASCII whitespace, \v, the separators \x1c-\x1f, NEL and every Unicode space (\p{Z})
-    "SECRET": _SECRET_NEEDS + r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*[:=]",
+    "SECRET": SECRET_NEEDS + r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]*[:=]",
     "CN_RESIDENT_ID": r"\p{Nd}{17}[\p{Nd}Xx]",
 }
-
-
-@lru_cache(maxsize=1)
-def street_address_gates() -> dict[str, str]:
-    """Rule -> what any match of that street-address rule (`STREET_RULES`, and "corner" for _CORNER) needs,
-    in RE2: a number and a street suffix within five words; a number, one to four words capitalized (or
-    particles, or with a street word) and a number; a street word or prefix and a number; a post office
-    box; a military address; "corner of". Prose whose numbers are years and counts ("between 1914 and
-    1918") is then not searched by the rules. Each is looser than its rule everywhere (no lookbehinds, no
-    month test), never stricter."""
-    ws = r"[\s\x{0b}\x{1c}-\x{1f}\x{85}\p{Z}]"  # what `re` means by \s in a str pattern
-    word = r"\S+"  # RE2's \S is ASCII: it takes every character a word of `re` takes, and more
-    after = r"(?:[^A-Za-z0-9_]|$)"  # \b after a letter, or a letter of another script
-    # a capitalized word (str.isupper/isdigit: \p{Lu}, \p{Lt}, \p{N}, \p{So}) or a particle; those classes lie in
-    # A-Z, 0-9 and the code points above ASCII but for General Punctuation (U+2000-206F: "1914 – 1918")
-    cap = r"(?:[A-Z0-9\x{80}-\x{1FFF}\x{2070}-\x{10FFFF}]\S*|" + "|".join(sorted(_STREET_LOWER)) + ")"
-    street = "(?i:" + "|".join(re.escape(w) for w in sorted(_STREET_WORDS)) + ")"
-    return {
-        "named": rf"\p{{Nd}}[A-Za-z]?{ws}+(?:{word}{ws}+){{0,4}}{_STREET_SUFFIX}{after}",
-        "words": rf"\p{{Nd}}{ws}+(?:{word}[ \t]+){{0,3}}{street}\S*(?:[ \t]+{word}){{0,3}}[ \t]+\p{{Nd}}|"
-                 rf"\p{{Nd}}{ws}+{cap}(?:[ \t]+{cap}){{0,3}}[ \t]+\p{{Nd}}",
-        "street_word": _STREET_WORD_END.replace("(?<!bri)", "") + r"[ \t]+\p{Nd}|"
-                       rf"{_STREET_PREFIX}(?:[ \t]+{word}){{1,4}}[ \t]+\p{{Nd}}",
-        "number_first": rf"\p{{Nd}}[^\n]{{0,6}}{_NUMBER_FIRST_WORD}[ \t]",
-        "box": r"P\.?[ \t]?O\.?[ \t]+Box[ \t]+\p{Nd}",
-        "military": r"(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\p{Nd}{5}",
-        "corner": r"corner of[ \t]",
-    }
-
-
-def street_address_gate() -> str:
-    """What any street-address rule needs (`street_address_gates`, any of them), in RE2."""
-    return "|".join(street_address_gates().values())
 
 
 def plausible_rows(texts: list[str], entities) -> dict:
     """Entity -> for each text, whether its recognizers could match it (PLAUSIBLE, for a whole batch at once:
     Arrow's RE2, many times faster than one `re` search per text and entity). For STREET_ADDRESS, each
-    text's set of the rules that could match it (empty: none), which `_addresses` is given as `rules`."""
+    text's set of the rules that could match it (empty: none), which `street_addresses` is given as `rules`."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -140,191 +97,12 @@ def _gate_pattern(name: str) -> str:
     return PLAUSIBLE_RE2[name] or _gates()[name]
 
 
-_STREET_SUFFIX = (
-    r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Ter|"
-    r"Circle|Cir|Highway|Hwy|Parkway|Pkwy|Square|Sq|Trail|Trl|Alley|Crescent|Close|Row|Walk|Plaza|Loop|Path)"
-)
-LETTER = r"[^\W\d_]"  # any letter, in any script
-# a word, or an ordinal (East 29th Avenue); words are bounded in length (here and before a street word's ending),
-# so that a search backs off at most that far: a 40 KB run of "x'x'x'..." took 18 s, one search per letter
-_WORD = r"(?:" + LETTER + r"[\w'’-]{0,40}\.?|\d{1,3}(?:st|nd|rd|th))"
-# Street names by their language's own street word: Søndergade 52, Hansinegata 120, Loorenstrasse 149,
-# Gesterbyntie 68, Populierenstraat 374, Rue Gafsa 62, Via Franscini 71, ul. Cicha 86.
-_STREET_WORD_END = (r"(?:stra(?:ss|ß)e|str\.|gasse|weg|gata|gatan|vej|veien|vegen|väg|vägen|katu|tie|laan|"
-                    r"straat|steeg|dreef|utca|ulica|allee|platz|damm|ufer|(?<!bri)gade)")
-_STREET_PREFIX = r"(?:Rue|Via|Viale|Rua|Calle|Avenida|Avda\.|Piazza|Strada|Carrer|Boulevard|Chemin|Allée|ul\.|ulica)"
-_PARTICLE = r"(?:de|du|des|la|le|les|aux|au|l['’]|d['’])"
-_NUMBER_FIRST_WORD = r"(?i:rue|avenue|av\.|boulevard|bd|place|chemin|allée|impasse|quai|cours|route|square|ruelle)"
-# The street-address rules, in order: a number, up to four words and a street suffix (with a unit); a number,
-# one to four words and a number (whose words _addresses then checks); a street word or prefix and a number;
-# a post office box; the US military's addresses (ship or unit, then FPO/APO/DPO and state code).
-STREET_RULES = {
-    "named": r"\b\d{1,6}[A-Za-z]?\s+(?P<named>(?:" + _WORD + r"\s+){0,4})" + _STREET_SUFFIX + r"\b\.?"
-             r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Floor|Fl|#)\.?\s*[\w-]+)?",
-    # the number first, then the street word and the name, as French (and Belgian, Swiss, Canadian) addresses
-    # are written: 12 rue de la Paix, 3 bis avenue Victor-Hugo, 45 bd Saint-Michel
-    "number_first": r"\b(?P<number_first>\d{1,5}(?:[ \t]?(?:bis|ter|[A-Za-z]))?,?[ \t]+" + _NUMBER_FIRST_WORD
-                    + r"(?:[ \t]+" + _PARTICLE + r")*[ \t]*(?:l['’]|d['’])?[A-ZÀ-Þ][\w'’-]*"
-                    r"(?:[ \t]+(?:[A-ZÀ-Þ][\w'’-]*|" + _PARTICLE + r")){0,3})",
-    "words": r"\b\d{1,6}\s+(?P<words>" + _WORD + r"(?:[ \t]+" + _WORD + r"){0,3})[ \t]+\d{1,5}\b\.?",
-    "street_word": r"(?<![\w-])(?:" + LETTER + r"[\w'’-]{0,40}" + _STREET_WORD_END + r"|" + _STREET_PREFIX
-                   + r"(?:[ \t]+" + _WORD + r"){1,4})[ \t]+\d{1,5}[A-Za-z]?\b\.?",
-    "box": r"\b(?P<box>P\.?[ \t]?O\.?[ \t]+Box[ \t]+\d{1,6})\b",
-    "military": r"\b(?i:(?:USNS|USNV|USS|USCGC)[ \t]+" + LETTER + r"[\w'’-]*|PSC[ \t]+\d{3,5},?[ \t]+Box[ \t]+"
-                r"\d{3,5}|Unit[ \t]+\d{3,5}[ \t]+Box[ \t]+\d{3,5})\s+(?i:[FAD]PO)[ \t]+(?i:A[AEP])[ \t]+\d{5}\b",
-}
-STREET_ADDRESS = re.compile("|".join(STREET_RULES.values()))
-
 # A test whose every match holds a match of a wider one: seven digits, at most three other characters
 # apart, are in twelve at most one apart (cards), in 3-2-4 digits at most two apart (SSNs), in 17 in a row;
 # every street rule but "corner of" and an IBAN's check digits need a digit, which half of prose's pieces
 # lack (one pass for a digit is cheaper than the tests it spares).
 _WITHIN = {"CREDIT_CARD": "PHONE_NUMBER", "US_SSN": "PHONE_NUMBER", "CN_RESIDENT_ID": "PHONE_NUMBER",
            "PHONE_NUMBER": "DIGIT", "IBAN_CODE": "DIGIT", **{f"street:{rule}": "DIGIT" for rule in STREET_RULES}}
-
-_STREET_RULE_PATTERNS = [(rule, re.compile(pattern)) for rule, pattern in STREET_RULES.items()]
-# Two streets that meet: "the corner of Nieuwe Baan 473 St. and Inna Loop St."
-_CORNER = re.compile(r"\bcorner of[ \t]+(?P<first>" + LETTER + r"[\w'’.-]*(?:[ \t]+[\w'’.-]+){0,4}?)[ \t]+and[ \t]+"
-                     r"(?P<second>" + LETTER + r"[\w'’.-]*(?:[ \t]+" + LETTER + r"[\w'’.-]*){0,3})")
-# The rest of a postal address after its street line, part by part: a unit (Suite 12), a postcode, a
-# state code, a place (LAPPEENRANTA, Mora de Rubielos, Cyprus (Greek)), or a place and its postcode.
-_POSTCODE = r"(?:\d{4,6}(?:-\d{4})?|\d{2}-\d{3}|\d{3} \d{2}|[A-Z]{1,2}\d[A-Z\d]? \d[A-Z]{2})(?![\w-])"
-# between parts: a line break (the next line may open with a bullet: > • · * -, or ??? where a bullet
-# did not survive decoding), a comma, a field separator of a flattened record (| > • ·), or a run of spaces
-BULLET = r"(?:[>•·*-]|\?{3})"  # what opens a quoted or bulleted line
-_ADDRESS_SEP = rf"(?:[ \t]*(?:\r?\n|[,;|>•·]|\?{{3}})[ \t\r\n,]*(?:{BULLET}[ \t]*)?|[ \t]{{2,}})"
-_ADDRESS_PART = re.compile(
-    r"(?P<sep>" + _ADDRESS_SEP + r"|[ \t]+(?=(?i:apt|apartment|suite|ste|unit|flat|floor|box)\b))"
-    r"(?:(?P<unit>(?i:apt|apartment|suite|ste|unit|flat|floor|fl|room|box)\.?[ \t]*#?\d[\w-]*)"
-    r"|(?P<postcode>" + _POSTCODE + r")"
-    r"|(?P<place>" + LETTER + r"[\w'’.-]*(?:[ -](?:" + LETTER + r"[\w'’.-]*|\(" + LETTER + r"+\))){0,3})"
-    r"(?:[ \t,]+(?P<place_postcode>" + _POSTCODE + r"))?)"
-)
-_ADDRESS_END = re.compile(r"[ \t]*(?:$|\r?\n|[.?!](?:\s|$))")  # the last part of an address ends its line or sentence
-SENTENCE_END = re.compile(r"[.?!](?:\s|$)")
-_BUILDING_NUMBER = re.compile(r"\d{1,6}[A-Za-z]?[ \t]+$")
-# Lower-case particles a street name after its number may hold; any other word there must be
-# capitalized (or the name must hold a street word, below), so "in 2019 Apple sold 3 million" and
-# "in 2001 at the Royal Court" are not addresses, nor are dates ("13 December 2012").
-MONTH_NAMES = "January February March April May June July August September October November December"
-DAY_NAMES = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday"
-_MONTHS = frozenset(f"{MONTH_NAMES} Jan. Feb. Mar. Apr. Jun. Jul. Aug. Sep. Sept. Oct. Nov. Dec.".split())
-_STREET_LOWER = frozenset(("de", "du", "des", "del", "della", "delle", "dei", "di", "da", "do", "dos", "das", "van",
-                           "von", "der", "den", "het", "la", "le", "les", "el", "y", "i", "z", "u"))
-# Street words written in lower case: with one of them the other words may be in any case
-# ("Árpád fejedelem útja 62.", "6614 Luite tee 87", "2224 Trenerys gate 232").
-_STREET_WORDS = frozenset(("tér", "út", "útja", "utca", "u.", "ulica", "ul.", "rkp.", "trg", "rue", "via", "rua",
-                           "calle", "vei", "veien", "vej", "gade", "gata", "gate", "gatan", "tee", "tie", "katu",
-                           "weg", "str.", "strasse", "straße", "laan", "straat", "plein", "náměstí", "nám."))
-
-
-class _Leftmost:
-    """`re.compile("|".join(patterns)).search(text, at)` for an `at` that never decreases, by each pattern's
-    own search (a pattern's leading digit or literal lets `re` skip ahead; an alternation tries every
-    position): the leftmost match, the first pattern's at a tie. A pattern is searched again only once
-    `at` has passed its last match (a match at a position does not depend on where the search began)."""
-
-    def __init__(self, text: str, patterns: list[re.Pattern]):
-        self.text, self.patterns = text, patterns
-        self.found: list = [False] * len(patterns)  # False: not searched yet; None: no match from there on
-
-    def search(self, at: int):
-        best = None
-        for i, pattern in enumerate(self.patterns):
-            m = self.found[i]
-            if m is False or (m is not None and m.start() < at):
-                m = self.found[i] = pattern.search(self.text, at)
-            if m is not None and (best is None or m.start() < best.start()):
-                best = m
-        return best
-
-
-def _addresses(text: str, strict: bool = False, rules: frozenset | None = None):
-    """Postal addresses: two streets' corner, or a street line widened to the building number before
-    it and to the parts of the address after it (unit, place, state, postcode) up to the last part
-    that only an address has (a unit or a postcode) or to a place that ends the line or sentence, so
-    that a place name in prose after a street is not taken along. `strict` (text in a language the
-    English-tuned rules were not made for): only an address with a unit or postcode after its street,
-    or a street named with a street word ("Main Street"), so "33 von 36" and "Qing-Dynastie 1911" stay.
-    `rules`: the rules that could match the text (`plausible_rows`); None: every rule."""
-    corners = _CORNER.finditer(text) if rules is None or "corner" in rules else ()
-    for m in corners:  # "corner of Bygget 64 and Komel Club"
-        first = m.group("first")
-        kept = list(itertools.takewhile(lambda w: w.group()[0].isupper() or w.group()[0].isdigit(),
-                                        re.finditer(r"\S+", m.group("second"))))
-        if kept and first[0].isupper() and (first.rstrip(".")[-1].isdigit() or re.search(_STREET_SUFFIX + r"\b", first)):
-            yield m.start("first"), m.start("second") + kept[-1].end(), 0.6
-    at = 0
-    street = _Leftmost(text, [p for rule, p in _STREET_RULE_PATTERNS if rules is None or rule in rules])
-    while m := street.search(at):
-        groups = m.groupdict()
-        words = (groups.get("words") or groups.get("named") or "").split()
-        if words and (any(w in _MONTHS for w in words) or not (
-                any(w.lower() in _STREET_WORDS for w in words)
-                or all(w[0].isupper() or w[0].isdigit() or w in _STREET_LOWER for w in words))):
-            at = m.start() + 1  # lower-case prose between numbers, or a date (13 December 2012)
-            continue
-        start, end = m.start(), m.end()
-        before = _BUILDING_NUMBER.search(text, max(0, start - 12), start)
-        start = before.start() if before else start
-        pos, score, fallback = end, 0.6, None
-        for _ in range(6):
-            part = _ADDRESS_PART.match(text, pos)
-            if not part:
-                break
-            place = part.group("place")
-            if place is not None and not place[0].isupper():
-                break
-            if part.group("unit") or part.group("postcode") or part.group("place_postcode"):
-                end, score = part.end(), 0.9  # a whole address: it outranks a place or name NER found inside it
-            elif place is not None and fallback is None:  # "lives at 333 Golfskálinn 78, Borgarnes."
-                cut = SENTENCE_END.search(place)
-                place_end = part.start("place") + (cut.start() if cut else len(place))
-                if _ADDRESS_END.match(text, place_end):
-                    fallback = place_end
-            pos = part.end()
-        if score < 0.9 and fallback is not None:  # no unit or postcode: the place that ends the line
-            end = fallback
-        if strict and score < 0.9 and not groups.get("named") and not groups.get("box") and not groups.get("number_first"):
-            at = m.start() + 1
-            continue
-        yield start, end, score
-        at = end
-
-
-_CREDENTIAL_NAME = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?)"
-_KEY_SHAPE = re.compile(r"(?=[^\d]*\d)(?=[^A-Za-z]*[A-Za-z])[A-Za-z0-9_\-./+=]{8,}")
-_NAMES_A_CREDENTIAL = re.compile(r"(?i)pass|pwd|secret|credential|token|key")
-_SNAKE_CASE = re.compile(r"[a-z]+(?:_[a-z0-9]+)+")  # token_ids_0: a variable
-_TYPE_NAME = re.compile(r"[A-Z][a-z]+[A-Z][A-Za-z]*|(?i:str|string|bytes|int|integer|bool|boolean|float|dict|list|"
-                        r"none|any|optional|object)")  # `secret: SecretStr`, `:type password: string`
-_CODE_GOES_ON = re.compile(r"\s*[,)|=\]]")  # after `name: value`: an annotation, a dict item, an argument
-_IDENTIFIER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")  # user_password, cfg.token
-
-SECRET_PATTERNS = [
-    ("aws_access_key", re.compile(r"\b(?P<secret>(?:AKIA|ASIA)[0-9A-Z]{16})\b")),
-    ("github_token", re.compile(r"\b(?P<secret>gh[pousr]_[A-Za-z0-9]{36,255})\b")),
-    ("slack_token", re.compile(r"\b(?P<secret>xox[abposr]-[A-Za-z0-9-]{10,})")),
-    ("stripe_key", re.compile(r"\b(?P<secret>[sr]k_(?:live|test)_[A-Za-z0-9]{16,})\b")),
-    ("openai_key", re.compile(r"\b(?P<secret>sk-(?:proj-)?[A-Za-z0-9_-]{20,})")),
-    ("google_api_key", re.compile(r"\b(?P<secret>AIza[0-9A-Za-z_-]{35})")),
-    ("private_key", re.compile(r"(?P<secret>-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z))",
-                               re.DOTALL)),
-    ("password_assignment", re.compile(
-        r"(?i)\b(?P<name>password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*"
-        r"(?P<sep>[:=])\s*(?P<q>[\"']?)(?P<secret>[^\s\"',;()\[\]{}<>]{4,})(?P=q)(?![(\[\w.])")),
-    # a credential in code or config: the word inside an identifier (DB_PASSWORD=, "aws_secret_access_key":,
-    # githubToken:, x-api-key:) and a literal value of six or more characters, not a template or a call
-    ("credential_assignment", re.compile(
-        # (the identifier's parts bounded in number and length, so a search stays linear in the text's length)
-        r"(?i)(?<![A-Za-z0-9_.-])(?P<name>(?:[A-Za-z0-9]{1,32}[_.-]){1,6}" + _CREDENTIAL_NAME
-        + r"(?:[_.-][A-Za-z0-9]{1,32}){0,6}|" + _CREDENTIAL_NAME + r"(?:[_.-][A-Za-z0-9]{1,32}){1,6}"
-        r"|(?:client|auth|access|refresh|api|app|bot|db|github|gitlab|slack|aws)" + _CREDENTIAL_NAME + r")"
-        r"[\"']?\s*(?P<sep>[:=])\s*(?P<q>[\"']?)(?P<secret>(?![$%<{])[^\s\"',;()\[\]{}<>]{6,})(?P=q)(?![(\[\w.])")),
-    ("json_web_token", re.compile(r"\b(?P<secret>eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})")),
-    ("bearer_token", re.compile(r"(?i)\bbearer\s+(?P<secret>[A-Za-z0-9._~+/-]{20,}=*)")),
-]
-
 
 # Phone numbers in national and international formats (7 to 15 digits in groups, optional country
 # code, area code in parentheses, extension), and an unbroken run of 7 to 15 digits after a word
@@ -355,43 +133,6 @@ def luhn_ok(digits: str) -> bool:
         n = int(d) * (2 if i % 2 else 1)
         total += n - 9 if n > 9 else n
     return total % 10 == 0
-
-
-def _secrets(text: str):
-    for kind, pattern in SECRET_PATTERNS:
-        for m in pattern.finditer(text):
-            if kind.endswith("_assignment") and not _credential_value(m):
-                continue
-            yield m.start("secret"), m.end("secret"), 1.0
-
-
-def _credential_value(m: re.Match) -> bool:
-    """Whether the value a password or credential assignment names is a literal secret, not code or prose.
-    Under a password or secret name: a value with a letter that is, unquoted, no variable, attribute or type
-    of code: after an '=' no identifier (`password = user_password`, `secret=self.secret`) unless the name
-    is an environment variable's (DB_PASSWORD=changeme); after a ':' (prose, YAML, headers: "password:
-    hunter2") nothing that goes on as code does (`password: bytes | None = None`, `"client_secret":
-    client_secret,`), and after a bare "pass" a value with more than letters ("First pass: canonical").
-    Not a name inside an ARN (`...:secret:rds-*`) or a docstring's `:param password:`, nor a value that is
-    words naming a credential ("PASSWORD", 'aws_secret_access_key'). Under a token or key name, which code uses for much else
-    (image_token_id: "image_token_index", Token.Prompt: '#ansigreen'): a key's shape, eight or more letters
-    and digits (and _-./+=) with both."""
-    value, name, text = m.group("secret"), m.group("name"), m.string
-    before = text[max(0, m.start("name") - 8): m.start("name")]
-    if before.endswith((":", ":param ", ":type ")) or (  # an ARN's part, a docstring's field
-            _NAMES_A_CREDENTIAL.search(value) and not any(c.isdigit() for c in value)):  # "PASSWORD": words
-        return False
-    if not any(word in name.lower() for word in ("pass", "pwd", "secret", "credential")):
-        return bool(_KEY_SHAPE.fullmatch(value)) and not _SNAKE_CASE.fullmatch(value)
-    if not any(c.isalpha() for c in value):
-        return False
-    if m.group("q"):
-        return True
-    if m.group("sep") == "=":
-        return name.isupper() or not _IDENTIFIER_PATH.fullmatch(value)
-    if _CODE_GOES_ON.match(text, m.end()) or _TYPE_NAME.fullmatch(value):
-        return False
-    return name.lower() != "pass" or not value.isalpha()
 
 
 _YEAR_RANGE = re.compile(r"(?:1\d|20)\d\d\s*[-–]\s*(?:1\d|20)\d\d$")  # 2013-2014: years, not a phone
@@ -502,11 +243,11 @@ def trim_email(text: str, span: tuple) -> tuple:
     return start, end, entity, score
 
 
-OWN_FINDERS = {"STREET_ADDRESS": _addresses, "SECRET": _secrets, "PHONE_NUMBER": _phones, "CREDIT_CARD": _cards,
+OWN_FINDERS = {"STREET_ADDRESS": street_addresses, "SECRET": find_secrets, "PHONE_NUMBER": _phones, "CREDIT_CARD": _cards,
                "IBAN_CODE": _ibans_in_lower_case, "CN_RESIDENT_ID": _cn_resident_ids,
                "EMAIL_ADDRESS": _emails_beside_other_scripts}
 # For text in a language the English-tuned rules were not made for: the same, with stricter phones and addresses.
-STRICT_FINDERS = {**OWN_FINDERS, "STREET_ADDRESS": partial(_addresses, strict=True),
+STRICT_FINDERS = {**OWN_FINDERS, "STREET_ADDRESS": partial(street_addresses, strict=True),
                   "PHONE_NUMBER": partial(_phones, strict=True)}
 LANGUAGE_READERS = frozenset(e for e in OWN_FINDERS if STRICT_FINDERS[e] is not OWN_FINDERS[e])  # read the language
 

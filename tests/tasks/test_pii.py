@@ -461,7 +461,8 @@ def test_the_street_address_gate_never_hides_an_address(shared):
     import pyarrow.compute as pc
     from faker import Faker
 
-    from tasks.pii.patterns import _addresses, plausible_rows, street_address_gate
+    from tasks.pii.addresses import street_address_gate, street_addresses
+    from tasks.pii.patterns import plausible_rows
 
     rng, texts = random.Random(0), []
     for locale in ("en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "nl_NL", "da_DK", "sv_SE", "pl_PL",
@@ -477,9 +478,9 @@ def test_the_street_address_gate_never_hides_an_address(shared):
     rules = plausible_rows(texts + prose, ["STREET_ADDRESS"])["STREET_ADDRESS"]
     assert [bool(r) for r in rules] == gate
     for strict in (False, True):
-        hidden = [t for t, r in zip(texts + prose, rules) if list(_addresses(t, strict, r)) != list(_addresses(t, strict))]
+        hidden = [t for t, r in zip(texts + prose, rules) if list(street_addresses(t, strict, r)) != list(street_addresses(t, strict))]
         assert hidden == []
-    assert sum(1 for t in texts if _addresses(t)) > len(texts) * 0.9
+    assert sum(1 for t in texts if street_addresses(t)) > len(texts) * 0.9
     assert sum(gate[len(texts):]) < len(prose) / 2  # what the gate is for
     # the gate's capitalized word opens with A-Z, 0-9 or a code point above ASCII outside U+2000-206F: every
     # character the rules take as capitalized (str.isupper, str.isdigit) is among them
@@ -496,7 +497,8 @@ def test_a_narrower_pattern_test_runs_only_where_its_wider_one_passes(shared):
     import pyarrow.compute as pc
     from faker import Faker
 
-    from tasks.pii.patterns import _WITHIN, STREET_RULES, _gate_pattern, plausible_rows
+    from tasks.pii.addresses import STREET_RULES
+    from tasks.pii.patterns import _WITHIN, _gate_pattern, plausible_rows
 
     texts = []
     for locale in ("en_US", "en_GB", "de_DE", "fr_FR", "zh_CN", "ja_JP", "pt_BR", "hi_IN", "ar_EG"):

@@ -136,10 +136,12 @@ def test_the_new_searches_stay_linear_on_adversarial_text():
     a run of short words glued by apostrophes before a street."""
     import time
 
-    from tasks.pii.patterns import _addresses, _emails_beside_other_scripts, _secrets
+    from tasks.pii.addresses import street_addresses
+    from tasks.pii.credentials import find_secrets
+    from tasks.pii.patterns import _emails_beside_other_scripts
 
     start = time.process_time()
     assert list(_emails_beside_other_scripts("(" + "a (dot) " * 20000 + "(at) " + "b (dot) " * 20000)) == []
-    assert list(_secrets("x " + "a_token_" * 20000 + "= q")) == [] and list(_secrets("x " + "token." * 30000)) == []
-    assert list(_addresses("x'" * 20000 + " Hauptstraße 5")) == [(40001, 40014, 0.6)]  # was 18 s of street words
+    assert list(find_secrets("x " + "a_token_" * 20000 + "= q")) == [] and list(find_secrets("x " + "token." * 30000)) == []
+    assert list(street_addresses("x'" * 20000 + " Hauptstraße 5")) == [(40001, 40014, 0.6)]  # was 18 s of street words
     assert time.process_time() - start < 5
