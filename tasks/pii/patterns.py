@@ -12,6 +12,7 @@ from functools import lru_cache, partial
 from tasks.pii.addresses import STREET_RULES, street_address_gates, street_addresses
 from tasks.pii.credentials import SECRET_NEEDS, find_secrets
 
+# Cheap tests that decide which recognizers can possibly match a text (the secret test: SECRET_NEEDS, then : or =)
 PLAUSIBLE = {
     "EMAIL_ADDRESS": re.compile(r"@|(?i:[\[(]\s*(?:at|@)\s*[\])])").search,
     "PHONE_NUMBER": re.compile(r"(?:\d\D{0,3}){7}").search,
