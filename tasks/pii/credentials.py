@@ -11,14 +11,14 @@ import re
 # them needs (a provider's prefix, a private key block, a password word before ':' or '='), so
 # prose that merely says "key" or "pass" is not searched by all of them.
 _SECRET_WORDS = r"(?i:password|passwd|pwd|pass|secret|api[_-]?key|access[_-]?token|auth[_-]?token)"
-# a credential's name as code and config files write it, the word inside an identifier (DB_PASSWORD,
-# AWS_SECRET_ACCESS_KEY, githubToken): what the gate lets through before the ':' or '='
-_CREDENTIAL_WORDS = r"(?i:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)"
+# the word a credential's name holds as code and config files write it, inside an identifier (DB_PASSWORD,
+# AWS_SECRET_ACCESS_KEY, githubToken): the credential rule's, and what the gate lets through before ':' or '='
+_CREDENTIAL_NAME = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?)"
+_CREDENTIAL_WORDS = "(?i:" + _CREDENTIAL_NAME + ")"
 SECRET_NEEDS = (r"AKIA|ASIA|gh[pousr]_|xox[abposr]-|[sr]k_(?:live|test)_|sk-|AIza|PRIVATE KEY|eyJ|(?i:bearer)\s|"
                 r"(?:" + _CREDENTIAL_WORDS + r"[A-Za-z0-9_.-]{0,64}[\"']?|" + _SECRET_WORDS + ")")  # the last: then ':' or '='
 
 
-_CREDENTIAL_NAME = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?)"
 _KEY_SHAPE = re.compile(r"(?=[^\d]*\d)(?=[^A-Za-z]*[A-Za-z])[A-Za-z0-9_\-./+=]{8,}")
 _NAMES_A_CREDENTIAL = re.compile(r"(?i)pass|pwd|secret|credential|token|key")
 _SNAKE_CASE = re.compile(r"[a-z]+(?:_[a-z0-9]+)+")  # token_ids_0: a variable
